@@ -1,0 +1,91 @@
+//! Gemma self-attention: grouped-query (Gemma 1 2B and Gemma 3 use a single KV head), RoPE,
+//! Gemma 3's q/k RMSNorm, Gemma 2's score softcapping, sliding windows, and an optional KV cache.
+use burn::tensor::activation::softmax;
+use burn::tensor::Tensor;
+
+use super::lora::{LoraLinear, LoraRuntime};
+use super::norm::RmsNorm;
+use super::rope::RopeTables;
+use crate::quant::FrozenMatmul;
+
+#[derive(Debug, Clone)]
+pub struct Attention<B: FrozenMatmul> {
+    pub q_proj: LoraLinear<B>,
+    pub k_proj: LoraLinear<B>,
+    pub v_proj: LoraLinear<B>,
+    pub o_proj: LoraLinear<B>,
+    /// Gemma 3 only: RMSNorm over head_dim on queries and keys, before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// `query_pre_attn_scalar^-0.5`.
+    pub scaling: f64,
+    pub softcap: Option<f64>,
+}
+
+/// One layer's cached keys and values, `[batch, kv_heads, len, head_dim]`, with their positions.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: FrozenMatmul> {
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+    pub positions: Vec<usize>,
+}
+
+impl<B: FrozenMatmul> Attention<B> {
+    fn heads(x: Tensor<B, 3>, n: usize, d: usize) -> Tensor<B, 4> {
+        let [b, s, _] = x.dims();
+        x.reshape([b, s, n, d]).swap_dims(1, 2)
+    }
+
+    /// `bias` is `[batch, 1, seq, keys]` where keys = cached + new. With a cache, the new keys/values are
+    /// appended to it (the caller trims sliding layers).
+    ///
+    /// # Shapes
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        bias: Tensor<B, 4>,
+        cache: Option<&mut LayerCache<B>>,
+        rt: &LoraRuntime,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let mut q = Self::heads(self.q_proj.forward(x.clone(), rt), h, d);
+        let mut k = Self::heads(self.k_proj.forward(x.clone(), rt), kvh, d);
+        let v = Self::heads(self.v_proj.forward(x, rt), kvh, d);
+        if let Some(n) = &self.q_norm {
+            q = n.forward(q);
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(k);
+        }
+        let q = rope.apply(q);
+        let k = rope.apply(k);
+        let (k, v) = match cache {
+            Some(c) => {
+                c.k = Tensor::cat(vec![c.k.clone(), k], 2);
+                c.v = Tensor::cat(vec![c.v.clone(), v], 2);
+                (c.k.clone(), c.v.clone())
+            }
+            None => (k, v),
+        };
+        let t = k.dims()[2];
+        let rep = h / kvh;
+        // Grouped queries: fold the `rep` query heads sharing a KV head into the sequence axis, so keys and
+        // values are never copied per head. Head `i` uses KV head `i / rep`, as transformers' `repeat_kv`.
+        let qg = q.reshape([b, kvh, rep * s, d]);
+        let scores = qg.matmul(k.swap_dims(2, 3)).reshape([b, h, s, t]) * self.scaling;
+        let scores = match self.softcap {
+            Some(cap) => (scores / cap).tanh() * cap,
+            None => scores,
+        };
+        let probs = softmax(scores + bias, 3);
+        let out = probs.reshape([b, kvh, rep * s, t]).matmul(v).reshape([b, h, s, d]);
+        let out = out.swap_dims(1, 2).reshape([b, s, h * d]);
+        self.o_proj.forward(out, rt)
+    }
+}

@@ -1,0 +1,24 @@
+//! Gemma's gated MLP (GeGLU): `down(gelu_tanh(gate(x)) * up(x))`. All three generations use the tanh
+//! approximation of GELU (transformers' `gelu_pytorch_tanh`), even where Gemma 1's config says `gelu`.
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::Tensor;
+
+use super::lora::{LoraLinear, LoraRuntime};
+use crate::quant::FrozenMatmul;
+
+#[derive(Debug, Clone)]
+pub struct Mlp<B: FrozenMatmul> {
+    pub gate_proj: LoraLinear<B>,
+    pub up_proj: LoraLinear<B>,
+    pub down_proj: LoraLinear<B>,
+}
+
+impl<B: FrozenMatmul> Mlp<B> {
+    /// # Shapes
+    /// `[batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
+        let gate = gelu_approximate(self.gate_proj.forward(x.clone(), rt));
+        let up = self.up_proj.forward(x, rt);
+        self.down_proj.forward(gate * up, rt)
+    }
+}

@@ -1,0 +1,7 @@
+//! Gemma's building blocks, in the order data flows through them.
+pub mod attention;
+pub mod lora;
+pub mod mask;
+pub mod mlp;
+pub mod norm;
+pub mod rope;

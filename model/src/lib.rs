@@ -1,0 +1,22 @@
+//! lapidary-model: Gemma 1/2/3 in Burn with a frozen dense/NF4/int8 base and LoRA adapters.
+pub mod adapter;
+pub mod backend;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod layers;
+pub mod load;
+pub mod loss;
+pub mod quant;
+pub mod safetensors_dir;
+pub mod source;
+pub mod weights;
+
+pub use config::{Arch, GemmaConfig, LayerType};
+pub use decoder::{Gemma, KvCache, TokenBatch};
+pub use error::{ModelError, Result};
+pub use source::ModelFiles;
+pub use weights::{HostTensor, WeightSource};

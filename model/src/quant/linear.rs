@@ -1,0 +1,189 @@
+//! The frozen linear of QLoRA: `y = x · Wᵀ` where `W` is stored dense, NF4 or int8.
+//!
+//! For the quantized kinds the full-precision `W` exists only inside one call: the forward dequantizes it,
+//! multiplies and drops it, and the backward (through `FrozenMatmul` on `Autodiff`) dequantizes it again to
+//! compute `dx = dy · W`. No weight gradient is ever computed: the base is frozen. This is what keeps a
+//! QLoRA run's memory at the size of the packed weights instead of the dense ones. (Burn 0.21's own quantized
+//! tensors have no NF4 and no autodiff support, hence this op.)
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+
+use super::{Int8Weight, Nf4Weight};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantKind {
+    #[default]
+    None,
+    Nf4,
+    Int8,
+}
+
+impl std::str::FromStr for QuantKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(QuantKind::None),
+            "nf4" => Ok(QuantKind::Nf4),
+            "int8" => Ok(QuantKind::Int8),
+            other => Err(format!("unknown quantization `{other}` (expected none, nf4 or int8)")),
+        }
+    }
+}
+
+/// A packed frozen weight that can rebuild its dense `[out, in]` form on demand.
+#[derive(Debug, Clone)]
+pub enum PackedWeight {
+    Nf4(Nf4Weight),
+    Int8(Int8Weight),
+}
+
+impl PackedWeight {
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            PackedWeight::Nf4(w) => w.shape,
+            PackedWeight::Int8(w) => w.shape,
+        }
+    }
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            PackedWeight::Nf4(w) => w.dequantize(),
+            PackedWeight::Int8(w) => w.dequantize(),
+        }
+    }
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            PackedWeight::Nf4(w) => w.resident_bytes(),
+            PackedWeight::Int8(w) => w.resident_bytes(),
+        }
+    }
+    /// The dense weight `[out, in]` as a backend tensor.
+    pub fn to_primitive<B: Backend>(&self, device: &B::Device) -> FloatTensor<B> {
+        let data = TensorData::new(self.dequantize(), self.shape().to_vec());
+        B::float_from_data(data, device)
+    }
+}
+
+/// Backends that can multiply by a packed frozen weight.
+pub trait FrozenMatmul: Backend {
+    /// `x: [n, in]` → `[n, out]`.
+    fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self>;
+}
+
+/// Dequantize then multiply: the plain (non-differentiating) implementation for any backend.
+pub fn frozen_matmul_dequant<B: Backend>(x: FloatTensor<B>, w: &PackedWeight) -> FloatTensor<B> {
+    let device = B::float_device(&x);
+    let wt = B::float_transpose(w.to_primitive::<B>(&device));
+    B::float_matmul(x, wt)
+}
+
+macro_rules! frozen_matmul_by_dequant {
+    ($($backend:ty),*) => {$(
+        impl FrozenMatmul for $backend {
+            fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+                frozen_matmul_dequant::<Self>(x, w)
+            }
+        }
+    )*};
+}
+frozen_matmul_by_dequant!(burn_ndarray::NdArray<f32>, burn_flex::Flex<f32>);
+
+#[derive(Debug)]
+struct FrozenMatmulBackward;
+
+impl<B: Backend> Backward<B, 1> for FrozenMatmulBackward {
+    // The packed weight, not its dense form: the backward rebuilds it.
+    type State = Arc<PackedWeight>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let w = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            // dy: [n, out] · W: [out, in] → dx: [n, in]
+            let device = B::float_device(&grad);
+            B::float_matmul(grad, w.to_primitive::<B>(&device))
+        });
+    }
+}
+
+impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+        match FrozenMatmulBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(w.clone(), B::frozen_matmul(x.primitive, w)),
+            OpsKind::UnTracked(prep) => prep.finish(B::frozen_matmul(x.primitive, w)),
+        }
+    }
+}
+
+/// A frozen (non-trainable) linear layer without bias, as every Gemma projection is.
+#[derive(Debug, Clone)]
+pub enum FrozenLinear<B: Backend> {
+    /// Stored transposed, `[in, out]`, so the forward is a plain matmul.
+    Dense(Tensor<B, 2>),
+    Packed(Arc<PackedWeight>),
+}
+
+impl<B: FrozenMatmul> FrozenLinear<B> {
+    /// `data` is row-major `[out, in]` as in the checkpoint.
+    pub fn new(data: Vec<f32>, shape: [usize; 2], quant: QuantKind, device: &B::Device) -> Self {
+        match quant {
+            QuantKind::None => FrozenLinear::Dense(
+                Tensor::<B, 2>::from_data(TensorData::new(data, shape.to_vec()), device).transpose(),
+            ),
+            QuantKind::Nf4 => FrozenLinear::Packed(Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)))),
+            QuantKind::Int8 => FrozenLinear::Packed(Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)))),
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            FrozenLinear::Dense(w) => {
+                let [i, o] = w.dims();
+                [o, i]
+            }
+            FrozenLinear::Packed(p) => p.shape(),
+        }
+    }
+
+    /// # Shapes
+    /// `[batch, seq, in]` → `[batch, seq, out]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, i] = x.dims();
+        let x2 = x.reshape([b * s, i]);
+        let y = match self {
+            FrozenLinear::Dense(w) => x2.matmul(w.clone()),
+            FrozenLinear::Packed(p) => {
+                let prim = B::frozen_matmul(x2.into_primitive().tensor(), p);
+                Tensor::from_primitive(TensorPrimitive::Float(prim))
+            }
+        };
+        let o = self.shape()[0];
+        y.reshape([b, s, o])
+    }
+
+    /// The dense weight `[out, in]` on the host (dequantized for packed kinds).
+    pub fn dense_weight(&self) -> Vec<f32> {
+        match self {
+            FrozenLinear::Dense(w) => w.clone().transpose().into_data().convert::<f32>().to_vec().unwrap_or_default(),
+            FrozenLinear::Packed(p) => p.dequantize(),
+        }
+    }
+
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            FrozenLinear::Dense(w) => w.shape().num_elements() * 4,
+            FrozenLinear::Packed(p) => p.resident_bytes(),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Where weights come from, independent of the file format: a `WeightSource` hands out full-precision host
+//! tensors under Hugging Face parameter names (`model.layers.0.self_attn.q_proj.weight`), in transformers'
+//! conventions (row-major, `[out_features, in_features]` for linears, Gemma norms stored as `w`, not `1 + w`).
+use crate::error::Result;
+
+/// A dense f32 tensor on the host, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+pub trait WeightSource {
+    /// The file or directory this source reads, for error messages.
+    fn path(&self) -> &std::path::Path;
+    /// Every tensor name, in Hugging Face naming.
+    fn names(&self) -> Vec<String>;
+    /// Shape without reading the data.
+    fn shape(&self, name: &str) -> Result<Vec<usize>>;
+    /// The tensor converted to f32.
+    fn get(&self, name: &str) -> Result<HostTensor>;
+}
