@@ -1,0 +1,145 @@
+//! Row sources and `open_dataset`, which picks a reader from the path.
+//!
+//! Every reader streams: JSONL line by line, Parquet and Arrow one record batch at a time, shards one file
+//! at a time, so memory is bounded by one batch whatever the dataset size.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Location, Result};
+use crate::format::KNOWN_FIELDS;
+use crate::{reader_arrow, reader_jsonl, reader_parquet};
+
+/// One record: field name to JSON value. Arrow nulls are left out, so "null" and "absent" read the same.
+pub type Record = serde_json::Map<String, serde_json::Value>;
+
+/// A record and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub fields: Record,
+    pub loc: Location,
+}
+
+/// A stream of rows. An `Err` for a row error (see [`DataError::is_row_error`]) may be followed by more rows;
+/// after any other error the source is finished.
+pub trait RowSource: Iterator<Item = Result<Row>> + Send {}
+impl<T: Iterator<Item = Result<Row>> + Send> RowSource for T {}
+
+/// The on-disk layouts `open_dataset` understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Jsonl,
+    Parquet,
+    /// Arrow IPC, file or stream format (told apart by the `ARROW1` magic).
+    Arrow,
+}
+
+impl FileKind {
+    fn of(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "ndjson" | "json" => Some(FileKind::Jsonl),
+            "parquet" | "pq" => Some(FileKind::Parquet),
+            "arrow" | "arrows" | "ipc" | "feather" => Some(FileKind::Arrow),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves `path` into the ordered list of files to read and their kind.
+///
+/// - a file: by extension (`.jsonl`/`.ndjson`/`.json`, `.parquet`, `.arrow`/`.arrows`/`.ipc`/`.feather`);
+/// - a `datasets.Dataset.save_to_disk` directory (`state.json` + `dataset_info.json`): the `data-*.arrow` files
+///   listed in `state.json`, in that order;
+/// - any other directory: its files of one kind, sorted by name (e.g. `train-00000-of-00002.parquet`, ...).
+pub fn resolve(path: &Path) -> Result<(FileKind, Vec<PathBuf>)> {
+    let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if meta.is_file() {
+        let kind = FileKind::of(path).ok_or_else(|| DataError::UnknownFormat { path: path.to_path_buf() })?;
+        return Ok((kind, vec![path.to_path_buf()]));
+    }
+    if path.join("dataset_dict.json").is_file() {
+        let splits = fs::read_dir(path)
+            .map_err(|e| DataError::io(path, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        return Err(DataError::dataset(
+            path,
+            format!(
+                "this is a `datasets` DatasetDict; point at one split directory instead (found {})",
+                splits.join(", ")
+            ),
+        ));
+    }
+    if path.join("state.json").is_file() {
+        return Ok((FileKind::Arrow, reader_arrow::save_to_disk_files(path)?));
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(path)
+        .map_err(|e| DataError::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && FileKind::of(p).is_some())
+        .collect();
+    files.sort();
+    let Some(first) = files.first() else {
+        return Err(DataError::UnknownFormat { path: path.to_path_buf() });
+    };
+    let kind = FileKind::of(first).expect("filtered above");
+    if let Some(other) = files.iter().find(|p| FileKind::of(p) != Some(kind)) {
+        return Err(DataError::dataset(
+            path,
+            format!("mixes shard formats ({} and {})", first.display(), other.display()),
+        ));
+    }
+    Ok((kind, files))
+}
+
+/// Opens a dataset file or directory as one stream of rows (see [`resolve`] for the layouts).
+pub fn open_dataset(path: impl AsRef<Path>) -> Result<Box<dyn RowSource>> {
+    let (kind, files) = resolve(path.as_ref())?;
+    let open: fn(&Path) -> Result<Box<dyn RowSource>> = match kind {
+        FileKind::Jsonl => |p| Ok(Box::new(reader_jsonl::JsonlReader::open(p)?)),
+        FileKind::Parquet => |p| Ok(Box::new(reader_parquet::ParquetReader::open(p, KNOWN_FIELDS)?)),
+        FileKind::Arrow => |p| Ok(Box::new(reader_arrow::ArrowReader::open(p, KNOWN_FIELDS)?)),
+    };
+    Ok(Box::new(Shards { files: files.into_iter(), open, current: None, failed: false }))
+}
+
+/// Reads files one after another, opening each only when the previous one is exhausted.
+struct Shards {
+    files: std::vec::IntoIter<PathBuf>,
+    open: fn(&Path) -> Result<Box<dyn RowSource>>,
+    current: Option<Box<dyn RowSource>>,
+    failed: bool,
+}
+
+impl Iterator for Shards {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(cur) = &mut self.current {
+                match cur.next() {
+                    Some(Ok(row)) => return Some(Ok(row)),
+                    Some(Err(e)) => {
+                        self.failed = !e.is_row_error();
+                        return Some(Err(e));
+                    }
+                    None => self.current = None,
+                }
+            }
+            let file = self.files.next()?;
+            match (self.open)(&file) {
+                Ok(src) => self.current = Some(src),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
