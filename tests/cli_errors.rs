@@ -1,0 +1,109 @@
+//! Bad input gives a clear message naming the file (and line, key or tensor) and a non-zero exit — never a panic.
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn eval_args<'a>(model: &'a str, data: &'a str) -> Vec<&'a str> {
+    vec!["eval", "--model", model, "--data", data, "--json"]
+}
+
+#[test]
+fn missing_model_path() {
+    let data = fixture("tiny/gemma1/eval.jsonl");
+    let err = lapidary_fails(&eval_args("/nonexistent/model", data.to_str().unwrap()));
+    assert!(err.contains("/nonexistent/model"), "{err}");
+}
+
+#[test]
+fn model_dir_without_config_or_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("tiny/gemma1/eval.jsonl");
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(err.contains("config.json"), "{err}");
+    copy_dir(&fixture("tiny/gemma1"), &dir);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[test]
+fn unknown_model_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&fixture("tiny/gemma1"), &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"gemma\"", "\"llama\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let data = fixture("tiny/gemma1/eval.jsonl");
+    let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(err.contains("model_type") && err.contains("llama") && err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&fixture("tiny/gemma1"), &dir);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let data = fixture("tiny/gemma1/eval.jsonl");
+    let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn tensor_of_wrong_shape() {
+    // gemma2's weights under gemma3's config: the first projection found has the wrong shape.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&fixture("tiny/gemma1"), &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 96");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let data = fixture("tiny/gemma1/eval.jsonl");
+    let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(err.contains("gate_proj") && err.contains("[96, 64]") && err.contains("[160, 64]"), "{err}");
+}
+
+#[test]
+fn adapter_for_other_shapes() {
+    let model = fixture("tiny/gemma3");
+    let adapter = fixture("tiny/gemma1/adapter");
+    let data = fixture("tiny/gemma3/eval.jsonl");
+    let mut args = eval_args(model.to_str().unwrap(), data.to_str().unwrap());
+    args.extend(["--adapter", adapter.to_str().unwrap()]);
+    let err = lapidary_fails(&args);
+    assert!(err.contains("adapter_model.safetensors") && err.contains("lora_"), "{err}");
+}
+
+#[test]
+fn bad_jsonl_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny/gemma1");
+    for (content, want) in [
+        ("{\"text\": \"fine\"}\n{\"prompt\": \"no text here\"}\n", ":2: the row has neither `text`"),
+        ("{\"text\": \"fine\"}\n{not json\n", ":2: not valid JSON"),
+        ("{\"input_ids\": [2, -5]}\n", ":1: `input_ids` must be"),
+        ("", "no rows"),
+    ] {
+        let data = tmp.path().join("d.jsonl");
+        std::fs::write(&data, content).unwrap();
+        let err = lapidary_fails(&eval_args(model.to_str().unwrap(), data.to_str().unwrap()));
+        assert!(err.contains("d.jsonl") && err.contains(want), "{content:?}: {err}");
+    }
+    let err = lapidary_fails(&eval_args(model.to_str().unwrap(), "/nonexistent/data.jsonl"));
+    assert!(err.contains("/nonexistent/data.jsonl"), "{err}");
+}

@@ -1,0 +1,5 @@
+pub mod convert;
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+pub mod tokenize;

@@ -1,0 +1,45 @@
+//! `lapidary`: QLoRA fine-tuning, evaluation, generation and conversion for Gemma models.
+//!
+//! Every subcommand validates its arguments, runs, and on failure prints one `error:` message naming the
+//! file, line, key or tensor at fault and exits with status 1 (2 for command-line usage errors, from clap).
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod common;
+mod eval_data;
+
+#[derive(Parser)]
+#[command(name = "lapidary", version, about = "QLoRA fine-tuning toolkit for Gemma models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mean next-token loss (and perplexity) of a model on a JSONL file.
+    Eval(cmd::eval::EvalArgs),
+    /// Generate text from a prompt.
+    Generate(cmd::generate::GenerateArgs),
+    /// Token ids of a text, BOS added as transformers does.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Write a GGUF model as a transformers-loadable directory.
+    Convert(cmd::convert::ConvertArgs),
+    /// Architecture, parameter counts and resident bytes per component.
+    Inspect(cmd::inspect::InspectArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
