@@ -1,0 +1,76 @@
+//! `lapidary convert` writes a directory transformers loads (checked by scripts/check_convert.py, whose result
+//! is tests/fixtures/gguf/convert_check.json), and `lapidary inspect` reports hand-derivable numbers.
+mod common;
+
+use common::*;
+
+/// The toy Gemma 3 GGUF under a `.gguf` name, and eval rows of the texts transformers scored.
+fn setup(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, serde_json::Value) {
+    let gguf = tmp.join("toy.gguf");
+    std::fs::copy(fixture("gguf/tiny_gemma3.gguf.bin"), &gguf).unwrap();
+    let check = read_json(&fixture("gguf/convert_check.json"));
+    let rows: Vec<String> =
+        check["texts"].as_array().unwrap().iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
+    let data = tmp.join("rows.jsonl");
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    (gguf, data, check)
+}
+
+#[test]
+fn converted_directory_matches_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gguf, data, check) = setup(tmp.path());
+    let out = tmp.path().join("converted");
+    let status = lapidary(&["convert", "--model", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let want = check["eval_loss"].as_f64().unwrap();
+    for model in [&gguf, &out] {
+        let got =
+            lapidary_json(&["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]);
+        assert_eq!(got["tokens"], check["eval_tokens"]);
+        let loss = got["loss"].as_f64().unwrap();
+        assert!(rel(loss, want) < 1e-4, "{}: loss {loss} vs transformers on the converted dir {want}", model.display());
+        for (text, ids) in check["texts"].as_array().unwrap().iter().zip(check["ids"].as_array().unwrap()) {
+            let got = lapidary_json(&[
+                "tokenize",
+                "--model",
+                model.to_str().unwrap(),
+                "--text",
+                text.as_str().unwrap(),
+                "--json",
+            ]);
+            assert_eq!(&got["ids"], ids, "{}: {text}", model.display());
+        }
+    }
+    // Never over an existing directory without --overwrite; with it, replaced.
+    let err = lapidary_fails(&["convert", "--model", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
+    let again =
+        lapidary(&["convert", "--model", gguf.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
+    assert!(again.status.success());
+}
+
+#[test]
+fn inspect_counts_parameters_and_bytes() {
+    let dir = fixture("tiny/gemma1");
+    let v = lapidary_json(&["inspect", "--model", dir.to_str().unwrap(), "--quant", "nf4", "--json"]);
+    // gemma1 fixture: vocab 512, hidden 64, intermediate 160, 3 layers, 4 heads x 32, 1 kv head.
+    let (h, i, q, kv, layers) = (64usize, 160usize, 128usize, 32usize, 3usize);
+    let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
+    let linear: usize = shapes.iter().map(|(o, n)| o * n).sum::<usize>() * layers;
+    // NF4: half a byte per weight, one byte of absmax per 64 weights, one f32 per 256 absmax blocks, the offset.
+    let nf4: usize = shapes
+        .iter()
+        .map(|(o, n)| o * n / 2 + (o * n).div_ceil(64) + (o * n).div_ceil(64 * 256) * 4 + 4)
+        .sum::<usize>()
+        * layers;
+    assert_eq!(v["parameters"]["embedding"], 512 * 64);
+    assert_eq!(v["parameters"]["linear"], linear);
+    assert_eq!(v["parameters"]["norms"], (2 * layers + 1) * h);
+    assert_eq!(v["resident_bytes"]["linear"], nf4);
+    assert_eq!(v["model_type"], "gemma");
+    assert_eq!(v["kv_heads"], 1);
+}
