@@ -182,10 +182,12 @@ impl<B: FrozenMatmul> Gemma<B> {
 
     /// Logits from final hidden states `[.., hidden]` → `[.., vocab]`, softcapped for Gemma 2.
     pub fn lm_head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.embed_tokens.clone().transpose();
         let dims = hidden.dims();
         let n: usize = dims[..D - 1].iter().product();
-        let logits = hidden.reshape([n, self.config.hidden_size]).matmul(w);
+        // `(E · hᵀ)ᵀ` rather than `h · Eᵀ`: the `[vocab, hidden]` table stays contiguous on the left, where
+        // every backend multiplies it without copying it.
+        let h = hidden.reshape([n, self.config.hidden_size]);
+        let logits = self.embed_tokens.clone().matmul(h.transpose()).transpose();
         let logits = match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,

@@ -25,10 +25,10 @@ impl From<Quant> for QuantKind {
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum BackendKind {
+    /// burn-flex, f32 (the faster; default).
+    Flex,
     /// burn-ndarray, f32.
     Ndarray,
-    /// burn-flex, f32.
-    Flex,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -43,7 +43,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value = "none")]
     pub quant: Quant,
     /// CPU backend.
-    #[arg(long, value_enum, default_value = "ndarray")]
+    #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
 }
 
