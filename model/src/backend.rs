@@ -2,9 +2,10 @@
 //! `--backend ndarray`); both f32. Everything in the model is generic over `FrozenMatmul` backends; these
 //! aliases are what the CLI and tests instantiate.
 //!
-//! Why flex is the default: on the real Gemma 3 270M (2 cores, see docs/benchmarks.md) a 13-token forward
-//! takes ~150 ms on flex and ~490 ms on ndarray, and the LM-head loss ~130 ms against ~650 ms; burn-ndarray
-//! also copies any transposed operand of a matmul.
+//! Why flex is the default: on the real Gemma 3 270M (2 cores; `cargo run --release -p lapidary-model --example
+//! timing -- MODEL`) a 13-token forward costs about the same on both (~150-200 ms) once dense weights are
+//! stored contiguously, but the LM-head loss over the 262k vocabulary takes ~210 ms on flex against ~850 ms
+//! on ndarray. See docs/benchmarks.md.
 pub type NdArrayCpu = burn_ndarray::NdArray<f32>;
 pub type FlexCpu = burn_flex::Flex<f32>;
 /// The default CPU backend.

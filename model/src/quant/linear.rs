@@ -137,9 +137,18 @@ impl<B: FrozenMatmul> FrozenLinear<B> {
     /// `data` is row-major `[out, in]` as in the checkpoint.
     pub fn new(data: Vec<f32>, shape: [usize; 2], quant: QuantKind, device: &B::Device) -> Self {
         match quant {
-            QuantKind::None => FrozenLinear::Dense(
-                Tensor::<B, 2>::from_data(TensorData::new(data, shape.to_vec()), device).transpose(),
-            ),
+            QuantKind::None => {
+                // Transposed once on the host so the forward multiplies by a contiguous `[in, out]` matrix:
+                // burn-ndarray copies a transposed view on every matmul.
+                let [o, i] = shape;
+                let mut t = vec![0f32; data.len()];
+                for (r, row) in data.chunks(i).enumerate() {
+                    for (c, v) in row.iter().enumerate() {
+                        t[c * o + r] = *v;
+                    }
+                }
+                FrozenLinear::Dense(Tensor::<B, 2>::from_data(TensorData::new(t, [i, o]), device))
+            }
             QuantKind::Nf4 => FrozenLinear::Packed(Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)))),
             QuantKind::Int8 => FrozenLinear::Packed(Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)))),
         }
