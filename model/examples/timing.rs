@@ -16,7 +16,7 @@ fn go<B: FrozenMatmul>(name: &str, path: &str, n: u32) {
     let row: Vec<u32> = (100..100 + n).collect();
     for _ in 0..2 {
         let t = Instant::now();
-        let h = m.forward_hidden(&TokenBatch::from_rows(&[row.clone()]), None, &LoraRuntime::default());
+        let h = m.forward_hidden(&TokenBatch::from_rows(std::slice::from_ref(&row)), None, &LoraRuntime::default());
         let _ = h.clone().into_data();
         let t1 = t.elapsed();
         let labels: Vec<i64> = row.iter().map(|&x| x as i64).collect();

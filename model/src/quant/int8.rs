@@ -19,6 +19,7 @@ pub struct Int8Weight {
 }
 
 /// bitsandbytes multiplies by this f32 constant instead of dividing by 127.
+#[allow(clippy::excessive_precision)] // the literal bitsandbytes writes, so the f32 is the same
 const INV_127: f32 = 7.874015718698502e-3;
 
 impl Int8Weight {

@@ -71,7 +71,7 @@ impl Nf4Weight {
             }
         });
         // A partial last block's absmax is clamped to 1e-38 too (it is computed after the clamp there).
-        if n % NF4_BLOCK != 0 {
+        if !n.is_multiple_of(NF4_BLOCK) {
             if let Some(last) = absmax.last_mut() {
                 *last = last.max(1e-38);
             }
@@ -106,7 +106,7 @@ impl Nf4Weight {
             for (j, v) in o.iter_mut().enumerate() {
                 let i = base + j;
                 let byte = self.packed[i / 2];
-                let q = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                let q = if i.is_multiple_of(2) { byte >> 4 } else { byte & 0x0f };
                 *v = code[q as usize] * scale;
             }
         });
