@@ -69,7 +69,9 @@ fn run_on<B: FrozenMatmul>(a: EvalArgs) -> Result<()> {
     if a.max_seq_len == Some(0) {
         bail!("--max-seq-len must be at least 2");
     }
+    let start = std::time::Instant::now();
     let r = eval_rows(&loaded.model, &rows, a.max_seq_len);
+    let seconds = start.elapsed().as_secs_f64();
     if r.tokens == 0 {
         bail!("{}: no row has two or more tokens, so there is nothing to predict", a.data.display());
     }
@@ -80,6 +82,7 @@ fn run_on<B: FrozenMatmul>(a: EvalArgs) -> Result<()> {
         crate::common::print_json(&json!({
             "loss": r.loss, "perplexity": r.loss.exp(), "tokens": r.tokens, "examples": r.examples,
             "truncated": r.truncated,
+            "seconds": seconds, "tokens_per_s": r.tokens as f64 / seconds,
         }));
     } else {
         println!(

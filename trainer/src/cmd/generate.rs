@@ -55,11 +55,16 @@ fn run_on<B: FrozenMatmul>(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         stop_ids: stop_ids(&loaded.files),
     };
+    let start = std::time::Instant::now();
     let new = loaded.model.generate(&prompt, &cfg);
+    let seconds = start.elapsed().as_secs_f64();
     let text = loaded.files.tokenizer.decode(&new, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
     if a.json {
         let ids: Vec<u32> = prompt.iter().chain(&new).copied().collect();
-        crate::common::print_json(&json!({ "text": text, "ids": ids }));
+        crate::common::print_json(&json!({
+            "text": text, "ids": ids, "new_tokens": new.len(), "seconds": seconds,
+            "tokens_per_s": new.len() as f64 / seconds,
+        }));
     } else {
         println!("{text}");
     }
