@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod common;
 mod eval_data;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "lapidary", version, about = "QLoRA fine-tuning toolkit for Gemma models")]
@@ -27,6 +28,8 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Architecture, parameter counts and resident bytes per component.
     Inspect(cmd::inspect::InspectArgs),
+    /// Fine-tune a LoRA adapter from a TOML recipe (see configs/).
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

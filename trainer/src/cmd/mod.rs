@@ -3,3 +3,4 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod tokenize;
+pub mod train;

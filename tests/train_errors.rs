@@ -1,0 +1,122 @@
+//! Bad recipes, bad data and unsafe output directories: a clear `error:` message naming the key, file or
+//! line, a non-zero exit, no panic, and an earlier run's adapter never touched.
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Writes configs/tiny-test.toml with `edit` applied into `dir/r.toml`, output under `dir/out`.
+fn recipe(dir: &Path, edit: impl Fn(String) -> String) -> String {
+    let text = std::fs::read_to_string(repo_root().join("configs/tiny-test.toml")).unwrap();
+    let text = text.replace("dir = \"runs/tiny-test\"", &format!("dir = \"{}\"", dir.join("out").display()));
+    let p = dir.join("r.toml");
+    std::fs::write(&p, edit(text)).unwrap();
+    p.display().to_string()
+}
+
+/// Runs `lapidary train` from the repository root expecting failure; returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapidary"))
+        .current_dir(repo_root())
+        .arg("train")
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "train {args:?} should fail");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains("error:"), "no error message: {err}");
+    err
+}
+
+#[test]
+fn unknown_key_and_wrong_type_name_key_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), |t| t.replace("batch_size = 4", "batch_size = 4\nbatch_szie = 8"));
+    let err = fails(&[&r]);
+    assert!(err.contains("r.toml:27") && err.contains("unknown key `train.batch_szie`"), "{err}");
+    let r = recipe(tmp.path(), |t| t.replace("max_seq_len = 64", "max_seq_len = \"long\""));
+    let err = fails(&[&r]);
+    assert!(err.contains("r.toml:20") && err.contains("data.max_seq_len") && err.contains("invalid type"), "{err}");
+    let r = recipe(tmp.path(), |t| t.replace("quant = \"nf4\"", "quant = \"fp3\""));
+    let err = fails(&[&r]);
+    assert!(err.contains("model.quant") && err.contains("fp3"), "{err}");
+    let r = recipe(tmp.path(), |t| t);
+    let err = fails(&[&r, "--set", "train.warmup=3"]);
+    assert!(err.contains("--set train.warmup=3") && err.contains("unknown key `train.warmup`"), "{err}");
+    let err = fails(&[&r, "--set", "lora.dropout=1.5"]);
+    assert!(err.contains("lora.dropout"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "nothing written for a bad recipe");
+}
+
+#[test]
+fn data_problems_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d.jsonl");
+    let with_data = |content: &str| {
+        std::fs::write(&data, content).unwrap();
+        recipe(tmp.path(), |t| t.replace("tests/fixtures/train/train.jsonl", data.to_str().unwrap()))
+    };
+    let r = recipe(tmp.path(), |t| t.replace("tests/fixtures/train/train.jsonl", "/nonexistent/train.jsonl"));
+    assert!(fails(&[&r]).contains("/nonexistent/train.jsonl"));
+    let r = with_data("");
+    let err = fails(&[&r]);
+    assert!(err.contains("d.jsonl") && err.contains("no usable examples"), "{err}");
+    let r = with_data("{\"text\": \"fine\"}\n{\"text\": broken\n");
+    let err = fails(&[&r]);
+    assert!(err.contains("d.jsonl:2") && err.contains("invalid json"), "{err}");
+    let r = with_data("{\"text\": \"fine\"}\n{\"prompt\": \"no completion\"}\n");
+    let err = fails(&[&r, "--set", "data.format=\"prompt_completion\""]);
+    assert!(err.contains("d.jsonl:1") && err.contains("missing field"), "{err}");
+    let r = with_data("{\"text\": \"fine\"}\n{\"prompt\": \"no completion\"}\n");
+    let err = fails(&[&r]);
+    assert!(err.contains("d.jsonl:2"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "nothing written when the data is bad");
+}
+
+#[test]
+fn output_dir_that_is_a_file_and_resume_without_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), |t| t);
+    std::fs::write(tmp.path().join("out"), "not a dir").unwrap();
+    let err = fails(&[&r]);
+    assert!(err.contains("not a directory") && err.contains("out"), "{err}");
+    std::fs::remove_file(tmp.path().join("out")).unwrap();
+    let err = fails(&[&r, "--resume"]);
+    assert!(err.contains("no complete checkpoint"), "{err}");
+    let err = fails(&[&r, "--resume", "--overwrite"]);
+    assert!(err.contains("--overwrite"), "{err}");
+}
+
+#[test]
+fn nan_loss_stops_naming_the_step_and_keeps_the_earlier_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = recipe(tmp.path(), |t| t);
+    // An earlier run's adapter, which must survive everything below.
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("adapter")).unwrap();
+    std::fs::write(out.join("adapter/adapter_model.safetensors"), b"earlier run").unwrap();
+    let err = fails(&[&r]);
+    assert!(err.contains("--overwrite"), "{err}");
+    let err = fails(&[&r, "--resume"]);
+    assert!(err.contains("no complete checkpoint"), "{err}");
+    assert_eq!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(), b"earlier run");
+
+    // An absurd learning rate blows the weights up; the next step's loss is not finite.
+    let out2 = tmp.path().join("nan");
+    let err = fails(&[
+        &r,
+        "--set",
+        &format!("output.dir={}", out2.display()),
+        "--set",
+        "train.lr=1e30",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "train.save_every=1",
+    ]);
+    assert!(err.contains("step 2") && err.contains("loss is NaN") || err.contains("is inf"), "{err}");
+    assert!(err.contains("checkpoints/step-1"), "{err}");
+    assert!(out2.join("checkpoints/step-1/state.json").is_file());
+    assert!(!out2.join("adapter").exists());
+}

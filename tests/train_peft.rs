@@ -1,0 +1,31 @@
+//! An adapter written by `lapidary train` means the same to PEFT as to us: `PeftModel.from_pretrained` on the
+//! transformers model (scripts/check_peft.py, result committed in tests/fixtures/train/peft_check.json) gives
+//! the loss `lapidary eval --adapter` gives.
+mod common;
+
+use common::*;
+
+#[test]
+fn peft_loads_our_adapter_with_the_same_loss() {
+    let check = read_json(&fixture("train/peft_check.json"));
+    let want = check["eval_loss_peft"].as_f64().unwrap();
+    assert_eq!(check["lora_parameters"], 6 * 7 * 2, "PEFT picked up every lapidary tensor");
+    let model = fixture("tiny/gemma3");
+    let adapter = fixture("train/adapter");
+    let data = fixture("tiny/gemma3/eval.jsonl");
+    let got = lapidary_json(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(got["tokens"], check["eval_tokens"]);
+    let loss = got["loss"].as_f64().unwrap();
+    assert!(rel(loss, want) < 1e-4, "lapidary eval {loss} vs PEFT {want}");
+    // And the adapter matters: the base alone is far off.
+    assert!((loss - check["eval_loss_base"].as_f64().unwrap()).abs() > 1e-3);
+}

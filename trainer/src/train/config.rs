@@ -1,0 +1,489 @@
+//! The training recipe: a TOML file, `--set section.key=value` overrides, and the checked [`Recipe`].
+//!
+//! Parsing keeps TOML's spans, so an unknown key or a value of the wrong type is reported as
+//! `FILE:LINE: key `section.key`: …`; an override that is wrong is reported as `--set section.key=value: …`.
+//! [`Recipe::validate`] then checks ranges and combinations before any file is opened or model loaded.
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use lapidary_data::RowFormat;
+use lapidary_model::layers::lora::TARGETS;
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::common::{BackendKind, Quant};
+
+/// The whole recipe, as written to `OUT/config.toml` once resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub lora: LoraSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model directory or a `.gguf` file.
+    pub path: PathBuf,
+    /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA) or `int8`.
+    #[serde(default = "default_quant")]
+    pub quant: QuantName,
+}
+
+/// `none | nf4 | int8` as written in the recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantName {
+    None,
+    Nf4,
+    Int8,
+}
+
+impl From<QuantName> for Quant {
+    fn from(q: QuantName) -> Self {
+        match q {
+            QuantName::None => Quant::None,
+            QuantName::Nf4 => Quant::Nf4,
+            QuantName::Int8 => Quant::Int8,
+        }
+    }
+}
+
+fn default_quant() -> QuantName {
+    QuantName::Nf4
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: TARGETS.iter().map(|s| s.to_string()).collect(),
+            rslora: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub train: PathBuf,
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    #[serde(default)]
+    pub format: RowFormat,
+    #[serde(default = "default_max_seq_len")]
+    pub max_seq_len: usize,
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default = "yes")]
+    pub completion_only: bool,
+    /// Rows held for shuffling; 0 keeps the file order.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+}
+
+fn default_max_seq_len() -> usize {
+    512
+}
+fn yes() -> bool {
+    true
+}
+fn default_shuffle_buffer() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendName {
+    Ndarray,
+    Flex,
+}
+
+impl From<BackendName> for BackendKind {
+    fn from(b: BackendName) -> Self {
+        match b {
+            BackendName::Ndarray => BackendKind::Ndarray,
+            BackendName::Flex => BackendKind::Flex,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Optimizer steps. With `epochs` too, whichever ends first.
+    pub max_steps: Option<u64>,
+    /// Passes over the training data.
+    pub epochs: Option<u64>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub scheduler: Scheduler,
+    pub warmup_steps: u64,
+    /// 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Evaluate every N steps (and at the start and the end); 0: only at the start and the end.
+    pub eval_every: u64,
+    /// Checkpoint every N steps (and at the end); 0: only at the end.
+    pub save_every: u64,
+    pub keep_checkpoints: usize,
+    /// Eval batch size; defaults to `batch_size`.
+    pub eval_batch_size: Option<usize>,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// CPU backend. `flex` by default: its backward pass is bit-reproducible from one process to the next,
+    /// which exact resume needs (burn-ndarray's differs in the last bits between runs).
+    pub backend: BackendName,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            max_steps: None,
+            epochs: None,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 2e-4,
+            weight_decay: 0.0,
+            scheduler: Scheduler::Cosine,
+            warmup_steps: 10,
+            max_grad_norm: 1.0,
+            seed: 0,
+            eval_every: 50,
+            save_every: 100,
+            keep_checkpoints: 3,
+            eval_batch_size: None,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            backend: BackendName::Flex,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub dir: PathBuf,
+}
+
+impl Recipe {
+    /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates. Relative paths
+    /// in the recipe stay relative to the working directory, as a user typing them would expect.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let recipe = Self::parse(&text, path, overrides)?;
+        recipe.validate().with_context(|| format!("{}: invalid recipe", path.display()))?;
+        Ok(recipe)
+    }
+
+    /// Parses recipe text (`path` only names the file in messages).
+    pub fn parse<'a>(text: &'a str, path: &Path, overrides: &'a [String]) -> Result<Recipe> {
+        let mut root = DeTable::parse(text).map_err(|e| anyhow::anyhow!("{}", located(path, text, &e, None)))?;
+        // Overridden values get spans past the end of the text, one per override, so an error in one of
+        // them is reported against the `--set` argument instead of a line of the file.
+        for (i, arg) in overrides.iter().enumerate() {
+            let span = text.len() + i..text.len() + i;
+            apply_override(root.get_mut(), arg, span)?;
+        }
+        let de = toml::de::Deserializer::from(root);
+        Recipe::deserialize(de).map_err(|e| {
+            let over = e
+                .span()
+                .filter(|s| s.start >= text.len())
+                .map(|s| &overrides[(s.start - text.len()).min(overrides.len() - 1)]);
+            anyhow::anyhow!("{}", located(path, text, &e, over.map(String::as_str)))
+        })
+    }
+
+    /// Range and consistency checks; every message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let (l, d, t) = (&self.lora, &self.data, &self.train);
+        if l.r == 0 {
+            bail!("lora.r must be at least 1");
+        }
+        if !(l.alpha.is_finite() && l.alpha > 0.0) {
+            bail!("lora.alpha must be a positive number, got {}", l.alpha);
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            bail!("lora.dropout must be in [0, 1), got {}", l.dropout);
+        }
+        if l.targets.is_empty() {
+            bail!("lora.targets is empty; list some of {}", TARGETS.join(", "));
+        }
+        for tgt in &l.targets {
+            if !TARGETS.contains(&tgt.as_str()) {
+                bail!("lora.targets: unknown projection `{tgt}` (expected some of {})", TARGETS.join(", "));
+            }
+        }
+        if d.max_seq_len < 2 {
+            bail!("data.max_seq_len must be at least 2, got {}", d.max_seq_len);
+        }
+        if t.max_steps.is_none() && t.epochs.is_none() {
+            bail!("set train.max_steps or train.epochs (how long to train)");
+        }
+        if t.max_steps == Some(0) {
+            bail!("train.max_steps must be at least 1");
+        }
+        if t.epochs == Some(0) {
+            bail!("train.epochs must be at least 1");
+        }
+        if t.batch_size == 0 {
+            bail!("train.batch_size must be at least 1");
+        }
+        if t.eval_batch_size == Some(0) {
+            bail!("train.eval_batch_size must be at least 1");
+        }
+        if t.grad_accum == 0 {
+            bail!("train.grad_accum must be at least 1");
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            bail!("train.lr must be a positive number, got {}", t.lr);
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            bail!("train.weight_decay must be a non-negative number, got {}", t.weight_decay);
+        }
+        if !(t.max_grad_norm.is_finite() && t.max_grad_norm >= 0.0) {
+            bail!("train.max_grad_norm must be a non-negative number (0 disables clipping), got {}", t.max_grad_norm);
+        }
+        for (k, v) in [("adam_beta1", t.adam_beta1), ("adam_beta2", t.adam_beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("train.{k} must be in [0, 1), got {v}");
+            }
+        }
+        if !(t.adam_eps.is_finite() && t.adam_eps > 0.0) {
+            bail!("train.adam_eps must be a positive number, got {}", t.adam_eps);
+        }
+        if t.keep_checkpoints == 0 {
+            bail!("train.keep_checkpoints must be at least 1 (resuming needs one)");
+        }
+        if self.output.dir.as_os_str().is_empty() {
+            bail!("output.dir is empty");
+        }
+        Ok(())
+    }
+
+    /// The resolved recipe as TOML (what `OUT/config.toml` and checkpoints hold).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("serialising the resolved recipe")
+    }
+
+    pub fn eval_batch_size(&self) -> usize {
+        self.train.eval_batch_size.unwrap_or(self.train.batch_size)
+    }
+
+    /// The data pipeline's settings for the training set.
+    pub fn train_data(&self) -> lapidary_data::DataConfig {
+        lapidary_data::DataConfig {
+            format: self.data.format,
+            max_seq_len: self.data.max_seq_len,
+            batch_size: self.train.batch_size,
+            completion_only: self.data.completion_only,
+            packing: self.data.packing,
+            pad_to: lapidary_data::PadTo::Longest,
+            shuffle_buffer: self.data.shuffle_buffer,
+            seed: self.train.seed,
+            // With max_steps alone the data repeats until the steps are done.
+            epochs: self.train.epochs,
+            skip_bad_rows: self.data.skip_bad_rows,
+        }
+    }
+
+    /// The eval set: file order, one pass, no packing.
+    pub fn eval_data(&self) -> lapidary_data::DataConfig {
+        lapidary_data::DataConfig {
+            batch_size: self.eval_batch_size(),
+            packing: false,
+            shuffle_buffer: 0,
+            epochs: Some(1),
+            ..self.train_data()
+        }
+    }
+
+    /// Settings a resumed run must share with the run it resumes (anything else, e.g. `max_steps` or
+    /// `eval_every`, may change). Returns the first differing key.
+    pub fn resume_mismatch(&self, old: &Recipe) -> Option<&'static str> {
+        let (a, b) = (self, old);
+        let checks: [(&'static str, bool); 14] = [
+            ("model.path", a.model.path == b.model.path),
+            ("model.quant", a.model.quant == b.model.quant),
+            ("lora", a.lora == b.lora),
+            ("data.train", a.data.train == b.data.train),
+            ("data.format", a.data.format == b.data.format),
+            ("data.max_seq_len", a.data.max_seq_len == b.data.max_seq_len),
+            ("data.packing", a.data.packing == b.data.packing),
+            ("data.completion_only", a.data.completion_only == b.data.completion_only),
+            ("data.shuffle_buffer", a.data.shuffle_buffer == b.data.shuffle_buffer),
+            ("data.skip_bad_rows", a.data.skip_bad_rows == b.data.skip_bad_rows),
+            ("train.batch_size", a.train.batch_size == b.train.batch_size),
+            ("train.grad_accum", a.train.grad_accum == b.train.grad_accum),
+            ("train.seed", a.train.seed == b.train.seed),
+            ("train.epochs", a.train.epochs == b.train.epochs),
+        ];
+        checks.iter().find(|(_, same)| !same).map(|(k, _)| *k)
+    }
+}
+
+/// Sets `section.key` (any depth) in the parsed document. The value is parsed as a TOML value
+/// (`2e-4`, `true`, `["q_proj"]`, `"x"`); anything that is not one is taken as a bare string
+/// (`--set output.dir=runs/a`).
+fn apply_override<'a>(root: &mut DeTable<'a>, arg: &'a str, span: Range<usize>) -> Result<()> {
+    let Some((key, raw)) = arg.split_once('=') else {
+        bail!("--set {arg}: expected section.key=value");
+    };
+    let path: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+    if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+        bail!("--set {arg}: the key must be section.key, e.g. train.lr=1e-4");
+    }
+    let raw = raw.trim();
+    let value = match DeValue::parse(raw) {
+        Ok(v) => v.into_inner(),
+        Err(_) => DeValue::String(std::borrow::Cow::Borrowed(raw)),
+    };
+    let mut table = root;
+    for (depth, part) in path.iter().enumerate() {
+        let k = Spanned::new(span.clone(), std::borrow::Cow::Owned(part.to_string()));
+        if depth == path.len() - 1 {
+            table.insert(k, Spanned::new(span.clone(), value));
+            return Ok(());
+        }
+        let entry = table.entry(k).or_insert_with(|| Spanned::new(span.clone(), DeValue::Table(DeTable::new())));
+        match entry.get_mut() {
+            DeValue::Table(t) => table = t,
+            other => bail!("--set {arg}: `{}` is a {}, not a section", path[..=depth].join("."), other.type_str()),
+        }
+    }
+    Ok(())
+}
+
+/// `FILE:LINE: key `a.b`: message`, or `--set ARG: message` for an override.
+fn located(path: &Path, text: &str, e: &toml::de::Error, over: Option<&str>) -> String {
+    // With no input attached, toml's Display ends with "in `a.b`" naming the key path.
+    let shown = e.to_string();
+    let keys = shown.lines().find_map(|l| l.strip_prefix("in `").and_then(|l| l.strip_suffix('`'))).map(str::to_string);
+    let mut msg = e.message().trim().to_string();
+    if let Some(f) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        let full = match &keys {
+            Some(k) => format!("{k}.{f}"),
+            None => f.to_string(),
+        };
+        msg = format!("unknown key `{full}` ({msg})");
+    } else if let Some(k) = &keys {
+        msg = format!("key `{k}`: {msg}");
+    }
+    if let Some(arg) = over {
+        return format!("--set {arg}: {msg}");
+    }
+    match e.span() {
+        Some(s) => format!("{}:{}: {msg}", path.display(), line_of(text, s.start)),
+        None => format!("{}: {msg}", path.display()),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "[model]\npath = \"m\"\n[data]\ntrain = \"t.jsonl\"\n[train]\nmax_steps = 5\n[output]\ndir = \"o\"\n";
+
+    fn parse(text: &str, sets: &[&str]) -> Result<Recipe> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let r = Recipe::parse(text, Path::new("r.toml"), &sets)?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let r = parse(BASE, &["train.lr=1e-3", "output.dir=runs/x", "lora.targets=[\"q_proj\"]", "data.packing=true"])
+            .unwrap();
+        assert_eq!(r.train.lr, 1e-3);
+        assert_eq!(r.output.dir, PathBuf::from("runs/x"));
+        assert_eq!(r.lora.targets, vec!["q_proj".to_string()]);
+        assert!(r.data.packing);
+        assert_eq!(r.lora.r, 16);
+        assert_eq!(r.model.quant, QuantName::Nf4);
+        // The resolved recipe reads back to itself.
+        let again = parse(&r.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = BASE.replace("max_steps = 5", "max_steps = 5\nlearning_rate = 1.0");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("r.toml:7") && e.contains("unknown key `train.learning_rate`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = BASE.replace("max_steps = 5", "max_steps = \"five\"");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("r.toml:6") && e.contains("train.max_steps") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_override_names_the_argument() {
+        let e = parse(BASE, &["train.bogus=1"]).unwrap_err().to_string();
+        assert!(e.contains("--set train.bogus=1") && e.contains("unknown key `train.bogus`"), "{e}");
+        let e = parse(BASE, &["train.lr=fast"]).unwrap_err().to_string();
+        assert!(e.contains("--set train.lr=fast") && e.contains("train.lr"), "{e}");
+        let e = parse(BASE, &["lr=1"]).unwrap_err().to_string();
+        assert!(e.contains("section.key"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        for (set, want) in [
+            ("lora.r=0", "lora.r"),
+            ("lora.dropout=1.0", "lora.dropout"),
+            ("lora.targets=[\"qkv\"]", "qkv"),
+            ("train.lr=-1.0", "train.lr"),
+            ("train.batch_size=0", "train.batch_size"),
+            ("data.max_seq_len=1", "data.max_seq_len"),
+        ] {
+            let e = parse(BASE, &[set]).unwrap_err().to_string();
+            assert!(e.contains(want), "{set}: {e}");
+        }
+        let e = parse(&BASE.replace("max_steps = 5", ""), &[]).unwrap_err().to_string();
+        assert!(e.contains("train.max_steps or train.epochs"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! `lapidary train`: supervised fine-tuning of a LoRA adapter on a frozen (optionally NF4/int8) Gemma.
+//!
+//! - [`config`]: the TOML recipe, `--set` overrides, validation.
+//! - [`schedule`]: the learning rate at each step (`lr_at`).
+//! - [`optim`]: AdamW and gradient clipping on host copies of the LoRA matrices.
+//! - [`params`]: the LoRA matrices of a model, in and out, and PEFT adapter files.
+//! - [`step`]: one optimizer step over a gradient-accumulation window; the eval loss.
+//! - [`checkpoint`]: `OUT/checkpoints/step-N/`, written atomically, for exact resume.
+//! - [`metrics`]: `OUT/metrics.jsonl` and `OUT/loss.png`.
+//! - [`run`]: the loop.
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod params;
+pub mod run;
+pub mod schedule;
+pub mod step;

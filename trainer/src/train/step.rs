@@ -1,0 +1,159 @@
+//! One optimizer step over a gradient-accumulation window, and the eval loss.
+//!
+//! The loss of the window is `Σ nll / N`, with `N` the number of targets in the *whole window*: each
+//! micro-batch backpropagates `nll_sum / N`, so the accumulated gradient is that of one big batch, and
+//! `grad_accum = 4, batch_size = 1` trains exactly as `batch_size = 4` (up to float rounding). Dividing each
+//! micro-batch by its own count would weight short batches up.
+use anyhow::{bail, Result};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor};
+use lapidary_data::Batch;
+use lapidary_model::layers::lora::LoraRuntime;
+use lapidary_model::loss::shifted_targets;
+use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::{Gemma, TokenBatch};
+
+use super::optim::{clip_grad_norm, AdamW, Param};
+use super::params::{adapters_mut, write_params};
+
+/// A data batch as the model takes it: positions restart per packed example, segments keep examples apart.
+pub fn token_batch(b: &Batch) -> TokenBatch {
+    TokenBatch {
+        ids: b.input_ids.clone(),
+        batch: b.batch,
+        seq: b.seq_len,
+        positions: b.position_ids.iter().map(|&p| p as usize).collect(),
+        segments: Some(b.segment_ids.clone()),
+    }
+}
+
+/// `Σ n_targets` of a window: the loss normaliser.
+pub fn window_targets(window: &[Batch]) -> usize {
+    window.iter().map(|b| b.n_targets).sum()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Mean NLL per target over the window (before the update).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Non-padding tokens in the window.
+    pub tokens: usize,
+}
+
+/// Why a step did not update.
+#[derive(Debug)]
+pub enum StepError {
+    NonFinite { what: &'static str, value: f64 },
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::NonFinite { what, value } => write!(f, "the {what} is {value}"),
+        }
+    }
+}
+
+/// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches; also returns
+/// `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks.
+pub fn window_grads<B: FrozenMatmul>(
+    model: &mut Gemma<Autodiff<B>>,
+    params: &[Param],
+    window: &[Batch],
+    dropout_seed: impl Fn(usize) -> u64,
+) -> (Vec<Vec<f32>>, f64) {
+    let n_window = window_targets(window).max(1) as f32;
+    let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
+    let mut nll_total = 0f64;
+    write_params(model, params, true);
+    for (i, b) in window.iter().enumerate() {
+        let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
+        if targets.is_empty() {
+            continue;
+        }
+        let rt = LoraRuntime { dropout_seed: Some(dropout_seed(i)) };
+        let hidden = model.forward_hidden(&token_batch(b), None, &rt);
+        let nll = model.nll_sum(hidden, &targets);
+        nll_total += scalar(nll.clone().inner());
+        let g = (nll / n_window).backward();
+        for (j, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
+            for (k, t) in [(2 * j, &ad.a), (2 * j + 1, &ad.b)] {
+                if let Some(gt) = t.grad(&g) {
+                    let v: Vec<f32> = gt.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                    grads[k].iter_mut().zip(v).for_each(|(acc, x)| *acc += x);
+                }
+            }
+        }
+    }
+    // The model keeps plain (untracked) tensors between steps; evaluation then builds no graph.
+    write_params(model, params, false);
+    (grads, nll_total)
+}
+
+/// One optimizer step: window gradients → clip → AdamW at `lr`. Nothing is updated if the loss or the
+/// gradient norm is not finite.
+pub fn train_step<B: FrozenMatmul>(
+    model: &mut Gemma<Autodiff<B>>,
+    params: &mut [Param],
+    opt: &mut AdamW,
+    window: &[Batch],
+    lr: f64,
+    max_grad_norm: f64,
+    dropout_seed: impl Fn(usize) -> u64,
+) -> Result<StepStats, StepError> {
+    let (mut grads, nll) = window_grads(model, params, window, dropout_seed);
+    let targets = window_targets(window);
+    let loss = nll / targets.max(1) as f64;
+    if !loss.is_finite() {
+        return Err(StepError::NonFinite { what: "loss", value: loss });
+    }
+    let grad_norm = clip_grad_norm(&mut grads, max_grad_norm);
+    if !grad_norm.is_finite() {
+        return Err(StepError::NonFinite { what: "gradient norm", value: grad_norm });
+    }
+    opt.step(params, &grads, lr);
+    write_params(model, params, false);
+    Ok(StepStats { loss, grad_norm, tokens: window.iter().map(|b| b.n_tokens).sum() })
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    let v: f32 = t.into_scalar().elem();
+    v as f64
+}
+
+/// Mean NLL per target over `batches` with dropout off (what `lapidary eval` computes for `tokens` rows).
+/// Returns `(loss, targets)`.
+pub fn eval_loss<B: FrozenMatmul>(model: &Gemma<B>, batches: &[Batch]) -> (f64, usize) {
+    let rt = LoraRuntime::default();
+    let (mut nll, mut n) = (0f64, 0usize);
+    for b in batches {
+        let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
+        if targets.is_empty() {
+            continue;
+        }
+        let hidden = model.forward_hidden(&token_batch(b), None, &rt);
+        nll += scalar(model.nll_sum(hidden, &targets));
+        n += targets.len();
+    }
+    (nll / n.max(1) as f64, n)
+}
+
+/// Stops with a message if a step produced a non-finite value.
+pub fn check_finite(step: u64, r: Result<StepStats, StepError>, last_ckpt: Option<u64>) -> Result<StepStats> {
+    match r {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let keep = match last_ckpt {
+                Some(k) => format!("checkpoints/step-{k} is the last good state"),
+                None => "no checkpoint was written yet".to_string(),
+            };
+            bail!(
+                "step {step}: {e}; stopped without applying the update ({keep}). Lower train.lr, set \
+                 train.max_grad_norm, or check the data"
+            )
+        }
+    }
+}
