@@ -17,7 +17,8 @@ use crate::safetensors_dir::to_f32;
 pub struct AdapterConfig {
     #[serde(default = "lora_type")]
     pub peft_type: String,
-    #[serde(default = "causal_lm")]
+    /// PEFT writes `null` when `LoraConfig` was given no task type; read that as CAUSAL_LM.
+    #[serde(default = "causal_lm", deserialize_with = "null_as_causal_lm")]
     pub task_type: String,
     pub r: usize,
     pub lora_alpha: f64,
@@ -41,6 +42,9 @@ fn lora_type() -> String {
 }
 fn causal_lm() -> String {
     "CAUSAL_LM".into()
+}
+fn null_as_causal_lm<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(causal_lm))
 }
 fn none_bias() -> String {
     "none".into()
@@ -248,4 +252,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_config_with_null_task_type_reads() {
+        let json = r#"{"peft_type": "LORA", "task_type": null, "r": 4, "lora_alpha": 8,
+                       "target_modules": ["q_proj", "v_proj"], "use_rslora": true}"#;
+        let cfg: AdapterConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.task_type, "CAUSAL_LM");
+        // rsLoRA: alpha / sqrt(r) = 8 / 2.
+        assert_eq!(cfg.scale(), 4.0);
+    }
 }
