@@ -10,6 +10,7 @@ pub mod gguf_tokenizer;
 pub mod layers;
 pub mod load;
 pub mod loss;
+pub mod merge;
 pub mod quant;
 pub mod safetensors_dir;
 pub mod source;

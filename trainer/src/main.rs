@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod common;
 mod eval_data;
+mod metrics_eval;
 mod train;
 
 #[derive(Parser)]
@@ -18,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mean next-token loss (and perplexity) of a model on a JSONL file.
+    /// Loss/perplexity, or exact-match / multiple-choice accuracy, of a model on a JSONL file.
     Eval(cmd::eval::EvalArgs),
     /// Generate text from a prompt.
     Generate(cmd::generate::GenerateArgs),
@@ -30,6 +31,8 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Fine-tune a LoRA adapter from a TOML recipe (see configs/).
     Train(cmd::train::TrainArgs),
+    /// Fold LoRA adapter(s) into the base and write a transformers-loadable directory.
+    Merge(cmd::merge::MergeArgs),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,14 +1,14 @@
 //! `lapidary convert`: a GGUF file → a directory transformers loads (config.json, model.safetensors,
-//! tokenizer.json, tokenizer_config.json). Weights are written in f32 (dequantized), under transformers' names,
-//! with Gemma norms back in transformers' `w` convention.
+//! tokenizer.json, tokenizer_config.json, generation_config.json). Weights are written in f32 (dequantized),
+//! under transformers' names, with Gemma norms back in transformers' `w` convention. The writing is shared
+//! with `lapidary merge` (`lapidary_model::merge::HfDirWriter`, `side_files`).
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use lapidary_model::adapter::write_atomic;
+use lapidary_model::merge::{side_files, HfDirWriter, OutDtype, MAX_SHARD_BYTES};
 use lapidary_model::source::is_gguf;
 use lapidary_model::WeightSource;
-use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -33,47 +33,14 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let config = gguf.config_json()?;
     // Check it is a config we can read before writing anything.
     lapidary_model::GemmaConfig::from_json(&config, &a.model)?;
-    let tokenizer = gguf.tokenizer()?;
-    let tmp = a.out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    let w = HfDirWriter::begin(&a.out, a.overwrite)?;
+    let names = gguf.names().into_iter().map(|n| Ok((n.clone(), gguf.shape(&n)?))).collect::<Result<Vec<_>>>()?;
+    w.write_weights(&names, OutDtype::F32, MAX_SHARD_BYTES, |n| gguf.get(n))?;
+    w.write_json("config.json", &config)?;
+    for (name, bytes) in side_files(&a.model, &config)? {
+        w.write_file(&name, &bytes)?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut tensors = Vec::new();
-    for name in gguf.names() {
-        let t = gguf.get(&name)?;
-        tensors.push((name, t.shape, bytemuck::cast_slice::<f32, u8>(&t.data).to_vec()));
-    }
-    let views = tensors
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::tensor::serialize(views, Some(meta))?;
-    write_atomic(&tmp.join("model.safetensors"), &bytes)?;
-    write_atomic(&tmp.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
-    tokenizer.save(tmp.join("tokenizer.json"), false).map_err(|e| anyhow::anyhow!("writing tokenizer.json: {e}"))?;
-    let tok_name = |id: Option<u64>| id.and_then(|i| tokenizer.id_to_token(i as u32));
-    let cfg_u = |k: &str| config.get(k).and_then(|v| v.as_u64());
-    let mut tc = json!({
-        "tokenizer_class": "GemmaTokenizer",
-        "add_bos_token": true,
-        "add_eos_token": false,
-        "bos_token": tok_name(cfg_u("bos_token_id")),
-        "eos_token": tok_name(cfg_u("eos_token_id")),
-        "pad_token": tok_name(cfg_u("pad_token_id")),
-        "unk_token": tokenizer.id_to_token(3),
-        "model_max_length": cfg_u("max_position_embeddings"),
-    });
-    if let Some(t) = gguf.chat_template() {
-        tc["chat_template"] = t.into();
-    }
-    write_atomic(&tmp.join("tokenizer_config.json"), &serde_json::to_vec_pretty(&tc)?)?;
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
-    }
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    w.commit()?;
     println!("wrote {}", a.out.display());
     Ok(())
 }

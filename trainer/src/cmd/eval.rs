@@ -1,5 +1,8 @@
-//! `lapidary eval`: mean next-token NLL over all predicted tokens of all rows (each row on its own).
-use std::path::PathBuf;
+//! `lapidary eval`: mean next-token NLL over all predicted tokens of all rows (each row on its own), or a task
+//! metric (`--metric exact_match | choice`, see `crate::metrics_eval`); `--compare` runs base and base +
+//! adapter side by side.
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use burn::tensor::ElementConversion;
@@ -8,20 +11,61 @@ use lapidary_model::layers::lora::LoraRuntime;
 use lapidary_model::loss::shifted_targets;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::TokenBatch;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{load, ModelArgs};
+use crate::metrics_eval::{ExactOptions, MatchRule};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// Mean next-token loss and perplexity; rows `{"text"}` or `{"input_ids"}`.
+    Loss,
+    /// Greedy generation compared with `answer` after normalisation (lowercase, whitespace collapsed and
+    /// trimmed, trailing `.,;:!?` stripped); rows `{"prompt" | "messages", "answer"}`; reports accuracy.
+    ExactMatch,
+    /// Multiple choice by continuation log-likelihood (lm-evaluation-harness's split; acc and acc_norm, the
+    /// latter divided by the choice's length in characters); rows `{"prompt", "choices", "answer": index}`.
+    Choice,
+}
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// JSONL rows with `text` or `input_ids`.
+    /// JSONL rows (fields depend on --metric).
     #[arg(long)]
     pub data: PathBuf,
-    /// Longer rows are truncated (and counted).
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "loss")]
+    pub metric: Metric,
+    /// Longer rows are truncated (and counted); for `choice`, the input keeps its last tokens, as lm-eval does.
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// exact_match: most tokens generated per row (greedy).
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// exact_match: wrap each `prompt` as a user turn of the Gemma chat template (rows with `messages` always
+    /// use the template).
+    #[arg(long)]
+    pub chat: bool,
+    /// exact_match: also stop at the first newline (the generation is cut there).
+    #[arg(long)]
+    pub stop_at_newline: bool,
+    /// exact_match: `equal` = normalised generation equals the normalised answer; `prefix` = it starts with
+    /// the answer, followed by a non-alphanumeric character or nothing.
+    #[arg(long = "match", value_enum, default_value = "equal")]
+    pub match_rule: MatchRule,
+    /// choice: put between the prompt and each choice (lm-eval's `target_delimiter`).
+    #[arg(long, default_value = " ", allow_hyphen_values = true)]
+    pub target_delimiter: String,
+    /// Write one JSON line per row: exact_match `{index, line, prediction, normalized, answers, correct}`,
+    /// choice `{index, line, loglikelihoods, lengths, pred, pred_norm, answer, correct, correct_norm}`
+    /// (with --compare, each row twice, tagged `"model": "base" | "adapter"`).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    /// Evaluate the base model and base + --adapter side by side; reports both and adapter - base.
+    #[arg(long)]
+    pub compare: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -63,36 +107,164 @@ pub fn eval_rows<B: FrozenMatmul>(
     EvalResult { loss: nll / tokens.max(1) as f64, tokens, examples: rows.len(), truncated }
 }
 
+/// The rows of one metric, read and checked before any model is loaded.
+enum Rows {
+    Loss(PathBuf),
+    Exact(Vec<crate::eval_data::ExactRow>),
+    Choice(Vec<crate::eval_data::ChoiceRow>),
+}
+
+/// Runs the metric on one model: (summary JSON, per-row JSON, text line).
+fn evaluate<B: FrozenMatmul>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Result<(Value, Vec<Value>, String)> {
+    let loaded = load::<B>(model)?;
+    let start = std::time::Instant::now();
+    let (mut summary, per_row, line) = match rows {
+        Rows::Loss(path) => {
+            let rows = crate::eval_data::read_rows(path, &loaded.files.tokenizer)?;
+            let r = eval_rows(&loaded.model, &rows, a.max_seq_len);
+            if r.tokens == 0 {
+                bail!("{}: no row has two or more tokens, so there is nothing to predict", path.display());
+            }
+            if !r.loss.is_finite() {
+                bail!("the loss is {} (not finite): the weights or the adapter are broken", r.loss);
+            }
+            let line = format!(
+                "loss {:.6}  perplexity {:.4}  ({} predicted tokens, {} examples{})",
+                r.loss,
+                r.loss.exp(),
+                r.tokens,
+                r.examples,
+                if r.truncated > 0 { format!(", {} truncated", r.truncated) } else { String::new() }
+            );
+            let s = start.elapsed().as_secs_f64();
+            let v = json!({
+                "loss": r.loss, "perplexity": r.loss.exp(), "tokens": r.tokens, "examples": r.examples,
+                "truncated": r.truncated, "seconds": s, "tokens_per_s": r.tokens as f64 / s,
+            });
+            return Ok((v, Vec::new(), line));
+        }
+        Rows::Exact(rows) => {
+            let opt = ExactOptions {
+                max_new_tokens: a.max_new_tokens,
+                chat: a.chat,
+                stop_at_newline: a.stop_at_newline,
+                rule: a.match_rule,
+            };
+            let r = crate::metrics_eval::exact_match(&loaded.model, &loaded.files, rows, &opt, &a.data)?;
+            let line = format!(
+                "exact_match accuracy {:.4}  ({} of {} correct, match = {})",
+                r.summary["accuracy"].as_f64().unwrap_or(0.0),
+                r.summary["correct"],
+                r.summary["examples"],
+                a.match_rule.name()
+            );
+            (r.summary, r.rows, line)
+        }
+        Rows::Choice(rows) => {
+            let r = crate::metrics_eval::choice(
+                &loaded.model,
+                &loaded.files.tokenizer,
+                rows,
+                &a.target_delimiter,
+                a.max_seq_len,
+                &a.data,
+            )?;
+            let line = format!(
+                "choice acc {:.4}  acc_norm {:.4}  ({} examples)",
+                r.summary["acc"].as_f64().unwrap_or(0.0),
+                r.summary["acc_norm"].as_f64().unwrap_or(0.0),
+                r.summary["examples"]
+            );
+            (r.summary, r.rows, line)
+        }
+    };
+    summary["seconds"] = json!(start.elapsed().as_secs_f64());
+    Ok((summary, per_row, line))
+}
+
+fn write_predictions(path: &Path, rows: &[Value]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", path.display()))?,
+    );
+    for r in rows {
+        writeln!(f, "{}", serde_json::to_string(r)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    f.flush().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The numeric headline keys of a metric, for `--compare`'s difference.
+fn headline(metric: Metric) -> &'static [&'static str] {
+    match metric {
+        Metric::Loss => &["loss", "perplexity"],
+        Metric::ExactMatch => &["accuracy", "correct"],
+        Metric::Choice => &["acc", "acc_norm"],
+    }
+}
+
 fn run_on<B: FrozenMatmul>(a: EvalArgs) -> Result<()> {
-    let loaded = load::<B>(&a.model)?;
-    let rows = crate::eval_data::read_rows(&a.data, &loaded.files.tokenizer)?;
-    if a.max_seq_len == Some(0) {
+    if a.max_seq_len.is_some_and(|m| m < 2) {
         bail!("--max-seq-len must be at least 2");
     }
-    let start = std::time::Instant::now();
-    let r = eval_rows(&loaded.model, &rows, a.max_seq_len);
-    let seconds = start.elapsed().as_secs_f64();
-    if r.tokens == 0 {
-        bail!("{}: no row has two or more tokens, so there is nothing to predict", a.data.display());
+    if a.compare && a.model.adapter.is_none() {
+        bail!("--compare needs --adapter (it evaluates the base model and base + adapter side by side)");
     }
-    if !r.loss.is_finite() {
-        bail!("the loss is {} (not finite): the weights or the adapter are broken", r.loss);
+    if a.metric == Metric::ExactMatch && a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
     }
+    if a.predictions.is_some() && a.metric == Metric::Loss {
+        bail!("--predictions is for --metric exact_match or choice (loss has no per-row prediction)");
+    }
+    let rows = match a.metric {
+        Metric::Loss => Rows::Loss(a.data.clone()),
+        Metric::ExactMatch => Rows::Exact(crate::eval_data::read_exact_rows(&a.data)?),
+        Metric::Choice => Rows::Choice(crate::eval_data::read_choice_rows(&a.data)?),
+    };
+    if !a.compare {
+        let (summary, per_row, line) = evaluate::<B>(&a, &a.model, &rows)?;
+        if let Some(p) = &a.predictions {
+            write_predictions(p, &per_row)?;
+        }
+        if a.json {
+            crate::common::print_json(&summary);
+        } else {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let base_args = ModelArgs { adapter: None, ..a.model.clone() };
+    let (base, base_rows, base_line) = evaluate::<B>(&a, &base_args, &rows)?;
+    let (tuned, tuned_rows, tuned_line) = evaluate::<B>(&a, &a.model, &rows)?;
+    if let Some(p) = &a.predictions {
+        let tag = |rows: Vec<Value>, name: &'static str| {
+            rows.into_iter().map(move |mut r| {
+                r["model"] = json!(name);
+                r
+            })
+        };
+        let all: Vec<Value> = tag(base_rows, "base").chain(tag(tuned_rows, "adapter")).collect();
+        write_predictions(p, &all)?;
+    }
+    let mut diff = serde_json::Map::new();
+    for k in headline(a.metric) {
+        if let (Some(x), Some(y)) = (base[*k].as_f64(), tuned[*k].as_f64()) {
+            diff.insert(k.to_string(), json!(y - x));
+        }
+    }
+    let metric = match a.metric {
+        Metric::Loss => "loss",
+        Metric::ExactMatch => "exact_match",
+        Metric::Choice => "choice",
+    };
     if a.json {
         crate::common::print_json(&json!({
-            "loss": r.loss, "perplexity": r.loss.exp(), "tokens": r.tokens, "examples": r.examples,
-            "truncated": r.truncated,
-            "seconds": seconds, "tokens_per_s": r.tokens as f64 / seconds,
+            "metric": metric, "base": base, "adapter": tuned, "difference": Value::Object(diff),
         }));
     } else {
-        println!(
-            "loss {:.6}  perplexity {:.4}  ({} predicted tokens, {} examples{})",
-            r.loss,
-            r.loss.exp(),
-            r.tokens,
-            r.examples,
-            if r.truncated > 0 { format!(", {} truncated", r.truncated) } else { String::new() }
-        );
+        println!("base     {base_line}");
+        println!("adapter  {tuned_line}");
+        let d: Vec<String> = diff.iter().map(|(k, v)| format!("{k} {:+.6}", v.as_f64().unwrap_or(0.0))).collect();
+        println!("adapter - base: {}", d.join("  "));
     }
     Ok(())
 }
