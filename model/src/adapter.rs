@@ -83,18 +83,27 @@ impl AdapterConfig {
 
 pub const PEFT_PREFIX: &str = "base_model.model.model.layers";
 
-fn linears_mut<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<(usize, &'static str, &mut LoraLinear<B>)> {
+/// PEFT's key for one matrix (`lora_A` or `lora_B`) of one module (`layers.3.mlp.up_proj`).
+pub fn peft_key(module: &str, ab: &str) -> String {
+    format!("base_model.model.model.{module}.{ab}.weight")
+}
+
+/// Every (PEFT module path, linear) pair of the model, mutably, in the same order as [`linears`].
+pub fn linears_mut<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraLinear<B>)> {
     let mut out = Vec::new();
     for (i, l) in model.layers.iter_mut().enumerate() {
-        let a = &mut l.self_attn;
-        let m = &mut l.mlp;
-        out.push((i, "self_attn.q_proj", &mut a.q_proj));
-        out.push((i, "self_attn.k_proj", &mut a.k_proj));
-        out.push((i, "self_attn.v_proj", &mut a.v_proj));
-        out.push((i, "self_attn.o_proj", &mut a.o_proj));
-        out.push((i, "mlp.gate_proj", &mut m.gate_proj));
-        out.push((i, "mlp.up_proj", &mut m.up_proj));
-        out.push((i, "mlp.down_proj", &mut m.down_proj));
+        let (a, m) = (&mut l.self_attn, &mut l.mlp);
+        for (name, lin) in [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ] {
+            out.push((format!("layers.{i}.{name}"), lin));
+        }
     }
     out
 }
@@ -143,8 +152,8 @@ pub fn init_lora<B: FrozenMatmul>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
         }
     }
     let device = model.device.clone();
-    for (_, module, lin) in linears_mut(model) {
-        if targets.iter().any(|t| t == short(module)) {
+    for (module, lin) in linears_mut(model) {
+        if targets.iter().any(|t| t == short(&module)) {
             lin.init_adapter(cfg.r, cfg.scale(), cfg.lora_dropout, seed, &device);
         }
     }
@@ -176,9 +185,9 @@ pub fn load_adapter<B: FrozenMatmul>(model: &mut Gemma<B>, dir: &Path) -> Result
     let device = model.device.clone();
     let scale = cfg.scale();
     let mut used = 0;
-    for (i, module, lin) in linears_mut(model) {
+    for (module, lin) in linears_mut(model) {
         lin.adapter = None;
-        let key = |ab: &str| format!("{PEFT_PREFIX}.{i}.{module}.{ab}.weight");
+        let key = |ab: &str| peft_key(&module, ab);
         let (Some(a), Some(b)) = (tensors.get(&key("lora_A")), tensors.get(&key("lora_B"))) else { continue };
         let [out, inp] = lin.base.shape();
         for (name, t, want) in [(key("lora_A"), a, [cfg.r, inp]), (key("lora_B"), b, [out, cfg.r])] {
@@ -223,11 +232,7 @@ pub fn save_adapter<B: FrozenMatmul>(model: &Gemma<B>, cfg: &AdapterConfig, dir:
         for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
             let shape = t.dims().to_vec();
             let v: Vec<f32> = t.to_data().convert::<f32>().to_vec().unwrap_or_default();
-            data.push((
-                format!("base_model.model.model.{module}.{ab}.weight"),
-                shape,
-                bytemuck::cast_slice(&v).to_vec(),
-            ));
+            data.push((peft_key(&module, ab), shape, bytemuck::cast_slice(&v).to_vec()));
         }
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = data

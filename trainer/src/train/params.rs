@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Tensor, TensorData};
-use lapidary_model::adapter::AdapterConfig;
+use lapidary_model::adapter::{linears_mut, peft_key, AdapterConfig};
 use lapidary_model::layers::lora::LoraAdapter;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::Gemma;
@@ -13,33 +13,11 @@ use super::optim::{read_f32, write_f32_safetensors, Param};
 
 /// Every adapter of the model with its PEFT module path (`layers.3.mlp.up_proj`), in a fixed order.
 pub fn adapters_mut<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraAdapter<B>)> {
-    let mut out = Vec::new();
-    for (i, l) in model.layers.iter_mut().enumerate() {
-        let (a, m) = (&mut l.self_attn, &mut l.mlp);
-        for (name, lin) in [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ] {
-            if let Some(ad) = lin.adapter.as_mut() {
-                out.push((format!("layers.{i}.{name}"), ad));
-            }
-        }
-    }
-    out
+    linears_mut(model).into_iter().filter_map(|(module, lin)| lin.adapter.as_mut().map(|ad| (module, ad))).collect()
 }
 
 fn host<B: burn::tensor::backend::Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
     t.to_data().convert::<f32>().to_vec().unwrap_or_default()
-}
-
-/// PEFT's key for one matrix of one module.
-pub fn peft_key(module: &str, ab: &str) -> String {
-    format!("base_model.model.model.{module}.{ab}.weight")
 }
 
 /// The adapters' current values.
