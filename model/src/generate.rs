@@ -112,3 +112,68 @@ impl<B: FrozenMatmul> Gemma<B> {
         seq[prompt.len()..].to_vec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(temperature: f64, top_k: usize, top_p: f64) -> SamplingConfig {
+        SamplingConfig { temperature, top_k, top_p, ..Default::default() }
+    }
+
+    #[test]
+    fn greedy_and_degenerate_filters_pick_the_argmax() {
+        let logits = [0.5f32, 2.0, -1.0, 1.9];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        assert_eq!(sample(&logits, &cfg(0.0, 0, 1.0), &mut rng), 1);
+        for _ in 0..50 {
+            assert_eq!(sample(&logits, &cfg(1.0, 1, 1.0), &mut rng), 1, "top-k 1");
+            assert_eq!(sample(&logits, &cfg(1.0, 0, 1e-6), &mut rng), 1, "top-p tiny");
+        }
+    }
+
+    /// Frequencies follow softmax(logits / T) restricted to the top-k / nucleus, renormalised.
+    #[test]
+    fn sampling_frequencies_follow_the_filtered_softmax() {
+        let logits = [2.0f32, 1.0, 0.0, -3.0];
+        let softmax = |xs: &[f64]| {
+            let s: f64 = xs.iter().map(|x| x.exp()).sum();
+            xs.iter().map(|x| x.exp() / s).collect::<Vec<_>>()
+        };
+        // T = 2, no filter: p = softmax([1, 0.5, 0, -1.5]).
+        let full = softmax(&[1.0, 0.5, 0.0, -1.5]);
+        // top-k 2: only the first two, renormalised.
+        let k2 = softmax(&[1.0, 0.5]);
+        // top-p 0.8 at T = 1: p = softmax(logits) = [0.705, 0.259, 0.035, 0.002]; 0.705 < 0.8 <= 0.964 keeps two.
+        let p1 = softmax(&[2.0, 1.0, 0.0, -3.0]);
+        let p08 = [p1[0] / (p1[0] + p1[1]), p1[1] / (p1[0] + p1[1])];
+        let n = 40_000;
+        for (c, want) in
+            [(cfg(2.0, 0, 1.0), full.clone()), (cfg(2.0, 2, 1.0), k2.clone()), (cfg(1.0, 0, 0.8), p08.to_vec())]
+        {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+            let mut counts = [0usize; 4];
+            for _ in 0..n {
+                counts[sample(&logits, &c, &mut rng) as usize] += 1;
+            }
+            for (i, &cnt) in counts.iter().enumerate() {
+                let p = want.get(i).copied().unwrap_or(0.0);
+                let f = cnt as f64 / n as f64;
+                // 5 standard deviations of a binomial frequency.
+                let tol = 5.0 * (p * (1.0 - p) / n as f64).sqrt() + 1e-9;
+                assert!((f - p).abs() <= tol, "{c:?}: token {i} frequency {f} vs {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_samples() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 / 3.0).collect();
+        let draw = |seed| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            (0..20).map(|_| sample(&logits, &cfg(0.9, 10, 0.95), &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+}
