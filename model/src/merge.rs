@@ -200,25 +200,13 @@ pub fn read_adapter<B: FrozenMatmul>(model: &mut Gemma<B>, dir: &Path) -> Result
 /// Puts `pairs` on the model's projections (and removes every other adapter).
 pub fn set_adapters<B: FrozenMatmul>(model: &mut Gemma<B>, pairs: &BTreeMap<String, LoraPair>) {
     let device = model.device.clone();
-    for (i, layer) in model.layers.iter_mut().enumerate() {
-        let a = &mut layer.self_attn;
-        let m = &mut layer.mlp;
-        for (name, lin) in [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
-        ] {
-            lin.adapter = pairs.get(&format!("layers.{i}.{name}")).map(|p| LoraAdapter {
-                a: Tensor::from_data(TensorData::new(p.a.clone(), [p.r, p.inp]), &device),
-                b: Tensor::from_data(TensorData::new(p.b.clone(), [p.out, p.r]), &device),
-                scale: p.scale,
-                dropout: 0.0,
-            });
-        }
+    for (module, lin) in crate::adapter::linears_mut(model) {
+        lin.adapter = pairs.get(&module).map(|p| LoraAdapter {
+            a: Tensor::from_data(TensorData::new(p.a.clone(), [p.r, p.inp]), &device),
+            b: Tensor::from_data(TensorData::new(p.b.clone(), [p.out, p.r]), &device),
+            scale: p.scale,
+            dropout: 0.0,
+        });
     }
 }
 
