@@ -3,11 +3,9 @@
 //! examples' losses one per row, for all three generations.
 mod common;
 
-use burn::tensor::ElementConversion;
 use common::*;
 use lapidary_data::{Batch, Batches, DataConfig};
 use lapidary_model::backend::Cpu;
-use lapidary_model::layers::lora::LoraRuntime;
 use lapidary_model::loss::shifted_targets;
 use lapidary_model::{ModelFiles, TokenBatch};
 
@@ -47,9 +45,7 @@ fn packed_loss_equals_sum_of_unpacked_losses() {
                 let b = b.unwrap();
                 let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
                 assert_eq!(targets.len(), b.n_targets);
-                let h = model.forward_hidden(&token_batch(&b), None, &LoraRuntime::default());
-                let s: f32 = model.nll_sum(h, &targets).into_scalar().elem();
-                nll += s as f64;
+                nll += model.eval_nll(&token_batch(&b), &targets);
                 n += targets.len();
                 rows += b.batch;
             }

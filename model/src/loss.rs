@@ -1,9 +1,10 @@
 //! Causal-LM loss: the summed next-token negative log-likelihood over the target positions, computed through
 //! the (tied) LM head in chunks of rows so that `[tokens × vocab]` logits never exist at once in evaluation.
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
-use crate::decoder::Gemma;
+use crate::decoder::{Gemma, TokenBatch};
+use crate::layers::lora::LoraRuntime;
 use crate::quant::FrozenMatmul;
 
 /// Rows of the LM head evaluated at once.
@@ -46,5 +47,12 @@ impl<B: FrozenMatmul> Gemma<B> {
             });
         }
         total.unwrap_or_else(|| Tensor::zeros([1], &self.device))
+    }
+
+    /// Evaluation (no dropout, no graph needed): the summed `-log p(target)` over `targets` of `tokens`, as f64.
+    pub fn eval_nll(&self, tokens: &TokenBatch, targets: &[(usize, u32)]) -> f64 {
+        let hidden = self.forward_hidden(tokens, None, &LoraRuntime::default());
+        let nll: f32 = self.nll_sum(hidden, targets).into_scalar().elem();
+        nll as f64
     }
 }

@@ -16,9 +16,7 @@
 //! `argmax ll / len(choice)` with `len` in characters (Unicode scalar values, Python's `len`) of the choice as
 //! written (without the delimiter); ties go to the first index (`np.argmax`).
 use anyhow::{bail, Result};
-use burn::tensor::ElementConversion;
 use lapidary_model::generate::SamplingConfig;
-use lapidary_model::layers::lora::LoraRuntime;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::{Gemma, TokenBatch};
 use serde_json::{json, Value};
@@ -181,9 +179,7 @@ pub fn loglikelihood<B: FrozenMatmul>(
     // The continuation's tokens are the last `cont.len()` targets of `input`'s positions.
     let first = input.len() - cont.len();
     let targets: Vec<(usize, u32)> = cont.iter().enumerate().map(|(i, &t)| (first + i, t)).collect();
-    let hidden = model.forward_hidden(&TokenBatch::from_rows(&[input]), None, &LoraRuntime::default());
-    let nll: f32 = model.nll_sum(hidden, &targets).into_scalar().elem();
-    (-(nll as f64), cut)
+    (-model.eval_nll(&TokenBatch::from_rows(&[input]), &targets), cut)
 }
 
 /// First index of the largest value (`np.argmax`).

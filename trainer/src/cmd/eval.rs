@@ -5,9 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use burn::tensor::ElementConversion;
 use clap::Args;
-use lapidary_model::layers::lora::LoraRuntime;
 use lapidary_model::loss::shifted_targets;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::TokenBatch;
@@ -83,7 +81,6 @@ pub fn eval_rows<B: FrozenMatmul>(
     rows: &[Vec<u32>],
     max_len: Option<usize>,
 ) -> EvalResult {
-    let rt = LoraRuntime::default();
     let (mut nll, mut tokens, mut truncated) = (0f64, 0usize, 0usize);
     for row in rows {
         let mut row = row.clone();
@@ -98,10 +95,7 @@ pub fn eval_rows<B: FrozenMatmul>(
         }
         let labels: Vec<i64> = row.iter().map(|&t| t as i64).collect();
         let targets = shifted_targets(&labels, 1, row.len());
-        let batch = TokenBatch::from_rows(&[row]);
-        let hidden = model.forward_hidden(&batch, None, &rt);
-        let s: f32 = model.nll_sum(hidden, &targets).into_scalar().elem();
-        nll += s as f64;
+        nll += model.eval_nll(&TokenBatch::from_rows(&[row]), &targets);
         tokens += targets.len();
     }
     EvalResult { loss: nll / tokens.max(1) as f64, tokens, examples: rows.len(), truncated }

@@ -127,15 +127,13 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// Mean NLL per target over `batches` with dropout off (what `lapidary eval` computes for `tokens` rows).
 /// Returns `(loss, targets)`.
 pub fn eval_loss<B: FrozenMatmul>(model: &Gemma<B>, batches: &[Batch]) -> (f64, usize) {
-    let rt = LoraRuntime::default();
     let (mut nll, mut n) = (0f64, 0usize);
     for b in batches {
         let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
         if targets.is_empty() {
             continue;
         }
-        let hidden = model.forward_hidden(&token_batch(b), None, &rt);
-        nll += scalar(model.nll_sum(hidden, &targets));
+        nll += model.eval_nll(&token_batch(b), &targets);
         n += targets.len();
     }
     (nll / n.max(1) as f64, n)
