@@ -13,6 +13,7 @@ pub mod loss;
 pub mod merge;
 pub mod quant;
 pub mod safetensors_dir;
+pub mod shapes;
 pub mod source;
 pub mod weights;
 

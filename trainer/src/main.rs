@@ -33,6 +33,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Fold LoRA adapter(s) into the base and write a transformers-loadable directory.
     Merge(cmd::merge::MergeArgs),
+    /// Time QLoRA training steps (tokens/s, peak memory) on a checkpoint or a published shape.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() {
@@ -45,6 +47,7 @@ fn main() {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Merge(a) => cmd::merge::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
