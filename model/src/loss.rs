@@ -1,14 +1,10 @@
 //! Causal-LM loss: the summed next-token negative log-likelihood over the target positions, computed through
-//! the (tied) LM head in chunks of rows so that `[tokens × vocab]` logits never exist at once in evaluation.
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+//! the (tied) LM head by the fused op of `crate::lm_head_loss`, so `[tokens × vocab]` logits never exist.
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::decoder::{Gemma, TokenBatch};
 use crate::layers::lora::LoraRuntime;
 use crate::quant::FrozenMatmul;
-
-/// Rows of the LM head evaluated at once.
-pub const LM_HEAD_CHUNK: usize = 256;
 
 /// Prediction targets of a `[batch, seq]` batch whose `labels` are aligned with its inputs (the HF
 /// convention: the model predicts `labels[t + 1]` from position `t`; `-100` = not a target).
@@ -27,26 +23,15 @@ pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<(usize, 
 }
 
 impl<B: FrozenMatmul> Gemma<B> {
-    /// Sum of `-log p(target)` over `targets`, from final hidden states `[batch, seq, hidden]`.
-    /// Returns a scalar tensor (differentiable on an autodiff backend).
+    /// Sum of `-log p(target)` over `targets`, from final hidden states `[batch, seq, hidden]`, through the
+    /// fused LM-head loss (`crate::lm_head_loss`): no `[tokens × vocab]` logits are kept. Returns a `[1]`
+    /// tensor, differentiable with respect to `hidden` on an autodiff backend.
     pub fn nll_sum(&self, hidden: Tensor<B, 3>, targets: &[(usize, u32)]) -> Tensor<B, 1> {
         let [b, s, h] = hidden.dims();
-        let flat = hidden.reshape([b * s, h]);
-        let mut total: Option<Tensor<B, 1>> = None;
-        for chunk in targets.chunks(LM_HEAD_CHUNK) {
-            let rows: Vec<i64> = chunk.iter().map(|(i, _)| *i as i64).collect();
-            let ids: Vec<i64> = chunk.iter().map(|(_, t)| *t as i64).collect();
-            let n = rows.len();
-            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &self.device);
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.device);
-            let logits = self.lm_head(flat.clone().select(0, rows));
-            let nll = log_softmax(logits, 1).gather(1, ids).sum().neg();
-            total = Some(match total {
-                Some(t) => t + nll,
-                None => nll,
-            });
-        }
-        total.unwrap_or_else(|| Tensor::zeros([1], &self.device))
+        let flat = hidden.reshape([b * s, h]).into_primitive().tensor();
+        let table = self.embed_tokens.clone().into_primitive().tensor();
+        let nll = B::lm_head_nll(flat, table, targets, self.config.final_logit_softcapping);
+        Tensor::from_primitive(TensorPrimitive::Float(nll))
     }
 
     /// Evaluation (no dropout, no graph needed): the summed `-log p(target)` over `targets` of `tokens`, as f64.

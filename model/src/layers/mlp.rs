@@ -1,7 +1,6 @@
 //! Gemma's gated MLP (GeGLU): `down(gelu_tanh(gate(x)) * up(x))`. All three generations use the tanh
 //! approximation of GELU (transformers' `gelu_pytorch_tanh`), even where Gemma 1's config says `gelu`.
-use burn::tensor::activation::gelu_approximate;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::lora::{LoraLinear, LoraRuntime};
 use crate::quant::FrozenMatmul;
@@ -17,8 +16,10 @@ impl<B: FrozenMatmul> Mlp<B> {
     /// # Shapes
     /// `[batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
-        let gate = gelu_approximate(self.gate_proj.forward(x.clone(), rt));
-        let up = self.up_proj.forward(x, rt);
-        self.down_proj.forward(gate * up, rt)
+        let gate = self.gate_proj.forward(x.clone(), rt).into_primitive().tensor();
+        let up = self.up_proj.forward(x, rt).into_primitive().tensor();
+        // One fused op (`crate::ops`): a single pass each way, only `gate` and `up` kept for the backward.
+        let act = Tensor::from_primitive(TensorPrimitive::Float(B::geglu(gate, up)));
+        self.down_proj.forward(act, rt)
     }
 }

@@ -1,7 +1,7 @@
 //! The frozen linear of QLoRA: `y = x · Wᵀ` where `W` is stored dense, NF4 or int8.
 //!
 //! For the quantized kinds the full-precision `W` exists only inside one call: the forward dequantizes it,
-//! multiplies and drops it, and the backward (through `FrozenMatmul` on `Autodiff`) dequantizes it again to
+//! multiplies and drops it, and the backward (`crate::ops`, `FrozenMatmul` on `Autodiff`) dequantizes it again to
 //! compute `dx = dy · W`. No weight gradient is ever computed: the base is frozen. This is what keeps a
 //! QLoRA run's memory at the size of the packed weights instead of the dense ones. (Burn 0.21's own quantized
 //! tensors have no NF4 and no autodiff support, hence this op.)
@@ -10,10 +10,8 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+
+pub use crate::ops::FrozenMatmul;
 
 use super::{Int8Weight, Nf4Weight};
 
@@ -70,59 +68,11 @@ impl PackedWeight {
     }
 }
 
-/// Backends that can multiply by a packed frozen weight.
-pub trait FrozenMatmul: Backend {
-    /// `x: [n, in]` → `[n, out]`.
-    fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self>;
-}
-
 /// Dequantize then multiply: the plain (non-differentiating) implementation for any backend.
 pub fn frozen_matmul_dequant<B: Backend>(x: FloatTensor<B>, w: &PackedWeight) -> FloatTensor<B> {
     let device = B::float_device(&x);
     let wt = B::float_transpose(w.to_primitive::<B>(&device));
     B::float_matmul(x, wt)
-}
-
-macro_rules! frozen_matmul_by_dequant {
-    ($($backend:ty),*) => {$(
-        impl FrozenMatmul for $backend {
-            fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
-                frozen_matmul_dequant::<Self>(x, w)
-            }
-        }
-    )*};
-}
-frozen_matmul_by_dequant!(burn_ndarray::NdArray<f32>, burn_flex::Flex<f32>);
-
-#[derive(Debug)]
-struct FrozenMatmulBackward;
-
-impl<B: Backend> Backward<B, 1> for FrozenMatmulBackward {
-    // The packed weight, not its dense form: the backward rebuilds it.
-    type State = Arc<PackedWeight>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let w = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            // dy: [n, out] · W: [out, in] → dx: [n, in]
-            let device = B::float_device(&grad);
-            B::float_matmul(grad, w.to_primitive::<B>(&device))
-        });
-    }
-}
-
-impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
-    fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
-        match FrozenMatmulBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(w.clone(), B::frozen_matmul(x.primitive, w)),
-            OpsKind::UnTracked(prep) => prep.finish(B::frozen_matmul(x.primitive, w)),
-        }
-    }
 }
 
 /// A frozen (non-trainable) linear layer without bias, as every Gemma projection is.
