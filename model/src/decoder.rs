@@ -144,8 +144,8 @@ impl<B: FrozenMatmul> Gemma<B> {
             match cache.as_deref_mut() {
                 Some(c) => {
                     let lc = c.layers[i].get_or_insert_with(|| LayerCache {
-                        k: Tensor::zeros([tokens.batch, cfg.num_key_value_heads, 0, cfg.head_dim], &self.device),
-                        v: Tensor::zeros([tokens.batch, cfg.num_key_value_heads, 0, cfg.head_dim], &self.device),
+                        k: Tensor::zeros([tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim], &self.device),
+                        v: Tensor::zeros([tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim], &self.device),
                         positions: Vec::new(),
                     });
                     // Key positions: the cached ones, then the new ones (the same for every row).
@@ -159,8 +159,8 @@ impl<B: FrozenMatmul> Gemma<B> {
                         let len = lc.positions.len();
                         if len > w {
                             lc.positions.drain(..len - w);
-                            lc.k = lc.k.clone().narrow(2, len - w, w);
-                            lc.v = lc.v.clone().narrow(2, len - w, w);
+                            lc.k = lc.k.clone().narrow(1, len - w, w);
+                            lc.v = lc.v.clone().narrow(1, len - w, w);
                         }
                     }
                 }

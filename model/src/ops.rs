@@ -1,8 +1,8 @@
-//! The backend extension the model is generic over: [`FrozenMatmul`] adds to Burn's ops the three that
+//! The backend extension the model is generic over: [`FrozenMatmul`] adds to Burn's ops the ones that
 //! QLoRA needs fused or frozen — the matmul by a packed frozen weight (`crate::quant::linear`), the LM head
-//! with its cross-entropy (`crate::lm_head_loss`) and Gemma's GeGLU (`crate::cpu::geglu`) — and gives each
-//! its own backward on `Autodiff`, so that no dequantized weight, no `[tokens × vocab]` logits and no
-//! activation intermediates are kept for the backward pass.
+//! with its cross-entropy (`crate::lm_head_loss`), Gemma's GeGLU (`crate::cpu::geglu`) and RoPE
+//! (`crate::cpu::rope`) — and gives each its own backward on `Autodiff`, so that no dequantized weight, no
+//! `[tokens × vocab]` logits and no activation intermediates are kept for the backward pass.
 use std::sync::Arc;
 
 use burn::tensor::activation::gelu_approximate;
@@ -43,6 +43,18 @@ pub trait FrozenMatmul: Backend {
         softcap: Option<f64>,
     ) -> FloatTensor<Self> {
         Self::lm_head_nll_grad(hidden, table, targets, softcap, false).0
+    }
+
+    /// Rotary embedding, rotate-half layout: `x` `[batch, seq, heads, d]`, `cos`/`sin` `[batch, seq, 1, d]`
+    /// with equal halves (each angle at `i` and `i + d/2`, as RoPE tables are). The backward is the same call
+    /// with `−sin`.
+    fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        let [x, cos, sin] = [x, cos, sin].map(|t| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(t)));
+        let d = x.dims()[3];
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        (x * cos + rotated * sin).into_primitive().tensor()
     }
 
     /// `gelu_tanh(gate) · up`, same shapes.
@@ -112,6 +124,16 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
         (nll, dh.map(|d| FlexTensor::from_data(TensorData::new(d, [n, h]))))
     }
 
+    fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.layout().shape().clone();
+        let (heads, d) = (shape[2], shape[3]);
+        let (x, c, s) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
+        match (x.as_slice::<f32>(), c.as_slice::<f32>(), s.as_slice::<f32>()) {
+            (Some(xs), Some(cs), Some(ss)) => flex_from(crate::cpu::rope::rotate(xs, cs, ss, heads, d, 1.0), shape),
+            _ => panic!("burn-flex rope: expected f32 tensors"),
+        }
+    }
+
     fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = gate.layout().shape().clone();
         let (g, u) = (gate.to_contiguous(), up.to_contiguous());
@@ -147,7 +169,6 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
 fn flex_from(data: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
     burn_flex::FlexTensor::from_data(TensorData::new(data, shape))
 }
-
 
 #[derive(Debug)]
 struct LmHeadNllBackward;
@@ -217,6 +238,15 @@ impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
         }
     }
 
+    fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        // The tables are constants of the forward (never tracked).
+        let (cos, sin) = (cos.primitive, sin.primitive);
+        match RopeBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((cos.clone(), sin.clone()), B::rope(x.primitive, cos, sin)),
+            OpsKind::UnTracked(prep) => prep.finish(B::rope(x.primitive, cos, sin)),
+        }
+    }
+
     fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         match GegluBackward.prepare::<C>([gate.node.clone(), up.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -225,6 +255,24 @@ impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::geglu(gate.primitive, up.primitive)),
         }
+    }
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl<B: FrozenMatmul> Backward<B, 1> for RopeBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let (cos, sin) = ops.state;
+        // A rotation's transpose is the rotation by the opposite angle.
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::rope(grad, cos, B::float_neg(sin)));
     }
 }
 
@@ -254,3 +302,72 @@ impl<B: FrozenMatmul> Backward<B, 2> for GegluBackward {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::gelu_approximate;
+    use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+    use burn_autodiff::Autodiff;
+
+    use super::FrozenMatmul;
+    use crate::backend::{Cpu, NdArrayCpu};
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+    }
+
+    fn close(name: &str, a: &[f32], b: &[f32], tol: f32) {
+        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(err < tol, "{name}: max difference {err}");
+    }
+
+    /// Outputs and gradients of the fused GeGLU and RoPE (host kernels on flex, the Burn-op defaults on
+    /// ndarray) equal Burn's own autodiff through the unfused composition.
+    #[test]
+    fn fused_ops_equal_autodiff_of_the_composition() {
+        fn run<B: FrozenMatmul>(fused: bool) -> Vec<Vec<f32>> {
+            type T<B, const D: usize> = Tensor<Autodiff<B>, D>;
+            let dev = Default::default();
+            let shape = [2, 5, 3, 8]; // batch, seq, heads, head_dim
+            let n: usize = shape.iter().product();
+            let t4 = |v: Vec<f32>, s: [usize; 4]| T::<B, 4>::from_data(TensorData::new(v, s), &dev);
+            let g = t4(values(n, 1, 5.0), shape).require_grad();
+            let u = t4(values(n, 2, 1.0), shape).require_grad();
+            let x = t4(values(n, 3, 2.0), shape).require_grad();
+            // RoPE tables repeat their angles in both halves of head_dim (transformers' cat(freqs, freqs)).
+            let ang: Vec<f32> = values(2 * 5 * 4, 4, 3.0).chunks(4).flat_map(|h| [h, h].concat()).collect();
+            let cos = t4(ang.iter().map(|a| a.cos()).collect(), [2, 5, 1, 8]);
+            let sin = t4(ang.iter().map(|a| a.sin()).collect(), [2, 5, 1, 8]);
+            let prim = |t: T<B, 4>| t.into_primitive().tensor();
+            let wrap = |p| T::<B, 4>::from_primitive(TensorPrimitive::Float(p));
+            let (act, rot) = if fused {
+                (
+                    wrap(Autodiff::<B>::geglu(prim(g.clone()), prim(u.clone()))),
+                    wrap(Autodiff::<B>::rope(prim(x.clone()), prim(cos.clone()), prim(sin.clone()))),
+                )
+            } else {
+                let x1 = x.clone().narrow(3, 0, 4);
+                let x2 = x.clone().narrow(3, 4, 4);
+                let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+                (gelu_approximate(g.clone()) * u.clone(), x.clone() * cos + rotated * sin)
+            };
+            let w1 = t4(values(n, 5, 1.0), shape);
+            let w2 = t4(values(n, 6, 1.0), shape);
+            let loss = (act.clone() * w1).sum() + (rot.clone() * w2).sum();
+            let grads = loss.backward();
+            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            vec![
+                host(act.inner()),
+                host(rot.inner()),
+                host(g.grad(&grads).unwrap()),
+                host(u.grad(&grads).unwrap()),
+                host(x.grad(&grads).unwrap()),
+            ]
+        }
+        let want = run::<Cpu>(false);
+        for (name, got) in [("flex", run::<Cpu>(true)), ("ndarray", run::<NdArrayCpu>(true))] {
+            for (i, what) in ["geglu", "rope", "d gate", "d up", "d x"].iter().enumerate() {
+                close(&format!("{name} {what}"), &got[i], &want[i], 2e-5);
+            }
+        }
+    }
+}

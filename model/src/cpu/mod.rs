@@ -4,4 +4,5 @@
 pub mod geglu;
 pub mod gemm;
 pub mod math;
+pub mod rope;
 pub mod softmax;

@@ -115,8 +115,10 @@ mod tests {
                 let target = 417;
                 let mut row = logits.clone();
                 let nll = xent_row(&mut row, target, softcap, grad);
-                let z: Vec<f64> =
-                    logits.iter().map(|&l| softcap.map_or(l as f64, |c| c as f64 * (l as f64 / c as f64).tanh())).collect();
+                let z: Vec<f64> = logits
+                    .iter()
+                    .map(|&l| softcap.map_or(l as f64, |c| c as f64 * (l as f64 / c as f64).tanh()))
+                    .collect();
                 let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
                 assert!((nll as f64 - (lse - z[target])).abs() < 1e-4, "{softcap:?}: {nll} vs {}", lse - z[target]);
@@ -124,7 +126,12 @@ mod tests {
                     for j in 0..n {
                         let dz = (z[j] - lse).exp() - if j == target { 1.0 } else { 0.0 };
                         let d = softcap.map_or(1.0, |c| 1.0 - (z[j] / c as f64).powi(2));
-                        assert!((row[j] as f64 - dz * d).abs() < 1e-6, "{softcap:?} grad[{j}]: {} vs {}", row[j], dz * d);
+                        assert!(
+                            (row[j] as f64 - dz * d).abs() < 1e-6,
+                            "{softcap:?} grad[{j}]: {} vs {}",
+                            row[j],
+                            dz * d
+                        );
                     }
                 }
             }

@@ -25,7 +25,7 @@ pub struct Attention<B: FrozenMatmul> {
     pub softcap: Option<f64>,
 }
 
-/// One layer's cached keys and values, `[batch, kv_heads, len, head_dim]`, with their positions.
+/// One layer's cached keys and values, `[batch, len, kv_heads, head_dim]`, with their positions.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: FrozenMatmul> {
     pub k: Tensor<B, 4>,
@@ -34,9 +34,11 @@ pub struct LayerCache<B: FrozenMatmul> {
 }
 
 impl<B: FrozenMatmul> Attention<B> {
+    /// `[batch, seq, n·d]` → `[batch, seq, n, d]`: a free reshape, so the norms and RoPE below run on
+    /// contiguous memory (heads-first layouts would make every elementwise op a strided copy).
     fn heads(x: Tensor<B, 3>, n: usize, d: usize) -> Tensor<B, 4> {
         let [b, s, _] = x.dims();
-        x.reshape([b, s, n, d]).swap_dims(1, 2)
+        x.reshape([b, s, n, d])
     }
 
     /// `bias` is `[batch, 1, seq, keys]` where keys = cached + new. With a cache, the new keys/values are
@@ -67,17 +69,18 @@ impl<B: FrozenMatmul> Attention<B> {
         let k = rope.apply(k);
         let (k, v) = match cache {
             Some(c) => {
-                c.k = Tensor::cat(vec![c.k.clone(), k], 2);
-                c.v = Tensor::cat(vec![c.v.clone(), v], 2);
+                c.k = Tensor::cat(vec![c.k.clone(), k], 1);
+                c.v = Tensor::cat(vec![c.v.clone(), v], 1);
                 (c.k.clone(), c.v.clone())
             }
             None => (k, v),
         };
-        let t = k.dims()[2];
+        let t = k.dims()[1];
+        let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
         let rep = h / kvh;
         // Grouped queries: fold the `rep` query heads sharing a KV head into the sequence axis, so keys and
         // values are never copied per head. Head `i` uses KV head `i / rep`, as transformers' `repeat_kv`.
-        let qg = q.reshape([b, kvh, rep * s, d]);
+        let qg = q.swap_dims(1, 2).reshape([b, kvh, rep * s, d]);
         let scores = qg.matmul(k.swap_dims(2, 3)).reshape([b, h, s, t]) * self.scaling;
         let scores = match self.softcap {
             Some(cap) => (scores / cap).tanh() * cap,

@@ -1,13 +1,13 @@
-//! Rotary position embeddings, transformers' "rotate half" layout (GGUF's Gemma uses the same NEOX order, so
+//! Rotary position embeddings (applied by the fused op `FrozenMatmul::rope`), transformers' "rotate half" layout (GGUF's Gemma uses the same NEOX order, so
 //! no permutation of q/k weights is needed). Tables are computed on the host per forward call from the
 //! positions, so packed rows (positions restarting per example) and cached decoding need nothing special.
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use crate::config::RopeConfig;
+use crate::quant::FrozenMatmul;
 
-/// `cos` and `sin`, each `[batch, 1, seq, head_dim]`.
-pub struct RopeTables<B: Backend> {
+/// `cos` and `sin`, each `[batch, seq, 1, head_dim]` (broadcast over heads).
+pub struct RopeTables<B: FrozenMatmul> {
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
 }
@@ -23,7 +23,7 @@ pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
         .collect()
 }
 
-impl<B: Backend> RopeTables<B> {
+impl<B: FrozenMatmul> RopeTables<B> {
     /// `positions` is `[batch * seq]`, row-major.
     pub fn new(rope: &RopeConfig, head_dim: usize, positions: &[usize], batch: usize, device: &B::Device) -> Self {
         let seq = positions.len() / batch.max(1);
@@ -42,7 +42,7 @@ impl<B: Backend> RopeTables<B> {
                 sin[t * head_dim + i + half] = s;
             }
         }
-        let shape = [batch, 1, seq, head_dim];
+        let shape = [batch, seq, 1, head_dim];
         Self {
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
@@ -50,12 +50,9 @@ impl<B: Backend> RopeTables<B> {
     }
 
     /// # Shapes
-    /// `[batch, heads, seq, head_dim]` → same
+    /// `[batch, seq, heads, head_dim]` → same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        let [x, cos, sin] = [x, self.cos.clone(), self.sin.clone()].map(|t| t.into_primitive().tensor());
+        Tensor::from_primitive(TensorPrimitive::Float(B::rope(x, cos, sin)))
     }
 }

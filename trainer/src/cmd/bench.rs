@@ -90,6 +90,21 @@ fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Batch {
     }
 }
 
+/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`: with other jobs
+/// on the machine, `tokens / cpu_s × cores` still estimates the throughput on an idle one.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the parenthesised command name come fields 3.. (state first); utime and stime are fields 14
+    // and 15, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// The process's peak resident set (`VmHWM`), in GiB; what `ru_maxrss` reports to the peer.
 pub fn peak_rss_gib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -124,6 +139,7 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
         step(i)?;
     }
     let t = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut loss = f64::NAN;
     let mut per_step = Vec::with_capacity(a.steps);
     for i in 0..a.steps {
@@ -132,6 +148,7 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
         per_step.push(ts.elapsed().as_secs_f64());
     }
     let dt = t.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
     let tokens_per_s = (a.steps * a.batch * a.seq) as f64 / dt;
     let peak = peak_rss_gib();
     let backend = match a.backend {
@@ -146,6 +163,7 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
             "quant": quant, "backend": backend, "tokens_per_s": round(tokens_per_s, 1),
             "peak_gib": round(peak, 2), "loss": round(loss, 4), "steps": a.steps, "warmup": a.warmup,
             "step_s": per_step.iter().map(|s| round(*s, 3)).collect::<Vec<_>>(), "load_s": round(load_s, 2),
+            "cpu_s": round(cpu_s, 2),
             "device": format!("cpu x{threads}"),
         }));
     } else {
