@@ -8,9 +8,11 @@
 //!   (`post_attention_layernorm`, `post_feedforward_layernorm`), and `pre_feedforward_layernorm` precedes the MLP;
 //! - Gemma 2: `tanh` softcapping of attention scores and of the final logits;
 //! - Gemma 2/3: sliding-window layers; Gemma 3: q/k norms and a separate RoPE base for sliding layers.
+use std::rc::Rc;
+
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::config::{Arch, GemmaConfig};
+use crate::config::{Arch, GemmaConfig, LayerType};
 use crate::layers::attention::{Attention, LayerCache};
 use crate::layers::lora::LoraRuntime;
 use crate::layers::mask::{attention_bias, Span};
@@ -78,6 +80,53 @@ impl<B: FrozenMatmul> KvCache<B> {
     }
 }
 
+/// The per-layer inputs that depend only on the tokens and the layer's type — RoPE tables and attention
+/// masks — built once per kind on first use and shared by the layers of that kind.
+pub struct LayerContext<B: FrozenMatmul> {
+    ropes: Vec<(LayerType, Rc<RopeTables<B>>)>,
+    biases: Vec<(Option<usize>, Tensor<B, 4>)>,
+}
+
+impl<B: FrozenMatmul> Default for LayerContext<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: FrozenMatmul> LayerContext<B> {
+    pub fn new() -> Self {
+        Self { ropes: Vec::new(), biases: Vec::new() }
+    }
+
+    fn rope(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Rc<RopeTables<B>> {
+        let lt = m.config.layer_types[layer];
+        if let Some((_, r)) = self.ropes.iter().find(|(t, _)| *t == lt) {
+            return r.clone();
+        }
+        let r = Rc::new(RopeTables::new(
+            &m.config.rope_for(layer),
+            m.config.head_dim,
+            &tokens.positions,
+            tokens.batch,
+            &m.device,
+        ));
+        self.ropes.push((lt, r.clone()));
+        r
+    }
+
+    /// The self-attention mask (no cache) of `layer`.
+    fn bias(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Tensor<B, 4> {
+        let window = m.config.window_for(layer);
+        if let Some((_, b)) = self.biases.iter().find(|(w, _)| *w == window) {
+            return b.clone();
+        }
+        let span = Span { positions: &tokens.positions, segments: tokens.segments.as_deref() };
+        let b = attention_bias::<B>(tokens.batch, &span, &span, window, &m.device);
+        self.biases.push((window, b.clone()));
+        b
+    }
+}
+
 impl<B: FrozenMatmul> DecoderLayer<B> {
     fn forward(
         &self,
@@ -130,17 +179,10 @@ impl<B: FrozenMatmul> Gemma<B> {
         let cfg = &self.config;
         let mut x = self.embed(tokens);
         let q_span = Span { positions: &tokens.positions, segments: tokens.segments.as_deref() };
-        // Masks and RoPE tables depend only on the layer type; build each kind once.
-        let mut biases: Vec<(Option<usize>, Tensor<B, 4>)> = Vec::new();
-        let mut ropes: Vec<(crate::config::LayerType, RopeTables<B>)> = Vec::new();
+        let mut ctx = LayerContext::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let window = cfg.window_for(i);
-            let lt = cfg.layer_types[i];
-            if !ropes.iter().any(|(t, _)| *t == lt) {
-                let r = RopeTables::new(&cfg.rope_for(i), cfg.head_dim, &tokens.positions, tokens.batch, &self.device);
-                ropes.push((lt, r));
-            }
-            let rope = &ropes.iter().find(|(t, _)| *t == lt).expect("rope table built above").1;
+            let rope = ctx.rope(self, tokens, i);
             match cache.as_deref_mut() {
                 Some(c) => {
                     let lc = c.layers[i].get_or_insert_with(|| LayerCache {
@@ -153,7 +195,7 @@ impl<B: FrozenMatmul> Gemma<B> {
                     let kpos: Vec<usize> = (0..tokens.batch).flat_map(|_| lc.positions.iter().copied()).collect();
                     let k_span = Span { positions: &kpos, segments: None };
                     let bias = attention_bias::<B>(tokens.batch, &q_span, &k_span, window, &self.device);
-                    x = layer.forward(cfg.arch, x, rope, bias, Some(&mut *lc), rt);
+                    x = layer.forward(cfg.arch, x, &rope, bias, Some(&mut *lc), rt);
                     // A sliding layer never looks further back than its window: drop older entries.
                     if let Some(w) = window {
                         let len = lc.positions.len();
@@ -165,19 +207,31 @@ impl<B: FrozenMatmul> Gemma<B> {
                     }
                 }
                 None => {
-                    let bias = match biases.iter().find(|(w, _)| *w == window) {
-                        Some((_, b)) => b.clone(),
-                        None => {
-                            let b = attention_bias::<B>(tokens.batch, &q_span, &q_span, window, &self.device);
-                            biases.push((window, b.clone()));
-                            b
-                        }
-                    };
-                    x = layer.forward(cfg.arch, x, rope, bias, None, rt);
+                    let bias = ctx.bias(self, tokens, i);
+                    x = layer.forward(cfg.arch, x, &rope, bias, None, rt);
                 }
             }
         }
         self.norm.forward(x)
+    }
+
+    /// Decoder layer `i` alone, without a cache (`ctx` built for the same `tokens`).
+    pub fn forward_layer(
+        &self,
+        i: usize,
+        x: Tensor<B, 3>,
+        tokens: &TokenBatch,
+        ctx: &mut LayerContext<B>,
+        rt: &LoraRuntime,
+    ) -> Tensor<B, 3> {
+        let rope = ctx.rope(self, tokens, i);
+        let bias = ctx.bias(self, tokens, i);
+        self.layers[i].forward(self.config.arch, x, &rope, bias, None, rt)
+    }
+
+    /// Scaled embeddings of the tokens, the first layer's input.
+    pub fn embed_tokens_of(&self, tokens: &TokenBatch) -> Tensor<B, 3> {
+        self.embed(tokens)
     }
 
     /// Logits from final hidden states `[.., hidden]` → `[.., vocab]`, softcapped for Gemma 2.

@@ -1,6 +1,7 @@
 //! lapidary-model: Gemma 1/2/3 in Burn with a frozen dense/NF4/int8 base and LoRA adapters.
 pub mod adapter;
 pub mod backend;
+pub mod checkpointing;
 pub mod config;
 pub mod cpu;
 pub mod decoder;

@@ -149,7 +149,13 @@ mod tests {
     }
 
     /// Loss and gradient by the definition, in f64: `nll = lse(z) − z[t]`, `dh = Σ_v (p_v − [v=t]) z'_v E_v`.
-    fn reference(hidden: &[f32], table: &[f32], h: usize, targets: &[(usize, u32)], cap: Option<f64>) -> (f64, Vec<f64>) {
+    fn reference(
+        hidden: &[f32],
+        table: &[f32],
+        h: usize,
+        targets: &[(usize, u32)],
+        cap: Option<f64>,
+    ) -> (f64, Vec<f64>) {
         let vocab = table.len() / h;
         let mut dh = vec![0f64; hidden.len()];
         let mut total = 0.0;
@@ -196,12 +202,26 @@ mod tests {
             check("host, chunks of 4", (nll, dh.unwrap()), &want);
             let (nll_only, none) = nll_grad_host(&hidden, &table, h, &targets, cap, false);
             assert!(none.is_none() && (nll_only - nll).abs() < 1e-9);
-            fn generic<B: Backend>(hidden: &[f32], table: &[f32], h: usize, t: &[(usize, u32)], cap: Option<f64>) -> (f64, Vec<f32>) {
+            fn generic<B: Backend>(
+                hidden: &[f32],
+                table: &[f32],
+                h: usize,
+                t: &[(usize, u32)],
+                cap: Option<f64>,
+            ) -> (f64, Vec<f32>) {
                 let d = Default::default();
-                let prim = |v: &[f32]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [v.len() / h, h]), &d).into_primitive().tensor();
+                let prim = |v: &[f32]| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [v.len() / h, h]), &d)
+                        .into_primitive()
+                        .tensor()
+                };
                 let (nll, dh) = nll_grad_generic_chunked::<B>(prim(hidden), prim(table), t, cap, true, 4);
-                let nll = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(nll)).into_data().to_vec::<f32>().unwrap()[0];
-                let dh = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dh.unwrap())).into_data().to_vec::<f32>().unwrap();
+                let nll =
+                    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(nll)).into_data().to_vec::<f32>().unwrap()[0];
+                let dh = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dh.unwrap()))
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
                 (nll as f64, dh)
             }
             check("generic flex", generic::<Cpu>(&hidden, &table, h, &targets, cap), &want);

@@ -4,6 +4,8 @@
 //! micro-batch backpropagates `nll_sum / N`, so the accumulated gradient is that of one big batch, and
 //! `grad_accum = 4, batch_size = 1` trains exactly as `batch_size = 4` (up to float rounding). Dividing each
 //! micro-batch by its own count would weight short batches up.
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -58,11 +60,13 @@ impl std::fmt::Display for StepError {
 }
 
 /// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches; also returns
-/// `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks.
+/// `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks. With `gc`, activations are recomputed
+/// layer by layer in the backward instead of kept (`lapidary_model::checkpointing`); same gradients.
 pub fn window_grads<B: FrozenMatmul>(
     model: &mut Gemma<Autodiff<B>>,
     params: &[Param],
     window: &[Batch],
+    gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
 ) -> (Vec<Vec<f32>>, f64) {
     let n_window = window_targets(window).max(1) as f32;
@@ -75,6 +79,22 @@ pub fn window_grads<B: FrozenMatmul>(
             continue;
         }
         let rt = LoraRuntime { dropout_seed: Some(dropout_seed(i)) };
+        if gc {
+            // Param order is (layer, projection, A then B), the order `adapters_mut` lists modules in.
+            let index: HashMap<String, usize> =
+                adapters_mut(model).into_iter().enumerate().map(|(j, (m, _))| (m, j)).collect();
+            let add = |acc: &mut Vec<f32>, t: Tensor<B, 2>| {
+                let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+            };
+            nll_total +=
+                model.nll_backward_checkpointed(&token_batch(b), &targets, &rt, 1.0 / n_window, |m, ga, gb| {
+                    let j = index[m];
+                    add(&mut grads[2 * j], ga);
+                    add(&mut grads[2 * j + 1], gb);
+                });
+            continue;
+        }
         let hidden = model.forward_hidden(&token_batch(b), None, &rt);
         let nll = model.nll_sum(hidden, &targets);
         nll_total += scalar(nll.clone().inner());
@@ -95,6 +115,7 @@ pub fn window_grads<B: FrozenMatmul>(
 
 /// One optimizer step: window gradients → clip → AdamW at `lr`. Nothing is updated if the loss or the
 /// gradient norm is not finite.
+#[allow(clippy::too_many_arguments)] // each is a per-step setting the caller owns; a struct would only rename them
 pub fn train_step<B: FrozenMatmul>(
     model: &mut Gemma<Autodiff<B>>,
     params: &mut [Param],
@@ -102,9 +123,10 @@ pub fn train_step<B: FrozenMatmul>(
     window: &[Batch],
     lr: f64,
     max_grad_norm: f64,
+    gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
 ) -> Result<StepStats, StepError> {
-    let (mut grads, nll) = window_grads(model, params, window, dropout_seed);
+    let (mut grads, nll) = window_grads(model, params, window, gc, dropout_seed);
     let targets = window_targets(window);
     let loss = nll / targets.max(1) as f64;
     if !loss.is_finite() {

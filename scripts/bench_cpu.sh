@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# CPU training benchmark: `lapidary bench` and the peer (../shared/anchors/hf_qlora_bench.py --device cpu:
+# transformers + PEFT, `--quant nf4` through bitsandbytes' CPU path, `--quant none` plain f32) on the same
+# shapes, one after the other in the same run, on an otherwise idle machine. Every result is appended as a
+# JSON line to docs/bench/cpu.jsonl; scripts/bench_table.py then rewrites the tables in docs/benchmarks.md.
+#
+# usage: scripts/bench_cpu.sh [PART...]   PART: train270 train2b scaling infer (default: all four)
+# env:   PYTHON   a python with torch, transformers, peft, bitsandbytes (default python3)
+#        ANCHOR   the peer script (default ../shared/anchors/hf_qlora_bench.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+anchor=${ANCHOR:-../shared/anchors/hf_qlora_bench.py}
+out=docs/bench/cpu.jsonl
+parts=${*:-train270 train2b scaling infer}
+cargo build --release -q -p lapidary
+bin=./target/release/lapidary
+run_id=$(date -u +%Y-%m-%dT%H:%MZ)
+tag() { "$py" -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(run=sys.argv[2], case=sys.argv[3]); print(json.dumps(r))' "$1" "$run_id" "$2"; }
+ours() { # case model seq batch steps [extra bench flags]
+  local r; r=$($bin bench --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant nf4 --json "${@:6}")
+  tag "$r" "$1" | tee -a "$out"
+}
+peer() { # case model seq batch steps quant
+  local r; r=$("$py" "$anchor" --device cpu --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant "$6" 2>/dev/null | tail -n 1) || true
+  case $r in
+    "{"*) ;;
+    *) echo "peer failed: $2 seq $3 batch $4 quant $6" >&2
+       r="{\"system\": \"hf-peft-bnb\", \"model\": \"$2\", \"seq\": $3, \"batch\": $4, \"quant\": \"$6\", \"failed\": true}" ;;
+  esac
+  tag "$r" "$1" | tee -a "$out"
+}
+for p in $parts; do
+  case $p in
+    train270)  # the headline shape: Gemma 3 270M, seq 256 x batch 4
+      ours train270 gemma3-270m 256 4 3
+      ours train270 gemma3-270m 256 4 3 --gc
+      ours train270 gemma3-270m 256 4 3 --backend ndarray
+      peer train270 gemma3-270m 256 4 3 nf4
+      peer train270 gemma3-270m 256 4 3 none ;;
+    train2b)   # Gemma 2B, seq 256 x batch 1
+      ours train2b gemma-2b 256 1 2
+      peer train2b gemma-2b 256 1 2 nf4
+      peer train2b gemma-2b 256 1 2 none ;;
+    scaling)   # cost against sequence length, Gemma 3 270M, batch 1
+      for s in 256 512 1024 2048; do
+        ours scaling gemma3-270m "$s" 1 2
+        peer scaling gemma3-270m "$s" 1 2 nf4
+      done ;;
+    infer)     # eval and generation on the real 270M against transformers
+      bash scripts/bench_infer.sh "$py" --json | while read -r l; do tag "$l" infer | tee -a "$out"; done ;;
+    *) echo "unknown part $p (train270 train2b scaling infer)" >&2; exit 2 ;;
+  esac
+done
+"$py" scripts/bench_table.py "$out" docs/benchmarks.md
