@@ -158,3 +158,65 @@ fn bad_input_fails_with_a_message() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(out.join("model.safetensors").exists());
 }
+
+/// A `.gguf` base (the tiny Gemma 3 GGUF fixture) with an adapter trained on it by `lapidary train`: the
+/// merged directory scores as `lapidary eval --model GGUF --adapter` does, onto the original (GGUF) weights
+/// and onto the NF4-dequantized ones the adapter was trained against.
+#[test]
+fn gguf_base_merge_scores_as_eval_with_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("tiny.gguf");
+    std::fs::copy(fixture("gguf/tiny_gemma3.gguf.bin"), &gguf).unwrap();
+    let words = ["hello", "world", "the", "user", "is", "it"];
+    let rows: String = (0..24)
+        .map(|i| {
+            let text: Vec<&str> = (0..6 + i % 5).map(|j| words[(i * 7 + j * j + j) % words.len()]).collect();
+            format!("{}\n", serde_json::json!({ "text": text.join(" ") }))
+        })
+        .collect();
+    let data = tmp.path().join("rows.jsonl");
+    std::fs::write(&data, rows).unwrap();
+    let (g, d) = (gguf.to_str().unwrap(), data.to_str().unwrap());
+
+    // QLoRA on the GGUF: an NF4 base, a few steps at a high rate so the adapter is far from zero.
+    let run = tmp.path().join("run");
+    let sets = [
+        format!("model.path={g}"),
+        format!("data.train={d}"),
+        format!("data.eval={d}"),
+        "train.max_steps=8".to_string(),
+        format!("output.dir={}", run.display()),
+    ];
+    let mut args = vec!["train".to_string(), repo_root().join("configs/tiny-test.toml").display().to_string()];
+    sets.iter().for_each(|s| args.extend(["--set".to_string(), s.clone()]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lapidary_json(&args);
+    let adapter = run.join("adapter");
+    let a = adapter.to_str().unwrap();
+
+    let eval = |model: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--model", model, "--data", d, "--json"];
+        args.extend(extra);
+        lapidary_json(&args)["loss"].as_f64().unwrap()
+    };
+    let base = eval(g, &[]);
+    let with_adapter = eval(g, &["--adapter", a]);
+    let nf4_with_adapter = eval(g, &["--adapter", a, "--quant", "nf4"]);
+    assert!((with_adapter - base).abs() > 1e-2, "the adapter should change the loss: {base} vs {with_adapter}");
+
+    for (how, want) in [("original", with_adapter), ("dequantized", nf4_with_adapter)] {
+        let out = tmp.path().join(how);
+        let o = out.to_str().unwrap();
+        // The plain-text report: saving this GGUF's tokenizer (it has a duplicated token) makes the tokenizers
+        // crate print a warning on stdout, which `--json` output would then contain. A merge beyond its
+        // tolerance fails by itself.
+        let r = lapidary(&["merge", "--model", g, "--adapter", a, "--base", how, "--dtype", "f32", "--out", o]);
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "merge --base {how}: {}", String::from_utf8_lossy(&r.stderr));
+        let said = if how == "original" { "original weights" } else { "NF4-dequantized" };
+        assert!(stdout.contains(said) && stdout.contains("probe loss"), "{stdout}");
+        // A fresh process reads the merged directory (its config, weights and tokenizer.json from the GGUF).
+        let merged = eval(o, &[]);
+        assert!((merged - want).abs() < 1e-4, "--base {how}: merged {merged} vs eval --model GGUF --adapter {want}");
+    }
+}

@@ -120,3 +120,37 @@ fn nan_loss_stops_naming_the_step_and_keeps_the_earlier_adapter() {
     assert!(out2.join("checkpoints/step-1/state.json").is_file());
     assert!(!out2.join("adapter").exists());
 }
+
+#[test]
+fn bad_eval_metrics_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An unknown metric, in the file (named with its line) and as an override.
+    let r =
+        recipe(tmp.path(), |t| t.replace("eval_every = 10", "eval_every = 10\neval_metrics = [\"loss\", \"bleu\"]"));
+    let err = fails(&[&r]);
+    assert!(
+        err.contains("r.toml:35") && err.contains("train.eval_metrics") && err.contains("unknown variant `bleu`"),
+        "{err}"
+    );
+    assert!(err.contains("exact_match") && err.contains("choice"), "the message lists the metrics: {err}");
+    let r = recipe(tmp.path(), |t| t);
+    let err = fails(&[&r, "--set", "train.eval_metrics=\"accuracy\""]);
+    assert!(err.contains("--set train.eval_metrics") && err.contains("unknown variant `accuracy`"), "{err}");
+    let err = fails(&[&r, "--set", "train.eval_metrics=[]"]);
+    assert!(err.contains("train.eval_metrics is empty"), "{err}");
+    let err = fails(&[&r, "--set", "train.eval_metrics=[\"exact_match\", \"choice\"]"]);
+    assert!(err.contains("train.eval_metrics") && err.contains("cannot share"), "{err}");
+    let err = fails(&[&r, "--set", "train.eval_max_new_tokens=0"]);
+    assert!(err.contains("train.eval_max_new_tokens"), "{err}");
+    // The shipped eval set has `input_ids` rows: no `prompt` / `answer` for exact_match, named with its line.
+    let err = fails(&[&r, "--set", "train.eval_metrics=[\"loss\", \"exact_match\"]"]);
+    assert!(
+        err.contains("train.eval_metrics has `exact_match`") && err.contains("eval.jsonl:1") && err.contains("prompt"),
+        "{err}"
+    );
+    // A generation metric needs an eval set.
+    let no_eval = recipe(tmp.path(), |t| t.replace("eval = \"tests/fixtures/train/eval.jsonl\"", ""));
+    let err = fails(&[&no_eval, "--set", "train.eval_metrics=\"exact_match\""]);
+    assert!(err.contains("train.eval_metrics") && err.contains("data.eval is not set"), "{err}");
+    assert!(!tmp.path().join("out").exists(), "nothing written for a bad recipe");
+}

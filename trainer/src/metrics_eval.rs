@@ -74,11 +74,11 @@ pub struct MetricResult {
     pub rows: Vec<Value>,
 }
 
-/// Ids that end a generation: EOS, `<end_of_turn>` and, with `newline`, every token whose text has a newline.
-pub fn exact_stop_ids(files: &lapidary_model::ModelFiles, newline: bool) -> Vec<u32> {
-    let mut ids = crate::cmd::generate::stop_ids(files);
+/// Ids that end a generation: the config's EOS ids (`eos`), `<end_of_turn>` and, with `newline`, every token
+/// whose text has a newline.
+pub fn exact_stop_ids(tok: &tokenizers::Tokenizer, eos: &[u32], newline: bool) -> Vec<u32> {
+    let mut ids = crate::cmd::generate::stop_ids_for(eos, tok);
     if newline {
-        let tok = &files.tokenizer;
         for id in 0..tok.get_vocab_size(true) as u32 {
             if tok.id_to_token(id).is_some_and(|t| t.contains('\n') || t == "<0x0A>" || t == "<0x0D>") {
                 ids.push(id);
@@ -88,15 +88,17 @@ pub fn exact_stop_ids(files: &lapidary_model::ModelFiles, newline: bool) -> Vec<
     ids
 }
 
+/// Greedy generation for every row, compared with its answers. `eos` are the model config's EOS ids; `data`
+/// names the file in messages.
 pub fn exact_match<B: FrozenMatmul>(
     model: &Gemma<B>,
-    files: &lapidary_model::ModelFiles,
+    tok: &tokenizers::Tokenizer,
+    eos: &[u32],
     rows: &[ExactRow],
     opt: &ExactOptions,
     data: &std::path::Path,
 ) -> Result<MetricResult> {
-    let tok = &files.tokenizer;
-    let stop_ids = exact_stop_ids(files, opt.stop_at_newline);
+    let stop_ids = exact_stop_ids(tok, eos, opt.stop_at_newline);
     let cfg = SamplingConfig { max_new_tokens: opt.max_new_tokens, stop_ids: stop_ids.clone(), ..Default::default() };
     let needs_chat = opt.chat || rows.iter().any(|r| matches!(r.prompt, Prompt::Chat(_)));
     let encoder = if needs_chat {

@@ -20,6 +20,7 @@ pub enum Metric {
     Loss,
     /// Greedy generation compared with `answer` after normalisation (lowercase, whitespace collapsed and
     /// trimmed, trailing `.,;:!?` stripped); rows `{"prompt" | "messages", "answer"}`; reports accuracy.
+    #[value(name = "exact_match", alias = "exact-match")]
     ExactMatch,
     /// Multiple choice by continuation log-likelihood (lm-evaluation-harness's split; acc and acc_norm, the
     /// latter divided by the choice's length in characters); rows `{"prompt", "choices", "answer": index}`.
@@ -144,7 +145,8 @@ fn evaluate<B: FrozenMatmul>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Re
                 stop_at_newline: a.stop_at_newline,
                 rule: a.match_rule,
             };
-            let r = crate::metrics_eval::exact_match(&loaded.model, &loaded.files, rows, &opt, &a.data)?;
+            let (tok, eos) = (&loaded.files.tokenizer, &loaded.files.config.eos_token_ids);
+            let r = crate::metrics_eval::exact_match(&loaded.model, tok, eos, rows, &opt, &a.data)?;
             let line = format!(
                 "exact_match accuracy {:.4}  ({} of {} correct, match = {})",
                 r.summary["accuracy"].as_f64().unwrap_or(0.0),

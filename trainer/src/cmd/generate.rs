@@ -31,8 +31,13 @@ pub struct GenerateArgs {
 
 /// EOS ids of the config plus `<end_of_turn>` when the vocabulary has it.
 pub fn stop_ids(files: &lapidary_model::ModelFiles) -> Vec<u32> {
-    let mut ids = files.config.eos_token_ids.clone();
-    if let Some(id) = files.tokenizer.token_to_id("<end_of_turn>") {
+    stop_ids_for(&files.config.eos_token_ids, &files.tokenizer)
+}
+
+/// [`stop_ids`] from the config's EOS ids and the tokenizer.
+pub fn stop_ids_for(eos: &[u32], tok: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids = eos.to_vec();
+    if let Some(id) = tok.token_to_id("<end_of_turn>") {
         ids.push(id);
     }
     ids

@@ -138,6 +138,51 @@ impl From<BackendName> for BackendKind {
     }
 }
 
+/// What the trainer measures on `data.eval` at each evaluation (see `super::eval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMetric {
+    /// Mean NLL per trained target of the eval rows, read as training rows (`eval_loss`).
+    Loss,
+    /// Greedy generation against `answer` on `{"prompt", "answer"}` rows (`eval_exact_match`, the accuracy).
+    ExactMatch,
+    /// Multiple choice on `{"prompt", "choices", "answer": index}` rows (`eval_acc`, `eval_acc_norm`).
+    Choice,
+}
+
+impl EvalMetric {
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalMetric::Loss => "loss",
+            EvalMetric::ExactMatch => "exact_match",
+            EvalMetric::Choice => "choice",
+        }
+    }
+}
+
+/// `train.eval_metrics`: one metric name or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EvalMetric>, D::Error> {
+    use serde::de::{self, IntoDeserializer, SeqAccess, Visitor};
+    struct OneOrMany;
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<EvalMetric>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a metric (\"loss\", \"exact_match\" or \"choice\") or a list of them")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(vec![EvalMetric::deserialize(s.into_deserializer())?])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(m) = seq.next_element()? {
+                v.push(m);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_any(OneOrMany)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
@@ -153,9 +198,19 @@ pub struct TrainSection {
     pub warmup_steps: u64,
     /// 0 disables clipping.
     pub max_grad_norm: f64,
+    /// Keep only each decoder layer's input in the forward and recompute the layer in the backward: about
+    /// half the memory of a step for about a third more time (same gradients).
+    pub gradient_checkpointing: bool,
     pub seed: u64,
     /// Evaluate every N steps (and at the start and the end); 0: only at the start and the end.
     pub eval_every: u64,
+    /// What each evaluation measures on `data.eval`: `loss`, `exact_match`, `choice`, or a list of them.
+    #[serde(deserialize_with = "one_or_many")]
+    pub eval_metrics: Vec<EvalMetric>,
+    /// exact_match: most tokens generated per eval row (greedy).
+    pub eval_max_new_tokens: usize,
+    /// exact_match: a generation also ends at its first newline (and is compared up to it).
+    pub eval_stop_at_newline: bool,
     /// Checkpoint every N steps (and at the end); 0: only at the end.
     pub save_every: u64,
     pub keep_checkpoints: usize,
@@ -181,8 +236,12 @@ impl Default for TrainSection {
             scheduler: Scheduler::Cosine,
             warmup_steps: 10,
             max_grad_norm: 1.0,
+            gradient_checkpointing: false,
             seed: 0,
             eval_every: 50,
+            eval_metrics: vec![EvalMetric::Loss],
+            eval_max_new_tokens: 32,
+            eval_stop_at_newline: false,
             save_every: 100,
             keep_checkpoints: 3,
             eval_batch_size: None,
@@ -287,11 +346,41 @@ impl Recipe {
         if !(t.adam_eps.is_finite() && t.adam_eps > 0.0) {
             bail!("train.adam_eps must be a positive number, got {}", t.adam_eps);
         }
+        self.validate_eval_metrics()?;
         if t.keep_checkpoints == 0 {
             bail!("train.keep_checkpoints must be at least 1 (resuming needs one)");
         }
         if self.output.dir.as_os_str().is_empty() {
             bail!("output.dir is empty");
+        }
+        Ok(())
+    }
+
+    fn validate_eval_metrics(&self) -> Result<()> {
+        let t = &self.train;
+        let all = "loss, exact_match, choice";
+        if t.eval_metrics.is_empty() {
+            bail!("train.eval_metrics is empty; list one or more of {all}");
+        }
+        for (i, m) in t.eval_metrics.iter().enumerate() {
+            if t.eval_metrics[..i].contains(m) {
+                bail!("train.eval_metrics lists `{}` twice", m.name());
+            }
+        }
+        let has = |m| t.eval_metrics.contains(&m);
+        if has(EvalMetric::ExactMatch) && has(EvalMetric::Choice) {
+            bail!(
+                "train.eval_metrics: exact_match and choice cannot share one eval set (`answer` is a text for one, \
+                 an index for the other); keep one of them"
+            );
+        }
+        if self.data.eval.is_none() {
+            if let Some(m) = t.eval_metrics.iter().find(|m| **m != EvalMetric::Loss) {
+                bail!("train.eval_metrics has `{}` but data.eval is not set (the rows to evaluate)", m.name());
+            }
+        }
+        if t.eval_max_new_tokens == 0 {
+            bail!("train.eval_max_new_tokens must be at least 1");
         }
         Ok(())
     }
@@ -485,5 +574,30 @@ mod tests {
         }
         let e = parse(&BASE.replace("max_steps = 5", ""), &[]).unwrap_err().to_string();
         assert!(e.contains("train.max_steps or train.epochs"), "{e}");
+    }
+
+    #[test]
+    fn eval_metrics_one_or_a_list() {
+        assert_eq!(parse(BASE, &[]).unwrap().train.eval_metrics, vec![EvalMetric::Loss]);
+        let eval = BASE.replace("train = \"t.jsonl\"\n", "train = \"t.jsonl\"\neval = \"e.jsonl\"\n");
+        let r = parse(&eval, &["train.eval_metrics=\"exact_match\""]).unwrap();
+        assert_eq!(r.train.eval_metrics, vec![EvalMetric::ExactMatch]);
+        let r = parse(&eval, &["train.eval_metrics=[\"loss\", \"choice\"]"]).unwrap();
+        assert_eq!(r.train.eval_metrics, vec![EvalMetric::Loss, EvalMetric::Choice]);
+        assert_eq!(parse(&r.to_toml().unwrap(), &[]).unwrap(), r);
+        for (set, want) in [
+            ("train.eval_metrics=\"bleu\"", "unknown variant `bleu`"),
+            ("train.eval_metrics=[\"loss\", \"f1\"]", "unknown variant `f1`"),
+            ("train.eval_metrics=3", "invalid type"),
+            ("train.eval_metrics=[]", "train.eval_metrics is empty"),
+            ("train.eval_metrics=[\"loss\", \"loss\"]", "`loss` twice"),
+            ("train.eval_metrics=[\"exact_match\", \"choice\"]", "cannot share"),
+            ("train.eval_max_new_tokens=0", "train.eval_max_new_tokens"),
+        ] {
+            let e = parse(&eval, &[set]).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("train.eval_m"), "{set}: {e}");
+        }
+        let e = parse(BASE, &["train.eval_metrics=\"exact_match\""]).unwrap_err().to_string();
+        assert!(e.contains("data.eval is not set"), "{e}");
     }
 }

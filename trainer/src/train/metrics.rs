@@ -18,11 +18,37 @@ pub enum Row {
         tokens: usize,
         tokens_per_s: f64,
     },
+    /// One evaluation; a key per metric of `train.eval_metrics` (absent when not measured).
     Eval {
         step: u64,
-        eval_loss: f64,
-        eval_tokens: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_loss: Option<f64>,
+        /// Targets the eval loss is averaged over.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_tokens: Option<usize>,
+        /// Exact-match accuracy on the eval rows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_exact_match: Option<f64>,
+        /// Multiple-choice accuracy and its length-normalised form.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_acc: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_acc_norm: Option<f64>,
     },
+}
+
+impl Row {
+    /// The eval row of `scores` at `step`.
+    pub fn eval(step: u64, s: &super::eval::Scores) -> Self {
+        Row::Eval {
+            step,
+            eval_loss: s.loss,
+            eval_tokens: s.tokens,
+            eval_exact_match: s.exact_match.map(|e| e.0),
+            eval_acc: s.choice.map(|c| c.0),
+            eval_acc_norm: s.choice.map(|c| c.1),
+        }
+    }
 }
 
 impl Row {
@@ -91,7 +117,7 @@ impl Metrics {
             .rows
             .iter()
             .filter_map(|r| match r {
-                Row::Eval { step, eval_loss, .. } => Some((*step as f64, *eval_loss)),
+                Row::Eval { step, eval_loss: Some(l), .. } => Some((*step as f64, *l)),
                 _ => None,
             })
             .collect();

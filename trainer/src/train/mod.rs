@@ -5,11 +5,13 @@
 //! - [`optim`]: AdamW and gradient clipping on host copies of the LoRA matrices.
 //! - [`params`]: the LoRA matrices of a model, in and out, and PEFT adapter files.
 //! - [`step`]: one optimizer step over a gradient-accumulation window; the eval loss.
+//! - [`eval`]: the metrics of `train.eval_metrics` on the eval set (loss, exact_match, choice).
 //! - [`checkpoint`]: `OUT/checkpoints/step-N/`, written atomically, for exact resume.
 //! - [`metrics`]: `OUT/metrics.jsonl` and `OUT/loss.png`.
 //! - [`run`]: the loop.
 pub mod checkpoint;
 pub mod config;
+pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod params;

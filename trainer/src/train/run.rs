@@ -17,11 +17,12 @@ use lapidary_model::ModelFiles;
 
 use super::checkpoint::{self, dropout_seed, RngState, TrainState};
 use super::config::Recipe;
+use super::eval::{EvalSet, Scores};
 use super::metrics::{Metrics, Row};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{read_params, write_adapter, write_params};
 use super::schedule::Schedule;
-use super::step::{check_finite, eval_loss, train_step};
+use super::step::{check_finite, train_step};
 use crate::common::{BackendKind, Quant};
 
 #[derive(Debug, Clone, Default)]
@@ -48,14 +49,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         ModelFiles::open(&recipe.model.path).with_context(|| format!("model.path {}", recipe.model.path.display()))?;
     let ModelFiles { config: model_config, weights, tokenizer, .. } = files;
     let total_steps = plan_steps(recipe, &tokenizer)?;
-    let eval_set: Option<Vec<Batch>> = match &recipe.data.eval {
-        Some(p) => Some(
-            Batches::new(p, tokenizer.clone(), recipe.eval_data())
-                .and_then(|b| b.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("eval data {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let eval_set = EvalSet::load(recipe, &tokenizer, &model_config.eos_token_ids)?;
 
     let device = Default::default();
     let quant: Quant = recipe.model.quant.into();
@@ -164,14 +158,11 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
     );
 
     let evaluate =
-        |model: &lapidary_model::Gemma<Autodiff<B>>, step: u64, metrics: &mut Metrics| -> Result<Option<f64>> {
+        |model: &lapidary_model::Gemma<Autodiff<B>>, step: u64, metrics: &mut Metrics| -> Result<Option<Scores>> {
             let Some(set) = &eval_set else { return Ok(None) };
-            let (loss, n) = eval_loss(model, set);
-            if !loss.is_finite() {
-                bail!("step {step}: the eval loss is {loss}");
-            }
-            metrics.log(Row::Eval { step, eval_loss: loss, eval_tokens: n })?;
-            Ok(Some(loss))
+            let scores = set.run(model, step)?;
+            metrics.log(Row::eval(step, &scores))?;
+            Ok(Some(scores))
         };
     let save = |state: &TrainState, params: &[_], opt: &AdamW, metrics: &Metrics, pb: &ProgressBar| -> Result<()> {
         checkpoint::save(out, state, params, opt, &adapter_cfg, &recipe_toml, t.keep_checkpoints)?;
@@ -188,9 +179,9 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         let step = state.step;
         let lr = schedule.lr_at(step);
         if step == 0 || (t.eval_every > 0 && step % t.eval_every == 0) {
-            if let Some(l) = evaluate(&model, step, &mut metrics)? {
-                say(&pb, format!("step {step}: eval loss {l:.4}"));
-                last_eval = Some(l);
+            if let Some(s) = evaluate(&model, step, &mut metrics)? {
+                say(&pb, format!("step {step}: {}", s.line()));
+                last_eval = Some(s);
             }
         }
         let window = next_window(&mut batches, t.grad_accum)
@@ -200,7 +191,8 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         }
         let t0 = Instant::now();
         let seed = t.seed;
-        let r = train_step(&mut model, &mut params, &mut opt, &window, lr, t.max_grad_norm, |micro| {
+        let gc = t.gradient_checkpointing;
+        let r = train_step(&mut model, &mut params, &mut opt, &window, lr, t.max_grad_norm, gc, |micro| {
             dropout_seed(seed, step, micro)
         });
         let stats = check_finite(step + 1, r, last_ckpt)?;
@@ -244,8 +236,8 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         }
     }
 
-    if let Some(l) = evaluate(&model, state.step, &mut metrics)? {
-        last_eval = Some(l);
+    if let Some(s) = evaluate(&model, state.step, &mut metrics)? {
+        last_eval = Some(s);
     }
     if last_ckpt != Some(state.step) {
         save(&state, &params, &opt, &metrics, &pb)?;
@@ -255,23 +247,32 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
     write_final_adapter(out, &params, &adapter_cfg)?;
     pb.finish_and_clear();
     let tps = state.tokens_seen as f64 / state.train_seconds.max(1e-9);
+    let eval = last_eval.unwrap_or_default();
     eprintln!(
-        "done: {} steps, train loss {}, eval loss {}, {tps:.0} tokens/s; adapter in {}",
+        "done: {} steps, train loss {}, {}, {tps:.0} tokens/s; adapter in {}",
         state.step,
         last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        last_eval.map_or("-".into(), |l| format!("{l:.4}")),
+        if last_eval.is_some() { eval.line() } else { "no eval set".to_string() },
         out.join("adapter").display()
     );
-    crate::common::print_json(&serde_json::json!({
+    let mut summary = serde_json::json!({
         "steps": state.step,
         "train_loss": last_loss,
-        "eval_loss": last_eval,
+        "eval_loss": eval.loss,
         "tokens": state.tokens_seen,
         "train_seconds": state.train_seconds,
         "tokens_per_s": tps,
         "peak_rss_mib": peak_rss_mib(),
         "adapter": out.join("adapter"),
-    }));
+    });
+    if let Some((acc, _, _)) = eval.exact_match {
+        summary["eval_exact_match"] = serde_json::json!(acc);
+    }
+    if let Some((acc, norm)) = eval.choice {
+        summary["eval_acc"] = serde_json::json!(acc);
+        summary["eval_acc_norm"] = serde_json::json!(norm);
+    }
+    crate::common::print_json(&summary);
     Ok(())
 }
 
