@@ -6,8 +6,9 @@
 //! is the end of the graph, so its backward only ever multiplies that saved `[n, hidden]` gradient by the
 //! scalar upstream gradient (as Liger-Kernel and Unsloth do on GPUs). The table is frozen: no gradient.
 //!
-//! Two implementations: [`nll_grad_generic`] in Burn ops (any backend), and [`nll_grad_host`] on host
-//! slices (the `gemm` crate and a vectorised softmax row), which burn-flex uses without copying its tensors.
+//! Two implementations: [`nll_grad_generic`] in Burn ops (any backend; row chunks over the full
+//! vocabulary), and [`nll_grad_host`] on host slices (the `gemm` crate, vocabulary tiles with an online
+//! softmax, a vectorised row kernel), which burn-flex uses without copying its tensors.
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -15,14 +16,15 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::cpu::gemm::{matmul, Mat};
-use crate::cpu::softmax::xent_row;
+use crate::cpu::softmax::{tile_row, RowState};
 
 /// Rows per chunk in the generic path.
 pub const GENERIC_CHUNK: usize = 256;
 
-/// Logits held at once by the host path (floats): 256 MiB. Larger chunks let the matmul amortise packing
-/// the table (a 262k-row LM head runs at ~65 GFLOP/s with 128-row chunks, ~80-110 with 256-512 on 2 cores).
-pub const HOST_LOGITS: usize = 1 << 26;
+/// Host path tiling: rows of hidden states per chunk, and table rows per vocabulary tile (the tile of `E`
+/// is ~16 MiB, so it is still in the last-level cache when the second matmul reads it again).
+pub const HOST_ROWS: usize = 1024;
+pub const HOST_TILE_FLOATS: usize = 1 << 22;
 
 /// `(Σ nll as a [1] tensor, d Σnll / d hidden as [n, hidden] when `grad`)`, in Burn ops.
 pub fn nll_grad_generic<B: Backend>(
@@ -85,6 +87,12 @@ fn nll_grad_generic_chunked<B: Backend>(
 
 /// The same on host slices: `hidden` `[n, h]`, `table` `[vocab, h]`, both row-major. Returns `Σ nll` and,
 /// when `grad`, `d Σnll / d hidden` `[n, h]`.
+///
+/// For a chunk of rows `H`, the vocabulary is walked in tiles `E_t` with an online softmax (as flash
+/// attention does over keys): `Z = H·E_tᵀ`, running max `m` and sum `s` per row, and the gradient
+/// accumulated as `acc += exp(Z − m)·E_t`, rescaled whenever `m` grows. At the end
+/// `d/dh = acc / s − E[target]`. Two matmuls per tile, as without tiling, but only a `rows × tile` buffer,
+/// and every tile multiplies all rows of the chunk at once.
 pub fn nll_grad_host(
     hidden: &[f32],
     table: &[f32],
@@ -93,46 +101,69 @@ pub fn nll_grad_host(
     softcap: Option<f64>,
     grad: bool,
 ) -> (f64, Option<Vec<f32>>) {
-    let chunk = (HOST_LOGITS / (table.len() / h).max(1)).max(1);
-    nll_grad_host_chunked(hidden, table, h, targets, softcap, grad, chunk)
+    let tile = (HOST_TILE_FLOATS / h.max(1)).max(64) / 64 * 64;
+    nll_grad_host_tiled(hidden, table, h, targets, softcap, grad, HOST_ROWS, tile)
 }
 
-fn nll_grad_host_chunked(
+#[allow(clippy::too_many_arguments)] // the public entry point fixes the last two
+pub fn nll_grad_host_tiled(
     hidden: &[f32],
     table: &[f32],
     h: usize,
     targets: &[(usize, u32)],
     softcap: Option<f64>,
     grad: bool,
-    chunk: usize,
+    rows: usize,
+    tile: usize,
 ) -> (f64, Option<Vec<f32>>) {
     let vocab = table.len() / h;
     let n = hidden.len() / h;
-    let e = Mat::rows(table, vocab, h);
-    let mut logits = vec![0f32; chunk.min(targets.len()) * vocab];
-    let mut dh = grad.then(|| vec![0f32; n * h]);
-    let mut hc = Vec::with_capacity(chunk * h);
-    let mut dhc = vec![0f32; chunk * h];
     let cap = softcap.map(|c| c as f32);
+    let mut dh = grad.then(|| vec![0f32; n * h]);
+    let mut buf = vec![0f32; rows.min(targets.len()) * tile.min(vocab)];
     let mut total = 0f64;
-    for part in targets.chunks(chunk) {
+    for part in targets.chunks(rows) {
         let c = part.len();
-        hc.clear();
+        let mut hc = Vec::with_capacity(c * h);
         for &(r, _) in part {
             hc.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
-        let buf = &mut logits[..c * vocab];
-        matmul(buf, Mat::rows(&hc, c, h), e.t(), false);
-        total += buf
-            .par_chunks_mut(vocab)
-            .zip(part.par_iter())
-            .map(|(row, &(_, t))| xent_row(row, t as usize, cap, grad) as f64)
-            .sum::<f64>();
+        let hm = Mat::rows(&hc, c, h);
+        let mut states = vec![RowState::default(); c];
+        let mut acc = vec![0f32; if grad { c * h } else { 0 }];
+        for v0 in (0..vocab).step_by(tile) {
+            let vt = tile.min(vocab - v0);
+            let et = Mat::rows(&table[v0 * h..(v0 + vt) * h], vt, h);
+            let z = &mut buf[..c * vt];
+            matmul(z, hm, et.t(), false);
+            let rescales: Vec<f32> = z
+                .par_chunks_mut(vt)
+                .zip(states.par_iter_mut())
+                .zip(part.par_iter())
+                .map(|((row, st), &(_, t))| {
+                    let local = (t as usize).checked_sub(v0).filter(|&i| i < vt);
+                    tile_row(row, st, local, cap, grad)
+                })
+                .collect();
+            if grad {
+                for (a, &r) in acc.chunks_mut(h).zip(&rescales) {
+                    if r != 1.0 {
+                        a.iter_mut().for_each(|x| *x *= r);
+                    }
+                }
+                matmul(&mut acc, Mat::rows(z, c, vt), et, true);
+            }
+        }
+        total += states.iter().map(|st| st.nll() as f64).sum::<f64>();
         if let Some(dh) = dh.as_mut() {
-            let out = &mut dhc[..c * h];
-            matmul(out, Mat::rows(buf, c, vocab), e, false);
-            for (k, &(r, _)) in part.iter().enumerate() {
-                dh[r * h..(r + 1) * h].iter_mut().zip(&out[k * h..(k + 1) * h]).for_each(|(a, b)| *a += b);
+            for (k, &(r, t)) in part.iter().enumerate() {
+                let st = &states[k];
+                let own = cap.map_or(1.0, |c| 1.0 - (st.z_target / c) * (st.z_target / c));
+                let e_t = &table[t as usize * h..(t as usize + 1) * h];
+                let inv = 1.0 / st.s;
+                for ((d, a), e) in dh[r * h..(r + 1) * h].iter_mut().zip(&acc[k * h..(k + 1) * h]).zip(e_t) {
+                    *d += a * inv - own * e;
+                }
             }
         }
     }
@@ -198,8 +229,10 @@ mod tests {
             let want = reference(&hidden, &table, h, &targets, cap);
             let (nll, dh) = nll_grad_host(&hidden, &table, h, &targets, cap, true);
             check("host", (nll, dh.unwrap()), &want);
-            let (nll, dh) = nll_grad_host_chunked(&hidden, &table, h, &targets, cap, true, 4);
-            check("host, chunks of 4", (nll, dh.unwrap()), &want);
+            for (rows, tile) in [(4, 64), (1, 128), (6, 301), (100, 1000)] {
+                let (nll, dh) = nll_grad_host_tiled(&hidden, &table, h, &targets, cap, true, rows, tile);
+                check(&format!("host, {rows} rows x {tile} tile"), (nll, dh.unwrap()), &want);
+            }
             let (nll_only, none) = nll_grad_host(&hidden, &table, h, &targets, cap, false);
             assert!(none.is_none() && (nll_only - nll).abs() < 1e-9);
             fn generic<B: Backend>(
