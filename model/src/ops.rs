@@ -170,48 +170,52 @@ fn flex_from(data: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTenso
     burn_flex::FlexTensor::from_data(TensorData::new(data, shape))
 }
 
-#[derive(Debug)]
-struct LmHeadNllBackward;
+/// A single-input backward op: its name, what it saves, and `|state, grad| -> grad of the input`.
+macro_rules! unary_backward {
+    ($(#[$doc:meta])* $name:ident, $state:ty, |$st:ident, $grad:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        struct $name;
 
-impl<B: Backend> Backward<B, 1> for LmHeadNllBackward {
-    // d Σnll / d hidden, computed with the loss: the backward only scales it.
-    type State = FloatTensor<B>;
+        impl<B: FrozenMatmul> Backward<B, 1> for $name {
+            type State = $state;
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let dh = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            let g = B::float_reshape(grad, [1, 1].into());
-            B::float_mul(dh, g)
-        });
-    }
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+            ) {
+                let $st = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |$grad| $body);
+            }
+        }
+    };
 }
 
-#[derive(Debug)]
-struct FrozenMatmulBackward;
+unary_backward!(
+    /// Saves d Σnll / d hidden, computed with the loss: the backward only scales it by the upstream scalar.
+    LmHeadNllBackward,
+    FloatTensor<B>,
+    |dh, grad| B::float_mul(dh, B::float_reshape(grad, [1, 1].into()))
+);
 
-impl<B: Backend> Backward<B, 1> for FrozenMatmulBackward {
-    // The packed weight, not its dense form: the backward rebuilds it.
-    type State = Arc<PackedWeight>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let w = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            // dy: [n, out] · W: [out, in] → dx: [n, in]
-            let device = B::float_device(&grad);
-            B::float_matmul(grad, w.to_primitive::<B>(&device))
-        });
+unary_backward!(
+    /// Saves the packed weight, not its dense form: the backward rebuilds it. dy `[n, out]` · W `[out, in]`.
+    FrozenMatmulBackward,
+    Arc<PackedWeight>,
+    |w, grad| {
+        let device = B::float_device(&grad);
+        B::float_matmul(grad, w.to_primitive::<B>(&device))
     }
-}
+);
+
+unary_backward!(
+    /// Saves the tables; a rotation's transpose is the rotation by the opposite angle.
+    RopeBackward,
+    (FloatTensor<B>, FloatTensor<B>),
+    |tables, grad| B::rope(grad, tables.0, B::float_neg(tables.1))
+);
 
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
@@ -255,24 +259,6 @@ impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::geglu(gate.primitive, up.primitive)),
         }
-    }
-}
-
-#[derive(Debug)]
-struct RopeBackward;
-
-impl<B: FrozenMatmul> Backward<B, 1> for RopeBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
-    ) {
-        let (cos, sin) = ops.state;
-        // A rotation's transpose is the rotation by the opposite angle.
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::rope(grad, cos, B::float_neg(sin)));
     }
 }
 
