@@ -17,8 +17,8 @@ use burn_autodiff::Autodiff;
 use crate::quant::linear::{frozen_matmul_dequant, PackedWeight};
 
 /// What the model needs of a backend beyond Burn's ops: multiplying by a packed frozen weight, the fused
-/// LM-head cross-entropy (`crate::lm_head_loss`) and the fused GeGLU, each with its own backward on
-/// `Autodiff`. The defaults are written in Burn ops (any backend); burn-flex overrides them with host kernels.
+/// LM-head cross-entropy (`crate::lm_head_loss`), GeGLU and RoPE, each with its own backward on `Autodiff`.
+/// The defaults are written in Burn ops (any backend); burn-flex overrides them with host kernels.
 pub trait FrozenMatmul: Backend {
     /// `x: [n, in]` → `[n, out]`.
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self>;
@@ -49,19 +49,12 @@ pub trait FrozenMatmul: Backend {
     /// with equal halves (each angle at `i` and `i + d/2`, as RoPE tables are). The backward is the same call
     /// with `−sin`.
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        let [x, cos, sin] = [x, cos, sin].map(|t| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(t)));
-        let d = x.dims()[3];
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        (x * cos + rotated * sin).into_primitive().tensor()
+        rope_burn::<Self>(x, cos, sin)
     }
 
     /// `gelu_tanh(gate) · up`, same shapes.
     fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shape = gate.shape();
-        let [g, u] = [gate, up].map(flat::<Self>);
-        Self::float_reshape((gelu_approximate(g) * u).into_primitive().tensor(), shape)
+        geglu_burn::<Self>(gate, up)
     }
 
     /// `(d/dgate, d/dup)` of `Σ dout · geglu(gate, up)`.
@@ -70,19 +63,44 @@ pub trait FrozenMatmul: Backend {
         up: FloatTensor<Self>,
         dout: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let shape = gate.shape();
-        let [g, u, d] = [gate, up, dout].map(flat::<Self>);
-        // gelu'(x) = ½(1 + t) + ½x(1 − t²)·k(1 + 3c·x²), t = tanh(k(x + c·x³)).
-        let (k, c) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
-        let t = ((g.clone() + g.clone().powi_scalar(3) * c) * k).tanh();
-        let gelu = g.clone() * (t.clone() + 1.0) * 0.5;
-        let inner = (g.clone() * g.clone() * (3.0 * c) + 1.0) * k;
-        let dgelu = (t.clone() + 1.0) * 0.5 + g * (t.clone() * t).neg().add_scalar(1.0) * inner * 0.5;
-        let dg = d.clone() * u * dgelu;
-        let du = d * gelu;
-        let back = |t: Tensor<Self, 1>| Self::float_reshape(t.into_primitive().tensor(), shape.clone());
-        (back(dg), back(du))
+        geglu_backward_burn::<Self>(gate, up, dout)
     }
+}
+
+// The default implementations, in Burn ops: any backend, any float dtype.
+
+fn rope_burn<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>) -> FloatTensor<B> {
+    let [x, cos, sin] = [x, cos, sin].map(|t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)));
+    let d = x.dims()[3];
+    let x1 = x.clone().narrow(3, 0, d / 2);
+    let x2 = x.clone().narrow(3, d / 2, d / 2);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    (x * cos + rotated * sin).into_primitive().tensor()
+}
+
+fn geglu_burn<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = gate.shape();
+    let [g, u] = [gate, up].map(flat::<B>);
+    B::float_reshape((gelu_approximate(g) * u).into_primitive().tensor(), shape)
+}
+
+fn geglu_backward_burn<B: Backend>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+    dout: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = gate.shape();
+    let [g, u, d] = [gate, up, dout].map(flat::<B>);
+    // gelu'(x) = ½(1 + t) + ½x(1 − t²)·k(1 + 3c·x²), t = tanh(k(x + c·x³)).
+    let (k, c) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+    let t = ((g.clone() + g.clone().powi_scalar(3) * c) * k).tanh();
+    let gelu = g.clone() * (t.clone() + 1.0) * 0.5;
+    let inner = (g.clone() * g.clone() * (3.0 * c) + 1.0) * k;
+    let dgelu = (t.clone() + 1.0) * 0.5 + g * (t.clone() * t).neg().add_scalar(1.0) * inner * 0.5;
+    let dg = d.clone() * u * dgelu;
+    let du = d * gelu;
+    let back = |t: Tensor<B, 1>| B::float_reshape(t.into_primitive().tensor(), shape.clone());
+    (back(dg), back(du))
 }
 
 /// Any-rank primitive as a 1-D tensor (elementwise ops only).
@@ -102,7 +120,9 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
         frozen_matmul_dequant::<Self>(x, w)
     }
 
-    /// On the host buffers burn-flex keeps its tensors in, without copying them.
+    // Each runs the host kernel on burn-flex's own buffers (no copy when contiguous); tensors not stored
+    // as f32 take the Burn-op default.
+
     fn lm_head_nll_grad(
         hidden: FloatTensor<Self>,
         table: FloatTensor<Self>,
@@ -110,43 +130,31 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        use burn_flex::FlexTensor;
         let (hidden, table) = (hidden.to_contiguous(), table.to_contiguous());
-        let slice = |t: &FlexTensor| -> Vec<usize> { t.layout().shape().to_vec() };
-        let [n, h] = [slice(&hidden)[0], slice(&hidden)[1]];
-        let (hs, es) = match (hidden.as_slice::<f32>(), table.as_slice::<f32>()) {
-            (Some(a), Some(b)) => (a, b),
-            // Not f32 storage: the generic path handles any dtype.
-            _ => return crate::lm_head_loss::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad),
+        let (n, h) = (hidden.layout().shape()[0], hidden.layout().shape()[1]);
+        let (Some(hs), Some(es)) = (hidden.as_slice::<f32>(), table.as_slice::<f32>()) else {
+            return crate::lm_head_loss::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad);
         };
         let (nll, dh) = crate::lm_head_loss::nll_grad_host(hs, es, h, targets, softcap, grad);
-        let nll = FlexTensor::from_data(TensorData::new(vec![nll as f32], [1]));
-        (nll, dh.map(|d| FlexTensor::from_data(TensorData::new(d, [n, h]))))
+        (flex_from(vec![nll as f32], [1].into()), dh.map(|d| flex_from(d, [n, h].into())))
     }
 
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = x.layout().shape().clone();
-        let (heads, d) = (shape[2], shape[3]);
         let (x, c, s) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
-        match (x.as_slice::<f32>(), c.as_slice::<f32>(), s.as_slice::<f32>()) {
-            (Some(xs), Some(cs), Some(ss)) => flex_from(crate::cpu::rope::rotate(xs, cs, ss, heads, d, 1.0), shape),
-            _ => panic!("burn-flex rope: expected f32 tensors"),
-        }
+        let (Some(xs), Some(cs), Some(ss)) = (x.as_slice::<f32>(), c.as_slice::<f32>(), s.as_slice::<f32>()) else {
+            return rope_burn::<Self>(x, c, s);
+        };
+        flex_from(crate::cpu::rope::rotate(xs, cs, ss, shape[2], shape[3], 1.0), shape)
     }
 
     fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = gate.layout().shape().clone();
         let (g, u) = (gate.to_contiguous(), up.to_contiguous());
-        match (g.as_slice::<f32>(), u.as_slice::<f32>()) {
-            (Some(gs), Some(us)) => flex_from(crate::cpu::geglu::forward(gs, us), shape),
-            _ => {
-                let [g, u] = [g, u].map(flat::<Self>);
-                <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_reshape(
-                    (gelu_approximate(g) * u).into_primitive().tensor(),
-                    shape,
-                )
-            }
-        }
+        let (Some(gs), Some(us)) = (g.as_slice::<f32>(), u.as_slice::<f32>()) else {
+            return geglu_burn::<Self>(g, u);
+        };
+        flex_from(crate::cpu::geglu::forward(gs, us), shape)
     }
 
     fn geglu_backward(
@@ -156,12 +164,10 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let shape = gate.layout().shape().clone();
         let (g, u, d) = (gate.to_contiguous(), up.to_contiguous(), dout.to_contiguous());
-        let (gs, us, ds) = (g.as_slice::<f32>(), u.as_slice::<f32>(), d.as_slice::<f32>());
-        let (dg, du) = crate::cpu::geglu::backward(
-            gs.expect("burn-flex f32 tensor"),
-            us.expect("burn-flex f32 tensor"),
-            ds.expect("burn-flex f32 tensor"),
-        );
+        let (Some(gs), Some(us), Some(ds)) = (g.as_slice::<f32>(), u.as_slice::<f32>(), d.as_slice::<f32>()) else {
+            return geglu_backward_burn::<Self>(g, u, d);
+        };
+        let (dg, du) = crate::cpu::geglu::backward(gs, us, ds);
         (flex_from(dg, shape.clone()), flex_from(du, shape))
     }
 }

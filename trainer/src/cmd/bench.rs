@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::common::{print_json, BackendKind, Quant};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::read_params;
+use crate::train::run::peak_rss_mib;
 use crate::train::step::train_step;
 
 #[derive(Debug, Args)]
@@ -102,17 +103,6 @@ pub fn cpu_seconds() -> f64 {
     }
 }
 
-/// The process's peak resident set (`VmHWM`), in GiB; what `ru_maxrss` reports to the peer.
-pub fn peak_rss_gib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / (1024.0 * 1024.0)
-}
-
 fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let (config, weights) = source(&a.model)?;
@@ -147,7 +137,8 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
     let dt = t.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
     let tokens_per_s = (a.steps * a.batch * a.seq) as f64 / dt;
-    let peak = peak_rss_gib();
+    // VmHWM, what `ru_maxrss` reports to the peer; NaN off Linux.
+    let peak = peak_rss_mib().map_or(f64::NAN, |m| m / 1024.0);
     let backend = match a.backend {
         BackendKind::Flex => "flex",
         BackendKind::Ndarray => "ndarray",

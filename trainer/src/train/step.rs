@@ -73,6 +73,13 @@ pub fn window_grads<B: FrozenMatmul>(
     let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
     let mut nll_total = 0f64;
     write_params(model, params, true);
+    // With gc, gradients arrive by module name; param order is (layer, projection, A then B), the order
+    // `adapters_mut` lists modules in.
+    let index: HashMap<String, usize> = if gc {
+        adapters_mut(model).into_iter().enumerate().map(|(j, (m, _))| (m, j)).collect()
+    } else {
+        HashMap::new()
+    };
     for (i, b) in window.iter().enumerate() {
         let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
         if targets.is_empty() {
@@ -80,18 +87,11 @@ pub fn window_grads<B: FrozenMatmul>(
         }
         let rt = LoraRuntime { dropout_seed: Some(dropout_seed(i)) };
         if gc {
-            // Param order is (layer, projection, A then B), the order `adapters_mut` lists modules in.
-            let index: HashMap<String, usize> =
-                adapters_mut(model).into_iter().enumerate().map(|(j, (m, _))| (m, j)).collect();
-            let add = |acc: &mut Vec<f32>, t: Tensor<B, 2>| {
-                let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
-            };
             nll_total +=
                 model.nll_backward_checkpointed(&token_batch(b), &targets, &rt, 1.0 / n_window, |m, ga, gb| {
                     let j = index[m];
-                    add(&mut grads[2 * j], ga);
-                    add(&mut grads[2 * j + 1], gb);
+                    accumulate(&mut grads[2 * j], ga);
+                    accumulate(&mut grads[2 * j + 1], gb);
                 });
             continue;
         }
@@ -102,8 +102,7 @@ pub fn window_grads<B: FrozenMatmul>(
         for (j, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
             for (k, t) in [(2 * j, &ad.a), (2 * j + 1, &ad.b)] {
                 if let Some(gt) = t.grad(&g) {
-                    let v: Vec<f32> = gt.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                    grads[k].iter_mut().zip(v).for_each(|(acc, x)| *acc += x);
+                    accumulate(&mut grads[k], gt);
                 }
             }
         }
@@ -111,6 +110,12 @@ pub fn window_grads<B: FrozenMatmul>(
     // The model keeps plain (untracked) tensors between steps; evaluation then builds no graph.
     write_params(model, params, false);
     (grads, nll_total)
+}
+
+/// `acc += t`, on the host.
+fn accumulate<B: Backend>(acc: &mut [f32], t: Tensor<B, 2>) {
+    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
 }
 
 /// One optimizer step: window gradients → clip → AdamW at `lr`. Nothing is updated if the loss or the
