@@ -9,13 +9,14 @@
 //! - Gemma 2: `tanh` softcapping of attention scores and of the final logits;
 //! - Gemma 2/3: sliding-window layers; Gemma 3: q/k norms and a separate RoPE base for sliding layers.
 use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{Arch, GemmaConfig, LayerType};
 use crate::layers::attention::{Attention, LayerCache};
 use crate::layers::lora::LoraRuntime;
-use crate::layers::mask::{attention_bias, Span};
+use crate::layers::mask::{AttnMask, Span};
 use crate::layers::mlp::Mlp;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::RopeTables;
@@ -55,6 +56,11 @@ pub struct TokenBatch {
 }
 
 impl TokenBatch {
+    /// The queries' side of the attention mask.
+    pub fn span(&self) -> Span {
+        Span { positions: self.positions.clone(), segments: self.segments.clone() }
+    }
+
     /// Rows of equal length, positions 0..seq.
     pub fn from_rows(rows: &[Vec<u32>]) -> Self {
         let batch = rows.len();
@@ -84,7 +90,7 @@ impl<B: FrozenMatmul> KvCache<B> {
 /// masks — built once per kind on first use and shared by the layers of that kind.
 pub struct LayerContext<B: FrozenMatmul> {
     ropes: Vec<(LayerType, Rc<RopeTables<B>>)>,
-    biases: Vec<(Option<usize>, Tensor<B, 4>)>,
+    masks: Vec<(Option<usize>, Arc<AttnMask>)>,
 }
 
 impl<B: FrozenMatmul> Default for LayerContext<B> {
@@ -95,7 +101,7 @@ impl<B: FrozenMatmul> Default for LayerContext<B> {
 
 impl<B: FrozenMatmul> LayerContext<B> {
     pub fn new() -> Self {
-        Self { ropes: Vec::new(), biases: Vec::new() }
+        Self { ropes: Vec::new(), masks: Vec::new() }
     }
 
     fn rope(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Rc<RopeTables<B>> {
@@ -115,15 +121,15 @@ impl<B: FrozenMatmul> LayerContext<B> {
     }
 
     /// The self-attention mask (no cache) of `layer`.
-    fn bias(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Tensor<B, 4> {
+    fn mask(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Arc<AttnMask> {
         let window = m.config.window_for(layer);
-        if let Some((_, b)) = self.biases.iter().find(|(w, _)| *w == window) {
-            return b.clone();
+        if let Some((_, mask)) = self.masks.iter().find(|(w, _)| *w == window) {
+            return mask.clone();
         }
-        let span = Span { positions: &tokens.positions, segments: tokens.segments.as_deref() };
-        let b = attention_bias::<B>(tokens.batch, &span, &span, window, &m.device);
-        self.biases.push((window, b.clone()));
-        b
+        let span = tokens.span();
+        let mask = Arc::new(AttnMask::new(tokens.batch, span.clone(), span, window));
+        self.masks.push((window, mask.clone()));
+        mask
     }
 }
 
@@ -133,11 +139,11 @@ impl<B: FrozenMatmul> DecoderLayer<B> {
         arch: Arch,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        bias: Tensor<B, 4>,
+        mask: &Arc<AttnMask>,
         cache: Option<&mut LayerCache<B>>,
         rt: &LoraRuntime,
     ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, bias, cache, rt);
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, cache, rt);
         match arch {
             Arch::Gemma => {
                 let h = x + attn;
@@ -178,7 +184,6 @@ impl<B: FrozenMatmul> Gemma<B> {
     ) -> Tensor<B, 3> {
         let cfg = &self.config;
         let mut x = self.embed(tokens);
-        let q_span = Span { positions: &tokens.positions, segments: tokens.segments.as_deref() };
         let mut ctx = LayerContext::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let window = cfg.window_for(i);
@@ -193,9 +198,9 @@ impl<B: FrozenMatmul> Gemma<B> {
                     // Key positions: the cached ones, then the new ones (the same for every row).
                     lc.positions.extend(tokens.positions[..tokens.seq].iter().copied());
                     let kpos: Vec<usize> = (0..tokens.batch).flat_map(|_| lc.positions.iter().copied()).collect();
-                    let k_span = Span { positions: &kpos, segments: None };
-                    let bias = attention_bias::<B>(tokens.batch, &q_span, &k_span, window, &self.device);
-                    x = layer.forward(cfg.arch, x, &rope, bias, Some(&mut *lc), rt);
+                    let k_span = Span { positions: kpos, segments: None };
+                    let mask = Arc::new(AttnMask::new(tokens.batch, tokens.span(), k_span, window));
+                    x = layer.forward(cfg.arch, x, &rope, &mask, Some(&mut *lc), rt);
                     // A sliding layer never looks further back than its window: drop older entries.
                     if let Some(w) = window {
                         let len = lc.positions.len();
@@ -207,8 +212,8 @@ impl<B: FrozenMatmul> Gemma<B> {
                     }
                 }
                 None => {
-                    let bias = ctx.bias(self, tokens, i);
-                    x = layer.forward(cfg.arch, x, &rope, bias, None, rt);
+                    let mask = ctx.mask(self, tokens, i);
+                    x = layer.forward(cfg.arch, x, &rope, &mask, None, rt);
                 }
             }
         }
@@ -225,8 +230,8 @@ impl<B: FrozenMatmul> Gemma<B> {
         rt: &LoraRuntime,
     ) -> Tensor<B, 3> {
         let rope = ctx.rope(self, tokens, i);
-        let bias = ctx.bias(self, tokens, i);
-        self.layers[i].forward(self.config.arch, x, &rope, bias, None, rt)
+        let mask = ctx.mask(self, tokens, i);
+        self.layers[i].forward(self.config.arch, x, &rope, &mask, None, rt)
     }
 
     /// Scaled embeddings of the tokens, the first layer's input.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod decoder;
 pub mod error;
+pub mod fused_attention;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_tokenizer;

@@ -1,8 +1,9 @@
 //! The backend extension the model is generic over: [`FrozenMatmul`] adds to Burn's ops the ones that
 //! QLoRA needs fused or frozen — the matmul by a packed frozen weight (`crate::quant::linear`), the LM head
 //! with its cross-entropy (`crate::lm_head_loss`), Gemma's GeGLU (`crate::cpu::geglu`) and RoPE
-//! (`crate::cpu::rope`) — and gives each its own backward on `Autodiff`, so that no dequantized weight, no
-//! `[tokens × vocab]` logits and no activation intermediates are kept for the backward pass.
+//! (`crate::cpu::rope`), attention (`crate::fused_attention`) — and gives each its own backward on
+//! `Autodiff`, so that no dequantized weight, no `[tokens × vocab]` logits, no `[heads × seq × keys]`
+//! attention probabilities and no activation intermediates are kept for the backward pass.
 use std::sync::Arc;
 
 use burn::tensor::activation::gelu_approximate;
@@ -14,6 +15,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
+use crate::fused_attention::{backward_generic, forward_generic, host_dims, AttnSpec};
 use crate::quant::linear::{frozen_matmul_dequant, PackedWeight};
 
 /// What the model needs of a backend beyond Burn's ops: multiplying by a packed frozen weight, the fused
@@ -64,6 +66,36 @@ pub trait FrozenMatmul: Backend {
         dout: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         geglu_backward_burn::<Self>(gate, up, dout)
+    }
+
+    /// `softmax(cap(scaling · q·kᵀ) | mask) · v` for `q` `[b, s, h, d]` and `k`, `v` `[b, t, kv_heads, d]`
+    /// → `[b, s, h, d]` (`crate::fused_attention`); on `Autodiff`, with its own backward.
+    fn attend(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, spec: &AttnSpec) -> FloatTensor<Self> {
+        Self::attend_lse(q, k, v, spec).0
+    }
+
+    /// The output and each (position, head)'s log-sum-exp `[b, s, h]`, which the backward needs.
+    fn attend_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        forward_generic::<Self>(q, k, v, spec)
+    }
+
+    /// `(dq, dk, dv)` of `Σ dout · out` from the forward's output and log-sum-exp.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        backward_generic::<Self>(q, k, v, out, lse, dout, spec)
     }
 }
 
@@ -170,6 +202,45 @@ impl FrozenMatmul for burn_flex::Flex<f32> {
         let (dg, du) = crate::cpu::geglu::backward(gs, us, ds);
         (flex_from(dg, shape.clone()), flex_from(du, shape))
     }
+
+    fn attend_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (qshape, kshape) = (q.layout().shape().clone(), k.layout().shape().clone());
+        let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
+        let (Some(qs), Some(ks), Some(vs)) = (q.as_slice::<f32>(), k.as_slice::<f32>(), v.as_slice::<f32>()) else {
+            return forward_generic::<Self>(q, k, v, spec);
+        };
+        let dims = host_dims(&qshape, &kshape);
+        let cap = spec.softcap.map(|c| c as f32);
+        let (out, lse) = crate::cpu::attention::forward(qs, ks, vs, dims, &spec.mask, spec.scaling as f32, cap);
+        (flex_from(out, qshape.clone()), flex_from(lse, [qshape[0], qshape[1], qshape[2]].into()))
+    }
+
+    fn attend_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        spec: &AttnSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (qshape, kshape) = (q.layout().shape().clone(), k.layout().shape().clone());
+        let [q, k, v, out, lse, dout] = [q, k, v, out, lse, dout].map(|t| t.to_contiguous());
+        let slices = [&q, &k, &v, &out, &lse, &dout].map(|t| t.as_slice::<f32>());
+        let [Some(qs), Some(ks), Some(vs), Some(os), Some(ls), Some(ds)] = slices else {
+            return backward_generic::<Self>(q, k, v, out, lse, dout, spec);
+        };
+        let dims = host_dims(&qshape, &kshape);
+        let cap = spec.softcap.map(|c| c as f32);
+        let (dq, dk, dv) =
+            crate::cpu::attention::backward(qs, ks, vs, os, ls, ds, dims, &spec.mask, spec.scaling as f32, cap);
+        (flex_from(dq, qshape), flex_from(dk, kshape.clone()), flex_from(dv, kshape))
+    }
 }
 
 fn flex_from(data: Vec<f32>, shape: burn::tensor::Shape) -> burn_flex::FlexTensor {
@@ -266,6 +337,41 @@ impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::geglu(gate.primitive, up.primitive)),
         }
     }
+
+    fn attend(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, spec: &AttnSpec) -> FloatTensor<Self> {
+        let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
+        match AttentionBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::attend_lse(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), spec);
+                prep.finish((q.primitive, k.primitive, v.primitive, out.clone(), lse, spec.clone()), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attend(q.primitive, k.primitive, v.primitive, spec)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: FrozenMatmul> Backward<B, 3> for AttentionBackward {
+    /// q, k, v, the output and its log-sum-exp: the probabilities are recomputed tile by tile.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, AttnSpec);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let (q, k, v, out, lse, spec) = ops.state;
+        let dout = grads.consume::<B>(&ops.node);
+        let (dq, dk, dv) = B::attend_backward(q, k, v, out, lse, dout, &spec);
+        for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(p) = parent {
+                grads.register::<B>(p.id, grad);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -359,6 +465,100 @@ mod tests {
         for (name, got) in [("flex", run::<Cpu>(true)), ("ndarray", run::<NdArrayCpu>(true))] {
             for (i, what) in ["geglu", "rope", "d gate", "d up", "d x"].iter().enumerate() {
                 close(&format!("{name} {what}"), &got[i], &want[i], 2e-5);
+            }
+        }
+    }
+
+    /// The fused attention (the host kernel on flex, the Burn-op version on ndarray) and its gradients equal
+    /// Burn's autodiff through transformers' formulation (KV heads repeated per query head, additive mask,
+    /// softmax), with grouped queries, softcapping, a sliding window, packed segments, several key tiles and
+    /// query blocks, and queries that come after cached keys.
+    #[test]
+    fn fused_attention_equals_autodiff_of_the_composition() {
+        use std::sync::Arc;
+
+        use burn::tensor::activation::softmax;
+
+        use crate::fused_attention::AttnSpec;
+        use crate::layers::mask::{AttnMask, Span};
+
+        struct Case {
+            b: usize,
+            s: usize,
+            t: usize,
+            h: usize,
+            kvh: usize,
+            d: usize,
+            window: Option<usize>,
+            softcap: Option<f64>,
+            packed: bool,
+        }
+        fn spec(c: &Case) -> AttnSpec {
+            // Keys at positions 0..t, queries the last s of them (a cache of t - s earlier tokens).
+            let kpos: Vec<usize> = (0..c.b).flat_map(|_| 0..c.t).collect();
+            let qpos: Vec<usize> = (0..c.b).flat_map(|_| c.t - c.s..c.t).collect();
+            // Packing: segments of 70 tokens, positions restarting in each.
+            let (q, k) = if c.packed {
+                let seg: Vec<u32> = (0..c.b * c.t).map(|i| ((i % c.t) / 70) as u32).collect();
+                let pos: Vec<usize> = (0..c.b * c.t).map(|i| (i % c.t) % 70).collect();
+                let span = Span { positions: pos, segments: Some(seg) };
+                (span.clone(), span)
+            } else {
+                (Span { positions: qpos, segments: None }, Span { positions: kpos, segments: None })
+            };
+            let mask = Arc::new(AttnMask::new(c.b, q, k, c.window));
+            AttnSpec { mask, scaling: 1.0 / (c.d as f64).sqrt(), softcap: c.softcap }
+        }
+        fn run<B: FrozenMatmul>(c: &Case, fused: bool) -> Vec<Vec<f32>> {
+            type T<B, const D: usize> = Tensor<Autodiff<B>, D>;
+            let dev = Default::default();
+            let sp = spec(c);
+            let t4 = |v: Vec<f32>, s: [usize; 4]| T::<B, 4>::from_data(TensorData::new(v, s), &dev);
+            let (qs, ks) = ([c.b, c.s, c.h, c.d], [c.b, c.t, c.kvh, c.d]);
+            let q = t4(values(qs.iter().product(), 1, 3.0), qs).require_grad();
+            let k = t4(values(ks.iter().product(), 2, 3.0), ks).require_grad();
+            let v = t4(values(ks.iter().product(), 3, 1.0), ks).require_grad();
+            let out = if fused {
+                let prim = |t: T<B, 4>| t.into_primitive().tensor();
+                let o = Autodiff::<B>::attend(prim(q.clone()), prim(k.clone()), prim(v.clone()), &sp);
+                T::<B, 4>::from_primitive(TensorPrimitive::Float(o))
+            } else {
+                let rep = c.h / c.kvh;
+                let repeat = |x: T<B, 4>| {
+                    let x = x.swap_dims(1, 2); // [b, kvh, t, d]
+                    Tensor::cat((0..c.h).map(|i| x.clone().narrow(1, i / rep, 1)).collect(), 1)
+                };
+                let scores = q.clone().swap_dims(1, 2).matmul(repeat(k.clone()).swap_dims(2, 3)) * sp.scaling;
+                let scores = match c.softcap {
+                    Some(cap) => (scores / cap).tanh() * cap,
+                    None => scores,
+                };
+                let probs = softmax(scores + sp.mask.bias::<Autodiff<B>>(&dev), 3);
+                probs.matmul(repeat(v.clone())).swap_dims(1, 2)
+            };
+            let w = t4(values(qs.iter().product(), 4, 1.0), qs);
+            let grads = (out.clone() * w).sum().backward();
+            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            vec![
+                host(out.inner()),
+                host(q.grad(&grads).unwrap()),
+                host(k.grad(&grads).unwrap()),
+                host(v.grad(&grads).unwrap()),
+            ]
+        }
+        let cases = [
+            Case { b: 2, s: 300, t: 300, h: 4, kvh: 2, d: 16, window: None, softcap: None, packed: false },
+            Case { b: 1, s: 300, t: 300, h: 4, kvh: 1, d: 8, window: Some(37), softcap: Some(5.0), packed: false },
+            Case { b: 2, s: 210, t: 210, h: 2, kvh: 2, d: 8, window: None, softcap: None, packed: true },
+            Case { b: 2, s: 3, t: 260, h: 4, kvh: 2, d: 8, window: None, softcap: Some(5.0), packed: false },
+            Case { b: 1, s: 1, t: 140, h: 8, kvh: 1, d: 8, window: Some(50), softcap: None, packed: false },
+        ];
+        for (n, c) in cases.iter().enumerate() {
+            let want = run::<Cpu>(c, false);
+            for (name, got) in [("flex", run::<Cpu>(c, true)), ("ndarray", run::<NdArrayCpu>(c, true))] {
+                for (i, what) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+                    close(&format!("case {n} {name} {what}"), &got[i], &want[i], 2e-5);
+                }
             }
         }
     }

@@ -31,6 +31,17 @@ impl<'a> Mat<'a> {
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major `[a.rows, b.cols]`.
 pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    // Small products are not worth waking the thread pool for (burn-flex uses the same threshold).
+    let parallel = a.rows * a.cols * b.cols >= 192 * 192 * 192;
+    matmul_with(dst, a, b, accumulate, parallel)
+}
+
+/// [`matmul`] on the calling thread only: for kernels that are already parallel over their own tasks.
+pub fn matmul_serial(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    matmul_with(dst, a, b, accumulate, false)
+}
+
+fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert_eq!(dst.len(), m * n, "matmul: destination has the wrong size");
@@ -39,8 +50,7 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     if m == 0 || n == 0 {
         return;
     }
-    // Small products are not worth waking the thread pool for (burn-flex uses the same threshold).
-    let par = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: every index the kernel touches is inside the slices (checked above: the last element of each
     // view is in bounds and strides are non-negative); `dst` is exclusively borrowed.
     unsafe {

@@ -1,11 +1,14 @@
 //! Gemma self-attention: grouped-query (Gemma 1 2B and Gemma 3 use a single KV head), RoPE,
 //! Gemma 3's q/k RMSNorm, Gemma 2's score softcapping, sliding windows, and an optional KV cache.
-use burn::tensor::activation::softmax;
-use burn::tensor::Tensor;
+use std::sync::Arc;
+
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::lora::{LoraLinear, LoraRuntime};
+use super::mask::AttnMask;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
+use crate::fused_attention::AttnSpec;
 use crate::quant::FrozenMatmul;
 
 #[derive(Debug, Clone)]
@@ -41,8 +44,8 @@ impl<B: FrozenMatmul> Attention<B> {
         x.reshape([b, s, n, d])
     }
 
-    /// `bias` is `[batch, 1, seq, keys]` where keys = cached + new. With a cache, the new keys/values are
-    /// appended to it (the caller trims sliding layers).
+    /// `mask` covers the queries and the keys (cached + new). With a cache, the new keys/values are appended
+    /// to it (the caller trims sliding layers).
     ///
     /// # Shapes
     /// `[batch, seq, hidden]` → `[batch, seq, hidden]`
@@ -50,7 +53,7 @@ impl<B: FrozenMatmul> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        bias: Tensor<B, 4>,
+        mask: &Arc<AttnMask>,
         cache: Option<&mut LayerCache<B>>,
         rt: &LoraRuntime,
     ) -> Tensor<B, 3> {
@@ -75,20 +78,10 @@ impl<B: FrozenMatmul> Attention<B> {
             }
             None => (k, v),
         };
-        let t = k.dims()[1];
-        let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
-        let rep = h / kvh;
-        // Grouped queries: fold the `rep` query heads sharing a KV head into the sequence axis, so keys and
-        // values are never copied per head. Head `i` uses KV head `i / rep`, as transformers' `repeat_kv`.
-        let qg = q.swap_dims(1, 2).reshape([b, kvh, rep * s, d]);
-        let scores = qg.matmul(k.swap_dims(2, 3)).reshape([b, h, s, t]) * self.scaling;
-        let scores = match self.softcap {
-            Some(cap) => (scores / cap).tanh() * cap,
-            None => scores,
-        };
-        let probs = softmax(scores + bias, 3);
-        let out = probs.reshape([b, kvh, rep * s, t]).matmul(v).reshape([b, h, s, d]);
-        let out = out.swap_dims(1, 2).reshape([b, s, h * d]);
+        let spec = AttnSpec { mask: mask.clone(), scaling: self.scaling, softcap: self.softcap };
+        let [q, k, v] = [q, k, v].map(|t| t.into_primitive().tensor());
+        let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::attend(q, k, v, &spec)));
+        let out = out.reshape([b, s, h * d]);
         self.o_proj.forward(out, rt)
     }
 }
