@@ -25,6 +25,12 @@ pub trait FrozenMatmul: Backend {
     /// `x: [n, in]` → `[n, out]`.
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self>;
 
+    /// `dy · W` for `dy: [n, out]`: the gradient of [`Self::frozen_matmul`] with respect to `x`.
+    fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+        let device = Self::float_device(&dy);
+        Self::float_matmul(dy, w.to_primitive::<Self>(&device))
+    }
+
     /// `(Σ −log softmax(cap(h·Eᵀ))[target] as [1], its gradient with respect to `hidden` [n, h] when `grad`)`
     /// for `hidden` `[n, h]`, the table `E` `[vocab, h]` and `(row, target id)` pairs.
     fn lm_head_nll_grad(
@@ -281,10 +287,7 @@ unary_backward!(
     /// Saves the packed weight, not its dense form: the backward rebuilds it. dy `[n, out]` · W `[out, in]`.
     FrozenMatmulBackward,
     Arc<PackedWeight>,
-    |w, grad| {
-        let device = B::float_device(&grad);
-        B::float_matmul(grad, w.to_primitive::<B>(&device))
-    }
+    |w, grad| B::frozen_matmul_dx(grad, &w)
 );
 
 unary_backward!(
