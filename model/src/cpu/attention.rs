@@ -202,17 +202,6 @@ unsafe fn backward_rows_avx2(
     backward_rows_impl(s, dp, vis, rep, cap, lse, dsum)
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 fn online_softmax(
     s: &mut [f32],
     vis: &[bool],
@@ -223,7 +212,7 @@ fn online_softmax(
     acc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if super::avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for (checked just above).
         return unsafe { online_softmax_avx2(s, vis, rep, cap, m, l, acc) };
     }
@@ -232,7 +221,7 @@ fn online_softmax(
 
 fn backward_rows(s: &mut [f32], dp: &mut [f32], vis: &[bool], rep: usize, cap: Option<f32>, lse: &[f32], dsum: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if super::avx2_fma() {
         // SAFETY: as above.
         return unsafe { backward_rows_avx2(s, dp, vis, rep, cap, lse, dsum) };
     }

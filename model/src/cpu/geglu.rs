@@ -42,18 +42,11 @@ unsafe fn backward_avx2(g: &[f32], u: &[f32], dout: &[f32], dg: &mut [f32], du: 
     backward_impl(g, u, dout, dg, du)
 }
 
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-    #[allow(unreachable_code)]
-    false
-}
-
 /// `gelu_tanh(g) · u`.
 pub fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
     assert_eq!(g.len(), u.len(), "geglu: gate and up differ in size");
     let mut out = vec![0f32; g.len()];
-    let fast = avx2();
+    let fast = super::avx2_fma();
     out.par_chunks_mut(TASK).zip(g.par_chunks(TASK).zip(u.par_chunks(TASK))).for_each(|(o, (g, u))| {
         #[cfg(target_arch = "x86_64")]
         if fast {
@@ -70,7 +63,7 @@ pub fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
 pub fn backward(g: &[f32], u: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(g.len() == u.len() && g.len() == dout.len(), "geglu backward: sizes differ");
     let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-    let fast = avx2();
+    let fast = super::avx2_fma();
     dg.par_chunks_mut(TASK)
         .zip(du.par_chunks_mut(TASK))
         .zip(g.par_chunks(TASK).zip(u.par_chunks(TASK)).zip(dout.par_chunks(TASK)))

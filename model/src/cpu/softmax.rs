@@ -131,7 +131,7 @@ unsafe fn tile_row_avx2(
 /// Returns `exp(m_old − m)`, the factor anything accumulated from earlier tiles must be scaled by.
 pub fn tile_row(row: &mut [f32], st: &mut RowState, target: Option<usize>, softcap: Option<f32>, grad: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if super::avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for (checked just above).
         return unsafe { tile_row_avx2(row, st, target, softcap, grad) };
     }
