@@ -41,10 +41,13 @@ for p in $parts; do
       done
       ours train270 gemma3-270m 256 4 3 --gc
       ours train270 gemma3-270m 256 4 3 --backend ndarray ;;
-    train2b)   # Gemma 2B, seq 256 x batch 1
-      ours train2b gemma-2b 256 1 2
-      peer train2b gemma-2b 256 1 2 nf4
-      peer train2b gemma-2b 256 1 2 none ;;
+    train2b)   # Gemma 2B, seq 256 x batch 1; interleaved twice, as train270 (one run of ours has measured
+               # anything from 5.9 to 10.6 tokens/s on this machine, minutes apart)
+      for rep in 1 2; do
+        ours train2b gemma-2b 256 1 2
+        peer train2b gemma-2b 256 1 2 nf4
+        peer train2b gemma-2b 256 1 2 none
+      done ;;
     scaling)   # cost against sequence length, Gemma 3 270M, batch 1
       for s in 256 512 1024 2048; do
         ours scaling gemma3-270m "$s" 1 2
