@@ -3,6 +3,11 @@ replacing what is between `<!-- bench_cpu:begin -->` and `<!-- bench_cpu:end -->
 newest run that has it, so every table compares numbers measured in one run.
 
 usage: python scripts/bench_table.py docs/bench/cpu.jsonl docs/benchmarks.md
+
+With `--gpu`, renders docs/bench/gpu.jsonl (written by scripts/bench_gpu.sh) between `<!-- bench_gpu:begin -->`
+and `<!-- bench_gpu:end -->` instead (see `render_gpu`):
+
+usage: python scripts/bench_table.py --gpu docs/bench/gpu.jsonl docs/benchmarks.md
 """
 import json
 import sys
@@ -95,6 +100,8 @@ def infer_table(rows):
 
 
 def main():
+    if sys.argv[1] == "--gpu":
+        return render_gpu(sys.argv[2], sys.argv[3])
     src, doc = sys.argv[1], sys.argv[2]
     rows = [r for r in (json.loads(l) for l in open(src) if l.strip()) if not r.get("failed")]
     body = ["## CPU: lapidary against transformers + PEFT (+ bitsandbytes), measured in one run", "",
@@ -112,6 +119,102 @@ def main():
     else:
         head, _, rest = text.partition("\n")
         text = head + "\n\n" + block + "\n" + rest
+    open(doc, "w").write(text)
+
+
+# GPU: lapidary --backend cuda against transformers + PEFT + bitsandbytes (scripts/bench_gpu.sh).
+
+GPU_BEGIN, GPU_END = "<!-- bench_gpu:begin -->", "<!-- bench_gpu:end -->"
+GPU_CASES = ["512x8:gc", "1024x4:gc", "2048x2:gc", "4096x1:gc", "1024x4"]  # the issue's shapes, in its order
+
+
+def newest_of(rows, pred):
+    """The newest row (by run, then by position in the file) that satisfies pred, or None."""
+    best = None
+    for i, r in enumerate(rows):
+        if pred(r) and (best is None or (r["run"], i) >= (best[0]["run"], best[1])):
+            best = (r, i)
+    return best[0] if best else None
+
+
+def gpu_shapes_table(rows):
+    """Per case: the newest plain lapidary row (no switches, no memory trace) and the newest peer row."""
+    out = ["| seq x batch | gc | lapidary tokens/s | peer tokens/s | speed ratio (goal >= 3) | lapidary peak GiB "
+           "(in use) | peer peak GiB | memory ratio (goal <= 0.25) | runs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    cases = GPU_CASES + sorted({r["case"] for r in rows} - set(GPU_CASES))
+    for case in cases:
+        o = newest_of(rows, lambda r: r["case"] == case and r["system"] == "lapidary" and not r.get("env")
+                      and "mem_trace" not in r)
+        p = newest_of(rows, lambda r: r["case"] == case and r["system"] != "lapidary")
+        if not o and not p:
+            continue
+        ot = f"{o['tokens_per_s']:.0f}" if o else "-"
+        pt = f"{p['tokens_per_s']:.0f}" if p else "-"
+        om = f"{o['peak_gib']:.2f} ({o.get('peak_in_use_gib', float('nan')):.2f})" if o else "-"
+        pm = f"{p['peak_gib']:.2f}" if p else "-"
+        speed = f"{o['tokens_per_s'] / p['tokens_per_s']:.2f}x" if o and p else "-"
+        mem = f"{o['peak_gib'] / p['peak_gib']:.2f}x" if o and p else "-"
+        seq_batch, gc = case.split(":")[0].replace("x", " x "), "yes" if case.endswith(":gc") else "no"
+        runs = ", ".join(sorted({r["run"] for r in (o, p) if r}))
+        out.append(f"| {seq_batch} | {gc} | {ot} | {pt} | {speed} | {om} | {pm} | {mem} | {runs} |")
+    return out + [""] if len(out) > 2 else []
+
+
+def gpu_paths_table(rows):
+    """lapidary with each switch of lapidary_model::cuda (LAPIDARY_CUBLAS, LAPIDARY_DEQUANT) against none."""
+    switched = [r for r in rows if r["system"] == "lapidary" and r.get("env")]
+    if not switched:
+        return []
+    case = switched[-1]["case"]
+    base = newest_of(rows, lambda r: r["case"] == case and r["system"] == "lapidary" and not r.get("env")
+                     and "mem_trace" not in r)
+    out = [f"What each path buys, case {case} (`scripts/bench_gpu.sh paths`):", "",
+           "| setting | tokens/s | peak GiB | last loss |", "|---|---|---|---|"]
+    for r in ([base] if base else []) + [r for r in switched if r["case"] == case]:
+        name = " ".join(r.get("env") or []) or "default (cuBLAS f32, device dequantization)"
+        out.append(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.2f} | {r['loss']} |")
+    return out + [""]
+
+
+def gpu_mem_trace(rows):
+    """The newest memory trace: memory every N steps of a long run (flat, or growing?). On CUDA the entries
+    hold in_use_gib and reserved_gib; a CPU run's hold rss_gib."""
+    r = newest_of(rows, lambda r: r.get("mem_trace"))
+    if not r:
+        return []
+    t = r["mem_trace"]
+    cols = [k for k in t[0] if k != "step"]
+    first, last = t[0], t[-1]
+    change = "; ".join(f"{c.removesuffix('_gib').replace('_', ' ')} {first[c]:.2f} GiB at step {first['step']}, "
+                       f"{last[c]:.2f} at step {last['step']} (largest growth {max(e[c] for e in t) - first[c]:.2f})"
+                       for c in cols)
+    out = [f"Memory over {r['steps']} steps, case {r['case']}, run {r['run']} (`scripts/bench_gpu.sh mem`): "
+           f"{change}.", "",
+           "| step | " + " | ".join(c.removesuffix("_gib").replace("_", " ") + " GiB" for c in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+    out += ["| " + " | ".join([str(e["step"])] + [f"{e[c]:.2f}" for c in cols]) + " |" for e in t]
+    return out + [""]
+
+
+def render_gpu(src, doc):
+    rows = [r for r in (json.loads(l) for l in open(src) if l.strip()) if not r.get("failed")]
+    dev = next((r["device"] for r in reversed(rows) if r.get("device")), "?")
+    model = next((r["model"] for r in reversed(rows) if r.get("model")), "?")
+    body = ["## GPU: lapidary --backend cuda against transformers + PEFT + bitsandbytes", "",
+            f"`{dev}`; {model} shape, random weights, NF4 double quant, LoRA r=16 on all seven projections, AdamW. "
+            "Regenerate with `scripts/bench_gpu.sh` on a GPU machine, then "
+            "`python scripts/bench_table.py --gpu docs/bench/gpu.jsonl docs/benchmarks.md` "
+            "(raw results: `docs/bench/gpu.jsonl`). lapidary's peak is the device memory its pools reserved "
+            "(in use by tensors in brackets); the peer's is `torch.cuda.max_memory_allocated`.", ""]
+    body += gpu_shapes_table(rows) + gpu_paths_table(rows) + gpu_mem_trace(rows)
+    text = open(doc).read()
+    block = GPU_BEGIN + "\n" + "\n".join(body) + "\n" + GPU_END
+    if GPU_BEGIN in text and GPU_END in text:
+        a, b = text.index(GPU_BEGIN), text.index(GPU_END) + len(GPU_END)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     open(doc, "w").write(text)
 
 

@@ -11,7 +11,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::config::{Arch, GemmaConfig, LayerType};
 use crate::layers::attention::{Attention, LayerCache};
@@ -170,7 +170,10 @@ impl<B: FrozenMatmul> Gemma<B> {
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens.ids.len()]), &self.device);
         let h = self.config.hidden_size;
         // transformers casts sqrt(hidden) to the activation dtype before multiplying.
-        let normalizer = (h as f32).sqrt();
+        let normalizer = match self.embed_tokens.dtype() {
+            DType::BF16 => half::bf16::from_f32((h as f32).sqrt()).to_f32(),
+            _ => (h as f32).sqrt(),
+        };
         self.embed_tokens.clone().select(0, idx).reshape([tokens.batch, tokens.seq, h]) * normalizer
     }
 
@@ -190,9 +193,11 @@ impl<B: FrozenMatmul> Gemma<B> {
             let rope = ctx.rope(self, tokens, i);
             match cache.as_deref_mut() {
                 Some(c) => {
+                    let kv = [tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim];
+                    let dt = x.dtype();
                     let lc = c.layers[i].get_or_insert_with(|| LayerCache {
-                        k: Tensor::zeros([tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim], &self.device),
-                        v: Tensor::zeros([tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim], &self.device),
+                        k: Tensor::zeros(kv, (&self.device, dt)),
+                        v: Tensor::zeros(kv, (&self.device, dt)),
                         positions: Vec::new(),
                     });
                     // Key positions: the cached ones, then the new ones (the same for every row).

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
+use crate::compute::{cast, cast_prim};
 use crate::layers::mask::AttnMask;
 
 /// Everything about an attention call but its tensors.
@@ -52,14 +53,16 @@ fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, spec: &AttnSpec) -> (Ten
     (z.clone().reshape([b, h, s, t]) + bias, z)
 }
 
-/// `(out [b, s, h, d], lse [b, s, h])` in Burn ops.
+/// `(out [b, s, h, d], lse [b, s, h])` in Burn ops, computed in f32 whatever the inputs' dtype (`out` comes
+/// back in `q`'s, `lse` stays f32): transformers' softmax is f32 too.
 pub fn forward_generic<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     spec: &AttnSpec,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let [q, k, v] = [q, k, v].map(t4::<B>);
+    let dt = q.dtype();
+    let [q, k, v] = [q, k, v].map(|t| t4::<B>(cast_prim::<B>(t, DType::F32)));
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let (z, _) = scores(q, k, spec);
     let m = z.clone().max_dim(3);
@@ -68,10 +71,11 @@ pub fn forward_generic<B: Backend>(
     let p = (e / l.clone()).reshape([b, kvh, h / kvh * s, t]);
     let out = p.matmul(v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
     let lse = (m + l.log()).reshape([b, h, s]).swap_dims(1, 2);
-    (prim(out), prim(lse))
+    (prim(cast(out, dt)), prim(lse))
 }
 
-/// `(dq, dk, dv)` in Burn ops, from the forward's `out` and `lse` and the output's gradient.
+/// `(dq, dk, dv)` in Burn ops, from the forward's `out` and `lse` and the output's gradient; in f32, returned
+/// in the inputs' dtypes.
 pub fn backward_generic<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
@@ -81,8 +85,9 @@ pub fn backward_generic<B: Backend>(
     dout: FloatTensor<B>,
     spec: &AttnSpec,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let [q, k, v, out, dout] = [q, k, v, out, dout].map(t4::<B>);
-    let lse = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse));
+    let dts = [q.dtype(), k.dtype(), v.dtype()];
+    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|t| t4::<B>(cast_prim::<B>(t, DType::F32)));
+    let lse = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(cast_prim::<B>(lse, DType::F32)));
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let rep_s = h / kvh * s;
     let group = |x: Tensor<B, 4>| x.swap_dims(1, 2).reshape([b, kvh, rep_s, d]);
@@ -102,7 +107,7 @@ pub fn backward_generic<B: Backend>(
     let ds = ds * spec.scaling;
     let dq = ds.clone().matmul(kt).reshape([b, h, s, d]).swap_dims(1, 2);
     let dk = ds.swap_dims(2, 3).matmul(group(q)).swap_dims(1, 2);
-    (prim(dq), prim(dk), prim(dv.swap_dims(1, 2)))
+    (prim(cast(dq, dts[0])), prim(cast(dk, dts[1])), prim(cast(dv.swap_dims(1, 2), dts[2])))
 }
 
 /// The host kernel's shapes for `q` and `k` shaped as above.

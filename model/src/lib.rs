@@ -2,8 +2,13 @@
 pub mod adapter;
 pub mod backend;
 pub mod checkpointing;
+pub mod compute;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cube")]
+pub mod cube;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decoder;
 pub mod error;
 pub mod fused_attention;

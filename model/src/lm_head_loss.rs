@@ -10,13 +10,14 @@
 //! vocabulary), and [`nll_grad_host`] on host slices (the `gemm` crate, vocabulary tiles with an online
 //! softmax, a vectorised row kernel), which burn-flex uses without copying its tensors.
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
 use rayon::prelude::*;
 
+use crate::compute::cast;
 use crate::cpu::gemm::{matmul, Mat};
 use crate::cpu::softmax::{tile_row, RowState};
+use crate::ops::FrozenMatmul;
 
 /// Rows per chunk in the generic path.
 pub const GENERIC_CHUNK: usize = 256;
@@ -27,7 +28,7 @@ pub const HOST_ROWS: usize = 1024;
 pub const HOST_TILE_FLOATS: usize = 1 << 22;
 
 /// `(Σ nll as a [1] tensor, d Σnll / d hidden as [n, hidden] when `grad`)`, in Burn ops.
-pub fn nll_grad_generic<B: Backend>(
+pub fn nll_grad_generic<B: FrozenMatmul>(
     hidden: FloatTensor<B>,
     table: FloatTensor<B>,
     targets: &[(usize, u32)],
@@ -37,7 +38,7 @@ pub fn nll_grad_generic<B: Backend>(
     nll_grad_generic_chunked::<B>(hidden, table, targets, softcap, grad, GENERIC_CHUNK)
 }
 
-fn nll_grad_generic_chunked<B: Backend>(
+fn nll_grad_generic_chunked<B: FrozenMatmul>(
     hidden: FloatTensor<B>,
     table: FloatTensor<B>,
     targets: &[(usize, u32)],
@@ -49,8 +50,11 @@ fn nll_grad_generic_chunked<B: Backend>(
     let table = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(table));
     let device = hidden.device();
     let [n, h] = hidden.dims();
-    let mut total = Tensor::<B, 1>::zeros([1], &device);
-    let mut dh = grad.then(|| Tensor::<B, 2>::zeros([n, h], &device));
+    // In bf16 (`crate::compute`) the logits are bf16 up to the softcap, then f32, as in transformers; the
+    // loss is summed in f32 and the gradient comes back in the hidden states' dtype.
+    let (dt, f32) = (hidden.dtype(), DType::F32);
+    let mut total = Tensor::<B, 1>::zeros([1], (&device, f32));
+    let mut dh = grad.then(|| Tensor::<B, 2>::zeros([n, h], (&device, dt)));
     for part in targets.chunks(chunk) {
         let c = part.len();
         let rows: Vec<i64> = part.iter().map(|(i, _)| *i as i64).collect();
@@ -60,29 +64,36 @@ fn nll_grad_generic_chunked<B: Backend>(
         let ids = ids1.clone().reshape([c, 1]);
         let hc = hidden.clone().select(0, rows.clone());
         // `(E · hᵀ)ᵀ`: the table stays contiguous on the left, where every backend multiplies it uncopied.
-        let logits = table.clone().matmul(hc.transpose()).transpose();
+        let logits = dense_matmul(table.clone(), hc.transpose()).transpose();
         let (z, dcap) = match softcap {
             Some(cap) => {
                 let t = (logits / cap).tanh();
-                (t.clone() * cap, Some(t.powi_scalar(2).neg() + 1.0))
+                let d = cast(t.clone(), f32).powi_scalar(2).neg() + 1.0;
+                (cast(t * cap, f32), Some(d))
             }
-            None => (logits, None),
+            None => (cast(logits, f32), None),
         };
         let logp = log_softmax(z, 1);
         total = total + logp.clone().gather(1, ids.clone()).sum().neg();
         if let Some(acc) = dh.take() {
             // d/dz = softmax − onehot; the onehot part times the table is the targets' own rows.
             let mut p = logp.exp();
-            let mut own = table.clone().select(0, ids1);
+            let mut own = cast(table.clone().select(0, ids1), f32);
             if let Some(d) = dcap {
                 own = own * d.clone().gather(1, ids);
                 p = p * d;
             }
-            let dhc = p.matmul(table.clone()) - own;
+            let dhc = dense_matmul(cast(p, dt), table.clone()) - cast(own, dt);
             dh = Some(acc.select_assign(0, rows, dhc, IndexingUpdateOp::Add));
         }
     }
     (total.into_primitive().tensor(), dh.map(|t| t.into_primitive().tensor()))
+}
+
+/// `a · b` through [`FrozenMatmul::dense_matmul`].
+fn dense_matmul<B: FrozenMatmul>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    let c = B::dense_matmul(a.into_primitive().tensor(), b.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(c))
 }
 
 /// The same on host slices: `hidden` `[n, h]`, `table` `[vocab, h]`, both row-major. Returns `Σ nll` and,
@@ -235,7 +246,7 @@ mod tests {
             }
             let (nll_only, none) = nll_grad_host(&hidden, &table, h, &targets, cap, false);
             assert!(none.is_none() && (nll_only - nll).abs() < 1e-9);
-            fn generic<B: Backend>(
+            fn generic<B: FrozenMatmul>(
                 hidden: &[f32],
                 table: &[f32],
                 h: usize,

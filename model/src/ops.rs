@@ -15,6 +15,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
+use crate::compute::cast_prim;
 use crate::fused_attention::{backward_generic, forward_generic, host_dims, AttnSpec};
 use crate::quant::linear::{frozen_matmul_dequant, PackedWeight};
 
@@ -28,7 +29,14 @@ pub trait FrozenMatmul: Backend {
     /// `dy · W` for `dy: [n, out]`: the gradient of [`Self::frozen_matmul`] with respect to `x`.
     fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
         let device = Self::float_device(&dy);
-        Self::float_matmul(dy, w.to_primitive::<Self>(&device))
+        let dense = cast_prim::<Self>(w.to_primitive::<Self>(&device), dy.dtype());
+        Self::float_matmul(dy, dense)
+    }
+
+    /// `a · b` for 2-D `a` and `b` (either may be a transposed view) where the product is big enough for a
+    /// vendor library to matter: the LM head's. Default: Burn's matmul; CUDA: cuBLAS (`crate::cube::Gemm`).
+    fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(a, b)
     }
 
     /// `(Σ −log softmax(cap(h·Eᵀ))[target] as [1], its gradient with respect to `hidden` [n, h] when `grad`)`
@@ -280,7 +288,10 @@ unary_backward!(
     /// Saves d Σnll / d hidden, computed with the loss: the backward only scales it by the upstream scalar.
     LmHeadNllBackward,
     FloatTensor<B>,
-    |dh, grad| B::float_mul(dh, B::float_reshape(grad, [1, 1].into()))
+    |dh, grad| {
+        let dt = dh.dtype();
+        B::float_mul(dh, B::float_reshape(cast_prim::<B>(grad, dt), [1, 1].into()))
+    }
 );
 
 unary_backward!(

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use lapidary_model::compute::ComputeDtype;
 use lapidary_model::quant::{FrozenMatmul, QuantKind};
 use lapidary_model::{Gemma, ModelFiles};
 
@@ -23,12 +24,60 @@ impl From<Quant> for QuantKind {
     }
 }
 
+/// What the model computes in (`lapidary_model::compute`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// f32 everywhere (the default; what the CPU backends are fastest in).
+    #[default]
+    F32,
+    /// bf16 activations, embedding and dequantized weights; norms, softmaxes, the loss and LoRA in f32, as
+    /// bitsandbytes' `bnb_4bit_compute_dtype=bfloat16` with PEFT. For GPUs.
+    Bf16,
+}
+
+impl From<Dtype> for ComputeDtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => ComputeDtype::F32,
+            Dtype::Bf16 => ComputeDtype::Bf16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum BackendKind {
     /// burn-flex, f32 (the faster; default).
     Flex,
     /// burn-ndarray, f32.
     Ndarray,
+    /// An NVIDIA GPU (CubeCL + cuBLAS), f32; needs a binary built with `--features cuda`.
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// Checks, before any tensor is made, that `--backend cuda` can run here: a clear error instead of the
+/// panic the CUDA bindings give when there is no driver or no GPU.
+#[cfg(feature = "cuda")]
+pub fn cuda_ready() -> Result<()> {
+    lapidary_model::cuda::probe().map(|_| ()).map_err(|e| anyhow::anyhow!("--backend cuda: {e}"))
+}
+
+/// The error `--backend cuda` gives in a binary built without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub fn built_without_cuda() -> anyhow::Error {
+    anyhow::anyhow!(
+        "--backend cuda: this binary was built without CUDA: rebuild with `cargo build --release --features cuda`"
+    )
 }
 
 #[derive(Debug, Clone, Args)]
@@ -42,9 +91,12 @@ pub struct ModelArgs {
     /// How the frozen base is stored.
     #[arg(long, value_enum, default_value = "none")]
     pub quant: Quant,
-    /// CPU backend.
+    /// Backend: flex or ndarray (CPU), cuda (an NVIDIA GPU; binaries built with `--features cuda`).
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+    /// What the model computes in.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
 }
 
 pub struct Loaded<B: FrozenMatmul> {
@@ -57,7 +109,8 @@ pub fn load<B: FrozenMatmul>(args: &ModelArgs) -> Result<Loaded<B>> {
     let device = B::Device::default();
     let mut model =
         lapidary_model::load::load_gemma::<B>(&files.config, files.weights.as_ref(), args.quant.into(), &device)
-            .with_context(|| format!("loading {}", args.model.display()))?;
+            .with_context(|| format!("loading {}", args.model.display()))?
+            .with_compute_dtype(args.dtype.into());
     if let Some(dir) = &args.adapter {
         lapidary_model::adapter::load_adapter(&mut model, dir)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
@@ -65,13 +118,20 @@ pub fn load<B: FrozenMatmul>(args: &ModelArgs) -> Result<Loaded<B>> {
     Ok(Loaded { files, model })
 }
 
-/// Runs `$f::<Backend>($args)` for the backend chosen in `$kind`.
+/// Runs `$f::<Backend>($args)` for the backend chosen in `$kind` (`$f` returns `anyhow::Result`). `cuda`
+/// first checks that a GPU is there, and in a binary built without the feature is an error.
 #[macro_export]
 macro_rules! dispatch {
     ($kind:expr, $f:ident, $($arg:expr),*) => {
         match $kind {
             $crate::common::BackendKind::Ndarray => $f::<lapidary_model::backend::NdArrayCpu>($($arg),*),
             $crate::common::BackendKind::Flex => $f::<lapidary_model::backend::FlexCpu>($($arg),*),
+            #[cfg(feature = "cuda")]
+            $crate::common::BackendKind::Cuda => {
+                $crate::common::cuda_ready().and_then(|()| $f::<lapidary_model::backend::CudaGpu>($($arg),*))
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::common::BackendKind::Cuda => Err($crate::common::built_without_cuda()),
         }
     };
 }

@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
+use crate::compute::cast;
 use crate::quant::{FrozenLinear, FrozenMatmul};
 
 /// The seven projections PEFT can target in a Gemma decoder layer.
@@ -72,13 +73,15 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         let base = self.base.forward(x.clone());
         let Some(ad) = &self.adapter else { return base };
         let [b, s, i] = x.dims();
-        let mut x2 = x.reshape([b * s, i]);
+        // PEFT casts the input to the adapter's dtype (f32) and the branch's output to the base's.
+        let mut x2 = cast(x.reshape([b * s, i]), ad.a.dtype());
         if let (Some(seed), true) = (rt.dropout_seed, ad.dropout > 0.0) {
             x2 = x2.clone() * dropout_mask::<B>([b * s, i], ad.dropout, seed ^ self.key, &x2.device());
         }
         let delta = x2.matmul(ad.a.clone().transpose()).matmul(ad.b.clone().transpose()) * ad.scale;
         let [_, o] = delta.dims();
-        base + delta.reshape([b, s, o])
+        let dt = base.dtype();
+        base + cast(delta.reshape([b, s, o]), dt)
     }
 }
 

@@ -3,6 +3,7 @@
 //! positions, so packed rows (positions restarting per example) and cached decoding need nothing special.
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
+use crate::compute::cast;
 use crate::config::RopeConfig;
 use crate::quant::FrozenMatmul;
 
@@ -52,7 +53,10 @@ impl<B: FrozenMatmul> RopeTables<B> {
     /// # Shapes
     /// `[batch, seq, heads, head_dim]` → same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [x, cos, sin] = [x, self.cos.clone(), self.sin.clone()].map(|t| t.into_primitive().tensor());
+        // transformers computes the tables in f32 and casts them to the activations' dtype.
+        let dt = x.dtype();
+        let [cos, sin] = [self.cos.clone(), self.sin.clone()].map(|t| cast(t, dt));
+        let [x, cos, sin] = [x, cos, sin].map(|t| t.into_primitive().tensor());
         Tensor::from_primitive(TensorPrimitive::Float(B::rope(x, cos, sin)))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 pub use crate::ops::FrozenMatmul;
 
@@ -71,8 +71,8 @@ impl PackedWeight {
 /// Dequantize then multiply: the plain (non-differentiating) implementation for any backend.
 pub fn frozen_matmul_dequant<B: Backend>(x: FloatTensor<B>, w: &PackedWeight) -> FloatTensor<B> {
     let device = B::float_device(&x);
-    let wt = B::float_transpose(w.to_primitive::<B>(&device));
-    B::float_matmul(x, wt)
+    let dense = crate::compute::cast_prim::<B>(w.to_primitive::<B>(&device), x.dtype());
+    B::float_matmul(x, B::float_transpose(dense))
 }
 
 /// A frozen (non-trainable) linear layer without bias, as every Gemma projection is.

@@ -1,7 +1,8 @@
 //! `lapidary bench`: times real QLoRA training steps (forward, backward, AdamW) on a real checkpoint or on
 //! random weights of a published shape, the setup `../shared/anchors/hf_qlora_bench.py` times for the peer:
 //! LoRA r=16, alpha=32, no dropout, on all seven projections; labels = inputs; AdamW at 2e-4.
-//! Reports tokens/s over the timed steps and the process's peak resident set (the peer reports the same).
+//! Reports tokens/s over the timed steps and peak memory: on CPU the process's peak resident set, on CUDA the
+//! device memory CubeCL's pools hold (see `Memory`); the peer reports the same two.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::{shapes, GemmaConfig, ModelFiles, WeightSource};
 use rand::{Rng, SeedableRng};
 
-use crate::common::{print_json, BackendKind, Quant};
+use crate::common::{print_json, BackendKind, Dtype, Quant};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::read_params;
 use crate::train::run::peak_rss_mib;
@@ -45,6 +46,13 @@ pub struct BenchArgs {
     pub gc: bool,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
+    /// What the model computes in (the peer's `--dtype`; QLoRA on GPUs computes in bf16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+    /// Record memory every N timed steps (0: never), as `mem_trace` in the JSON and a line on stderr each
+    /// time: to check that memory stays flat over a long run (`--steps 200 --mem-trace 10`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub mem_trace: usize,
     /// One JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -103,12 +111,109 @@ pub fn cpu_seconds() -> f64 {
     }
 }
 
+/// Memory as the bench measures it on each backend. CPU: the process's resident set (`VmRSS` now, `VmHWM`
+/// for the peak, which cannot be reset, so it includes the load). CUDA: the device memory CubeCL's pools hold
+/// (`lapidary_model::cube::memory`): `peak_gib` is the peak *reserved* from the driver since the warm-up, an
+/// upper bound of what tensors used; `peak_in_use_gib` the peak used by live tensors (sampled at every frozen
+/// matmul and step, the analogue of the peer's `max_memory_allocated`); `device_used_gib` the driver's
+/// `total − free` after the run (with the CUDA context, cuBLAS workspace and compiled kernels).
+struct Memory {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    cuda: bool,
+}
+
+impl Memory {
+    fn new(kind: BackendKind) -> Self {
+        let cuda = kind == BackendKind::Cuda;
+        #[cfg(feature = "cuda")]
+        if cuda {
+            lapidary_model::cube::memory::track(true);
+        }
+        Memory { cuda }
+    }
+
+    /// After a step: samples the device pools (CUDA).
+    fn after_step(&self) {
+        #[cfg(feature = "cuda")]
+        if self.cuda {
+            lapidary_model::cuda::sample_gpu0();
+        }
+    }
+
+    /// After the warm-up: the peaks count from here (CUDA; the peer does the same).
+    fn reset_peaks(&self) {
+        #[cfg(feature = "cuda")]
+        if self.cuda {
+            lapidary_model::cube::memory::reset_peaks();
+        }
+    }
+
+    /// Memory now, as one `mem_trace` entry.
+    fn now(&self, step: usize) -> serde_json::Value {
+        #[cfg(feature = "cuda")]
+        if self.cuda {
+            let m = lapidary_model::cube::memory::stats();
+            return serde_json::json!({"step": step, "in_use_gib": round(gib(m.in_use), 3),
+                                      "reserved_gib": round(gib(m.reserved), 3)});
+        }
+        serde_json::json!({"step": step, "rss_gib": round(rss_mib("VmRSS:").map_or(f64::NAN, |m| m / 1024.0), 3)})
+    }
+
+    /// The JSON fields: `peak_gib` and, on CUDA, `peak_in_use_gib` and `device_used_gib`.
+    fn report(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        #[cfg(feature = "cuda")]
+        if self.cuda {
+            use lapidary_model::cube::memory;
+            let m = memory::stats();
+            out.insert("peak_gib".into(), round(gib(m.peak_reserved), 2).into());
+            out.insert("peak_in_use_gib".into(), round(gib(m.peak_in_use), 2).into());
+            let used = lapidary_model::cuda::device_used_bytes().map_or(f64::NAN, gib);
+            out.insert("device_used_gib".into(), round(used, 2).into());
+            out.insert(
+                "packed_weights_gib".into(),
+                round(gib(lapidary_model::cube::weights::resident_bytes() as u64), 3).into(),
+            );
+            return out;
+        }
+        // VmHWM, what `ru_maxrss` reports to the peer; NaN off Linux.
+        out.insert("peak_gib".into(), round(peak_rss_mib().map_or(f64::NAN, |m| m / 1024.0), 2).into());
+        out
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// A `/proc/self/status` field in MiB (`VmRSS:` now), `None` off Linux.
+fn rss_mib(field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// What the JSON calls the machine: the GPU's name on CUDA, the CPU thread count otherwise.
+fn device_name(kind: BackendKind) -> String {
+    #[cfg(feature = "cuda")]
+    if kind == BackendKind::Cuda {
+        if let Ok(d) = lapidary_model::cuda::probe() {
+            return d.name;
+        }
+    }
+    let _ = kind;
+    format!("cpu x{}", rayon::current_num_threads())
+}
+
 fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
+    let memory = Memory::new(a.backend);
     let (config, weights) = source(&a.model)?;
     let device = B::Device::default();
     let mut model = lapidary_model::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
-        .with_context(|| format!("loading {}", a.model))?;
+        .with_context(|| format!("loading {}", a.model))?
+        .with_compute_dtype(a.dtype.into());
     drop(weights);
     let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
     let lora = AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None);
@@ -124,40 +229,59 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
     };
     for i in 0..a.warmup {
         step(i)?;
+        memory.after_step();
     }
+    memory.reset_peaks();
     let t = Instant::now();
     let cpu0 = cpu_seconds();
     let mut loss = f64::NAN;
     let mut per_step = Vec::with_capacity(a.steps);
+    let mut trace = Vec::new();
     for i in 0..a.steps {
+        // The step returns the loss as a host number, so its device work is done when it returns: the
+        // per-step times are wall times on CUDA too.
         let ts = Instant::now();
         loss = step(a.warmup + i)?;
         per_step.push(ts.elapsed().as_secs_f64());
+        memory.after_step();
+        if a.mem_trace > 0 && ((i + 1) % a.mem_trace == 0 || i + 1 == a.steps) {
+            let m = memory.now(i + 1);
+            eprintln!("step {}: {m} ({:.3} s/step)", i + 1, per_step[i]);
+            trace.push(m);
+        }
     }
     let dt = t.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
     let tokens_per_s = (a.steps * a.batch * a.seq) as f64 / dt;
-    // VmHWM, what `ru_maxrss` reports to the peer; NaN off Linux.
-    let peak = peak_rss_mib().map_or(f64::NAN, |m| m / 1024.0);
-    let backend = match a.backend {
-        BackendKind::Flex => "flex",
-        BackendKind::Ndarray => "ndarray",
-    };
+    let mem = memory.report();
+    let peak = mem.get("peak_gib").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let backend = a.backend.name();
     let quant = format!("{:?}", a.quant).to_lowercase();
-    let threads = rayon::current_num_threads();
     if a.json {
-        print_json(&serde_json::json!({
+        let mut out = serde_json::json!({
             "system": "lapidary", "model": a.model, "seq": a.seq, "batch": a.batch, "gc": a.gc, "rank": a.rank,
-            "quant": quant, "backend": backend, "tokens_per_s": round(tokens_per_s, 1),
-            "peak_gib": round(peak, 2), "loss": round(loss, 4), "steps": a.steps, "warmup": a.warmup,
+            "quant": quant, "backend": backend, "dtype": format!("{:?}", a.dtype).to_lowercase(),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "loss": round(loss, 4), "steps": a.steps, "warmup": a.warmup,
             "step_s": per_step.iter().map(|s| round(*s, 3)).collect::<Vec<_>>(), "load_s": round(load_s, 2),
             "cpu_s": round(cpu_s, 2),
-            "device": format!("cpu x{threads}"),
-        }));
+            "device": device_name(a.backend),
+        });
+        if let Some(o) = out.as_object_mut() {
+            o.extend(mem);
+            if a.mem_trace > 0 {
+                o.insert("mem_trace".into(), trace.into());
+            }
+        }
+        print_json(&out);
     } else {
-        println!("model {} ({backend}, {quant}, LoRA r={}), seq {} x batch {}", a.model, a.rank, a.seq, a.batch);
+        let what = if a.backend == BackendKind::Cuda { "peak device memory (reserved)" } else { "peak resident" };
+        println!(
+            "model {} ({backend}, {quant}, {:?}, LoRA r={}), seq {} x batch {}",
+            a.model, a.dtype, a.rank, a.seq, a.batch
+        );
         println!("load + quantize: {load_s:.1} s; {} warm-up + {} timed steps", a.warmup, a.steps);
-        println!("tokens/s: {tokens_per_s:.1}   peak resident: {peak:.2} GiB   last loss: {loss:.4}");
+        println!("tokens/s: {tokens_per_s:.1}   {what}: {peak:.2} GiB   last loss: {loss:.4}");
     }
     Ok(())
 }

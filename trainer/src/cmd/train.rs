@@ -27,7 +27,7 @@ pub struct TrainArgs {
     /// Validate the recipe and print it resolved; load and write nothing.
     #[arg(long)]
     pub check: bool,
-    /// CPU backend (overrides `[train] backend`).
+    /// Backend (overrides `[train] backend`): flex, ndarray or cuda.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
 }
@@ -38,6 +38,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         recipe.train.backend = match b {
             BackendKind::Ndarray => BackendName::Ndarray,
             BackendKind::Flex => BackendName::Flex,
+            BackendKind::Cuda => BackendName::Cuda,
         };
     }
     if a.check {

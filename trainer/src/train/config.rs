@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::common::{BackendKind, Quant};
+use crate::common::{BackendKind, Dtype, Quant};
 
 /// The whole recipe, as written to `OUT/config.toml` once resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,10 @@ pub struct ModelSection {
     /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA) or `int8`.
     #[serde(default = "default_quant")]
     pub quant: QuantName,
+    /// What the model computes in: `f32` (default) or `bf16` (bitsandbytes' `bnb_4bit_compute_dtype`; for
+    /// GPUs). LoRA weights and the optimizer stay f32 either way.
+    #[serde(default)]
+    pub compute_dtype: Dtype,
 }
 
 /// `none | nf4 | int8` as written in the recipe.
@@ -127,6 +131,7 @@ pub enum Scheduler {
 pub enum BackendName {
     Ndarray,
     Flex,
+    Cuda,
 }
 
 impl From<BackendName> for BackendKind {
@@ -134,6 +139,7 @@ impl From<BackendName> for BackendKind {
         match b {
             BackendName::Ndarray => BackendKind::Ndarray,
             BackendName::Flex => BackendKind::Flex,
+            BackendName::Cuda => BackendKind::Cuda,
         }
     }
 }
@@ -219,8 +225,9 @@ pub struct TrainSection {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_eps: f64,
-    /// CPU backend. `flex` by default: its backward pass is bit-reproducible from one process to the next,
-    /// which exact resume needs (burn-ndarray's differs in the last bits between runs).
+    /// Backend. `flex` (CPU) by default: its backward pass is bit-reproducible from one process to the next,
+    /// which exact resume needs (burn-ndarray's differs in the last bits between runs). `cuda`: an NVIDIA GPU,
+    /// in binaries built with `--features cuda`.
     pub backend: BackendName,
 }
 
@@ -530,6 +537,10 @@ mod tests {
         assert!(r.data.packing);
         assert_eq!(r.lora.r, 16);
         assert_eq!(r.model.quant, QuantName::Nf4);
+        assert_eq!(r.model.compute_dtype, Dtype::F32);
+        assert_eq!(parse(BASE, &["model.compute_dtype=\"bf16\""]).unwrap().model.compute_dtype, Dtype::Bf16);
+        let e = parse(BASE, &["model.compute_dtype=\"fp8\""]).unwrap_err().to_string();
+        assert!(e.contains("model.compute_dtype") && e.contains("bf16"), "{e}");
         // The resolved recipe reads back to itself.
         let again = parse(&r.to_toml().unwrap(), &[]).unwrap();
         assert_eq!(again, r);

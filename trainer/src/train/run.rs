@@ -55,7 +55,8 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
     let quant: Quant = recipe.model.quant.into();
     let mut model =
         lapidary_model::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
-            .with_context(|| format!("loading {}", recipe.model.path.display()))?;
+            .with_context(|| format!("loading {}", recipe.model.path.display()))?
+            .with_compute_dtype(recipe.model.compute_dtype.into());
     drop(weights);
     let l = &recipe.lora;
     let adapter_cfg = AdapterConfig::new(

@@ -1,0 +1,94 @@
+//! Burn's CubeCL backends (`CubeBackend<R, f32, i32, _>` on a CubeCL runtime `R`) with the frozen matmul of
+//! QLoRA done our way, for any runtime: the CUDA one (`crate::cuda`, feature `cuda`) and the wgpu one
+//! (feature `wgpu`: Vulkan, Metal, DirectX; here, Mesa's CPU Vulkan driver lets the kernels be tested on a
+//! machine without a GPU).
+//!
+//! - `dequant`: NF4 and int8 dequantization as CubeCL kernels, from the packed bytes kept on the device
+//!   (uploaded once per weight by `weights`; the dense weight only exists inside one call, as on CPU);
+//! - the product itself: a vendor library where the runtime has one ([`Gemm`]: cuBLAS on CUDA), else
+//!   Burn's matmul;
+//! - `memory`: the pools' high-water marks, for the bench.
+//!
+//! Switch, read once per process: `LAPIDARY_DEQUANT=host` dequantizes on the host and uploads the dense
+//! weight every call (the slow path every backend has, kept as the reference) instead of the kernels.
+//!
+//! What stays on the trait's Burn-op defaults for now (CubeCL kernels, each op unfused): attention
+//! (`crate::fused_attention::forward_generic`, which builds one batch's scores inside the call), GeGLU, RoPE,
+//! the LM-head loss; the LoRA products and unquantized (`--quant none`) frozen weights are Burn matmuls.
+pub mod dequant;
+pub mod memory;
+pub mod weights;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use std::sync::Arc;
+
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn_cubecl::element::BoolElement;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+
+use crate::ops::FrozenMatmul;
+use crate::quant::linear::PackedWeight;
+
+/// A CubeCL runtime, and how it multiplies matrices when a vendor library can do better than Burn.
+pub trait Gemm: CubeRuntime {
+    /// `a · bᵀ` (`transpose_b`) or `a · b` for 2-D f32 `a` and `b`, through a vendor library; `None` to
+    /// leave it to Burn's matmul (the default).
+    fn vendor_matmul(a: &CubeTensor<Self>, b: &CubeTensor<Self>, transpose_b: bool) -> Option<CubeTensor<Self>> {
+        let _ = (a, b, transpose_b);
+        None
+    }
+}
+
+/// `a · op(b)`: the runtime's vendor product when it has one, else Burn's matmul.
+fn product<R: Gemm, BT: BoolElement>(a: CubeTensor<R>, b: CubeTensor<R>, transpose_b: bool) -> CubeTensor<R> {
+    if let Some(c) = R::vendor_matmul(&a, &b, transpose_b) {
+        return c;
+    }
+    let b = if transpose_b { CubeBackend::<R, f32, i32, BT>::float_transpose(b) } else { b };
+    CubeBackend::<R, f32, i32, BT>::float_matmul(a, b)
+}
+
+impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
+    /// `x · Wᵀ`: the weight dequantized on the device, then one product (`W` passed transposed, not copied).
+    fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+        memory::sample(&x.client);
+        let dense = weights::dense(w, &x.client, &x.device);
+        let dense = crate::compute::cast_prim::<Self>(dense, x.dtype);
+        product::<R, BT>(x, dense, true)
+    }
+
+    /// The LM head's products: the runtime's vendor product when it has one.
+    fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        product::<R, BT>(a, b, false)
+    }
+
+    /// `dy · W`, the backward's product, the same way.
+    fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+        memory::sample(&dy.client);
+        let dense = weights::dense(w, &dy.client, &dy.device);
+        let dense = crate::compute::cast_prim::<Self>(dense, dy.dtype);
+        product::<R, BT>(dy, dense, false)
+    }
+}
+
+/// Runs `f`, turning a panic into `Err(its message)` and keeping the panic's report off stderr (the hook is
+/// restored before returning). For probing runtimes whose set-up panics where there is no device; call it
+/// before anything else runs, since the hook is process-wide.
+pub fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+#[cfg(all(test, feature = "wgpu"))]
+mod tests;

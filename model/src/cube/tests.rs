@@ -1,0 +1,172 @@
+//! The CubeCL code on the wgpu runtime against the CPU backend: the NF4/int8 kernels against the host
+//! dequantization, logits and losses on the tiny Gemma 1/2/3 fixtures, and LoRA gradients through the whole
+//! model (frozen products by the kernels' dense weights, and every Burn-op default of `FrozenMatmul`:
+//! attention with its own backward, GeGLU, RoPE, the chunked LM-head loss).
+//!
+//! Run with `cargo test --release -p lapidary-model --features wgpu cube::`; without a GPU it needs Mesa's CPU
+//! Vulkan driver (`apt install mesa-vulkan-drivers`). Where wgpu finds no adapter each test prints
+//! `skipped: no wgpu adapter (why)` and passes.
+//!
+//! Tolerances: both sides compute in f32 and differ by summation order (and fused multiply-adds) only.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn_autodiff::Autodiff;
+
+use crate::adapter::{init_lora, linears_mut, AdapterConfig};
+use crate::backend::{FlexCpu, WgpuGpu};
+use crate::decoder::TokenBatch;
+use crate::layers::lora::{LoraRuntime, TARGETS};
+use crate::loss::shifted_targets;
+use crate::ops::FrozenMatmul;
+use crate::quant::{Int8Weight, Nf4Weight, PackedWeight, QuantKind};
+use crate::ModelFiles;
+
+/// Whether the wgpu runtime can run here; says why not on stderr.
+fn adapter() -> bool {
+    match super::wgpu::probe() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            false
+        }
+    }
+}
+
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(arch)
+}
+
+/// Deterministic values in `[-scale, scale]`.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+}
+
+/// Largest |a − b| over the largest |b|.
+fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+}
+
+#[test]
+fn kernels_equal_host_dequantization() {
+    if !adapter() {
+        return;
+    }
+    let device = Default::default();
+    // Odd sizes (a partial byte, word and 64-block) and more than 256 blocks (two second-level scales).
+    for shape in [[3, 7], [33, 130], [300, 64], [513, 96]] {
+        let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
+        let nf4 = Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)));
+        let int8 = Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)));
+        for (name, w) in [("nf4", nf4), ("int8", int8)] {
+            let got = host(super::weights::dense_tensor::<cubecl::wgpu::WgpuRuntime, u32>(&w, &device));
+            let want = w.dequantize();
+            assert_eq!(got.len(), want.len());
+            // 2 ulp: a compiler may fuse the absmax's multiply-add (see `super::dequant`).
+            for (i, (g, h)) in got.iter().zip(&want).enumerate() {
+                assert!((g - h).abs() <= 2.0 * f32::EPSILON * h.abs(), "{name} {shape:?} element {i}: {g} vs host {h}");
+            }
+        }
+    }
+}
+
+fn fixture_batch() -> TokenBatch {
+    // Two packed rows of 12: segments restart positions (the mask and RoPE see both).
+    let ids: Vec<u32> = (0..24).map(|i| (i * 13 % 200 + 3) as u32).collect();
+    let positions: Vec<usize> = (0..24).map(|i| if i % 12 < 7 { i % 12 } else { i % 12 - 7 }).collect();
+    let segments: Vec<u32> = (0..24).map(|i| if i % 12 < 7 { 1 } else { 2 }).collect();
+    TokenBatch { ids, batch: 2, seq: 12, positions, segments: Some(segments) }
+}
+
+/// Logits and summed NLL of the fixture batch on backend `B`.
+fn logits_and_nll<B: FrozenMatmul>(arch: &str, quant: QuantKind) -> (Vec<f32>, f64) {
+    let files = ModelFiles::open(&fixture(arch)).expect("fixture model");
+    let model =
+        crate::load::load_gemma::<B>(&files.config, files.weights.as_ref(), quant, &Default::default()).expect("load");
+    let tokens = fixture_batch();
+    let logits = host(model.forward(&tokens, &LoraRuntime::default()));
+    let labels: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
+    let nll = model.eval_nll(&tokens, &shifted_targets(&labels, tokens.batch, tokens.seq));
+    (logits, nll)
+}
+
+#[test]
+fn logits_and_loss_equal_cpu_on_the_fixtures() {
+    if !adapter() {
+        return;
+    }
+    for arch in ["gemma1", "gemma2", "gemma3"] {
+        for quant in [QuantKind::None, QuantKind::Nf4, QuantKind::Int8] {
+            let (gl, gn) = logits_and_nll::<WgpuGpu>(arch, quant);
+            let (cl, cn) = logits_and_nll::<FlexCpu>(arch, quant);
+            let err = scaled_err(&gl, &cl);
+            let loss_err = (gn - cn).abs() / cn.abs();
+            assert!(err < 1e-4, "{arch} {quant:?}: logits differ by {err:e} of their scale");
+            assert!(loss_err < 1e-5, "{arch} {quant:?}: summed NLL {gn} on wgpu vs {cn} on CPU");
+        }
+    }
+}
+
+/// Each LoRA linear's `(d lora_A, d lora_B)`, flattened.
+type LoraGrads = Vec<(Vec<f32>, Vec<f32>)>;
+
+/// The summed NLL of the fixture batch and every LoRA factor's gradient on `Autodiff<B>`.
+fn lora_gradients<B: FrozenMatmul>(arch: &str) -> (f32, LoraGrads) {
+    let files = ModelFiles::open(&fixture(arch)).expect("fixture model");
+    let device = Default::default();
+    let mut model =
+        crate::load::load_gemma::<Autodiff<B>>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device)
+            .expect("load");
+    let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
+    init_lora(&mut model, &AdapterConfig::new(4, 8.0, 0.0, &targets, false, None), 3).expect("lora");
+    // A and B set by hand (the random init draws from each backend's generator), B nonzero so that A has a
+    // gradient too.
+    for (k, (_, l)) in linears_mut(&mut model).into_iter().enumerate() {
+        let ad = l.adapter.as_mut().expect("adapter");
+        let ([o, r], [r2, i]) = (ad.b.dims(), ad.a.dims());
+        ad.b = Tensor::from_data(TensorData::new(values(o * r, 2 * k as u64, 0.05), [o, r]), &device).require_grad();
+        ad.a =
+            Tensor::from_data(TensorData::new(values(r2 * i, 2 * k as u64 + 1, 0.2), [r2, i]), &device).require_grad();
+    }
+    let tokens = fixture_batch();
+    let labels: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
+    let targets = shifted_targets(&labels, tokens.batch, tokens.seq);
+    let rt = LoraRuntime::default();
+    let nll = model.nll_sum(model.forward_hidden(&tokens, None, &rt), &targets);
+    let value: f32 = nll.clone().into_scalar().elem();
+    let grads = nll.backward();
+    let out = linears_mut(&mut model)
+        .into_iter()
+        .map(|(_, l)| {
+            let ad = l.adapter.as_ref().expect("adapter");
+            (host(ad.a.grad(&grads).expect("grad of A")), host(ad.b.grad(&grads).expect("grad of B")))
+        })
+        .collect();
+    (value, out)
+}
+
+#[test]
+fn lora_gradients_equal_cpu_on_the_fixtures() {
+    if !adapter() {
+        return;
+    }
+    for arch in ["gemma1", "gemma2", "gemma3"] {
+        let (gn, gg) = lora_gradients::<WgpuGpu>(arch);
+        let (cn, cg) = lora_gradients::<FlexCpu>(arch);
+        assert!((gn - cn).abs() <= 1e-5 * cn.abs(), "{arch}: NLL {gn} on wgpu vs {cn} on CPU");
+        assert_eq!(gg.len(), cg.len());
+        for (j, ((ga, gb), (ca, cb))) in gg.iter().zip(&cg).enumerate() {
+            for (name, g, c) in [("A", ga, ca), ("B", gb, cb)] {
+                let err = scaled_err(g, c);
+                assert!(err < 1e-4, "{arch} linear {j} {name}: gradients differ by {err:e} of their scale");
+            }
+        }
+    }
+}

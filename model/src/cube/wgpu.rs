@@ -1,0 +1,26 @@
+//! The wgpu runtime (Vulkan, Metal, DirectX) as a `crate::cube` backend (`crate::backend::WgpuGpu`, feature
+//! `wgpu`), with Burn's matmul for the products. On a machine without a GPU, Mesa's CPU Vulkan driver
+//! (lavapipe: `apt install mesa-vulkan-drivers`) runs it, slowly but faithfully, which is how the CubeCL
+//! kernels are tested there (`crate::cube::tests`).
+use std::sync::OnceLock;
+
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use cubecl::Runtime;
+
+use super::Gemm;
+
+impl Gemm for WgpuRuntime {}
+
+/// Whether the default adapter can be used, or why not. CubeCL panics while it starts a client where wgpu
+/// finds no adapter; this starts it once, quietly, so that callers can say why instead.
+pub fn probe() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            super::quietly(|| {
+                WgpuRuntime::client(&WgpuDevice::default());
+            })
+            .map_err(|e| format!("no wgpu adapter ({e}); on a machine without a GPU, install Mesa's lavapipe"))
+        })
+        .clone()
+}

@@ -1,0 +1,209 @@
+//! cuBLAS on Burn's buffers: `C = op(A) · op(B)` for 2-D `CubeTensor`s in f32, bf16 or f16, through cudarc's
+//! bindings (libcublas loaded at run time), on the raw device pointers that CubeCL's `get_resource` gives.
+//!
+//! Layout. Burn's tensors are row-major; cuBLAS is column-major. A row-major `[r, c]` buffer with row
+//! stride `ld` is, read column-major, the `[c, r]` matrix `Xᵀ` with leading dimension `ld`. So we ask cuBLAS
+//! for `Cᵀ = op(B)ᵀ · op(A)ᵀ` (an `[n, m]` column-major result = our row-major `[m, n]`), passing B first: an
+//! operand not transposed by the caller is then passed as `N`, a transposed one as `T`. A tensor whose
+//! strides say it is the transpose of a row-major buffer (what `float_transpose` makes: it only swaps the
+//! strides) is passed as that buffer with the opposite flag, not copied; any other layout is made contiguous
+//! first.
+//!
+//! Synchronisation. CubeCL runs its kernels on a private non-blocking stream per thread, whose handle it does
+//! not expose, so the two cannot be ordered on the device: we wait for CubeCL's work (`client.sync()`) before
+//! the product and for ours (our stream's `synchronize`) after it. Both waits are host round trips (tens of
+//! µs) that also stop the host from queuing ahead; a cleaner way needs CubeCL to expose its `CUstream` (then
+//! one `cuStreamWaitEvent` each way, or cuBLAS on that very stream) and is left for when it matters.
+//! The output buffer comes from CubeCL's pool, allocated before the first wait, so it is ready when cuBLAS
+//! writes it, and CubeCL reads it only after the second.
+//!
+//! Status: compiles; not run on a GPU yet (`tests/gpu.rs` checks it against Burn's matmul).
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cuda::CudaRuntime;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaStream};
+
+/// How f32 products are computed (bf16 and f16 always accumulate in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Math {
+    /// Full f32 (`CUBLAS_COMPUTE_32F`): the CPU backends' results to rounding.
+    F32,
+    /// TF32 tensor cores for f32 inputs (10-bit mantissa products, f32 accumulation): several times faster,
+    /// ~1e-3 relative error.
+    Tf32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CublasError {
+    #[error("{0}")]
+    Unavailable(#[from] super::device::CudaUnavailable),
+    #[error("libcublas could not be loaded (put the CUDA toolkit's lib64, or a pip nvidia-cublas package's lib directory, on LD_LIBRARY_PATH)")]
+    NoLibrary,
+    #[error("cuBLAS: {0}")]
+    Status(String),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("CubeCL: {0}")]
+    Server(String),
+    #[error("cuBLAS product of {a:?} and {b:?}: {why}")]
+    Unsupported { a: DType, b: DType, why: String },
+}
+
+/// One handle on one stream of GPU 0's primary context, for the whole process. Burn's ops all run on the
+/// main thread, so the lock is never contended; it is there because a handle must not be used by two
+/// threads at once.
+struct Blas {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    handle: CudaBlas,
+}
+
+fn blas() -> Result<&'static Mutex<Blas>, CublasError> {
+    static BLAS: OnceLock<Result<Mutex<Blas>, String>> = OnceLock::new();
+    let init = || -> Result<Mutex<Blas>, CublasError> {
+        let ctx = super::device::context()?;
+        // SAFETY: only tries to dlopen the library; without it every cuBLAS call would panic.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CublasError::NoLibrary);
+        }
+        let stream = ctx.new_stream().map_err(|e| CublasError::Driver(e.to_string()))?;
+        let handle = CudaBlas::new(stream.clone()).map_err(|e| CublasError::Status(e.to_string()))?;
+        Ok(Mutex::new(Blas { ctx, stream, handle }))
+    };
+    match BLAS.get_or_init(|| init().map_err(|e| e.to_string())) {
+        Ok(b) => Ok(b),
+        Err(e) => Err(CublasError::Status(e.clone())),
+    }
+}
+
+/// An operand as cuBLAS takes it: a row-major buffer, its row stride, and whether the caller's logical
+/// matrix is that buffer transposed.
+struct Operand {
+    tensor: CubeTensor<CudaRuntime>,
+    /// Rows and columns of the logical matrix `op(X)`.
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    transposed: bool,
+}
+
+/// `t` (2-D) as an operand whose logical matrix is `t`, or `tᵀ` when `transpose`.
+fn operand(t: CubeTensor<CudaRuntime>, transpose: bool) -> Operand {
+    let shape = t.meta.shape().clone();
+    let (r, c) = (shape[0], shape[1]);
+    let strides = t.meta.strides().clone();
+    let (s0, s1) = (strides[0], strides[1]);
+    let (rows, cols) = if transpose { (c, r) } else { (r, c) };
+    // Row-major with a row stride of at least the row length (CubeCL pitches rows of some buffers).
+    if (s1 == 1 || c == 1) && (r == 1 || s0 >= c) {
+        let ld = if r == 1 { c.max(1) } else { s0 };
+        return Operand { tensor: t, rows, cols, ld, transposed: transpose };
+    }
+    // The transpose of a row-major `[c, r]` buffer.
+    if (s0 == 1 || r == 1) && (c == 1 || s1 >= r) {
+        let ld = if c == 1 { r.max(1) } else { s1 };
+        return Operand { tensor: t, rows, cols, ld, transposed: !transpose };
+    }
+    let t = into_contiguous(t);
+    Operand { tensor: t, rows, cols, ld: c.max(1), transposed: transpose }
+}
+
+fn data_type(d: DType) -> Option<cudaDataType> {
+    match d {
+        DType::F32 => Some(cudaDataType::CUDA_R_32F),
+        DType::BF16 => Some(cudaDataType::CUDA_R_16BF),
+        DType::F16 => Some(cudaDataType::CUDA_R_16F),
+        _ => None,
+    }
+}
+
+/// `op(a) · op(b)` as a new contiguous `[m, n]` tensor of `a`'s dtype, where `op` transposes when asked.
+/// Both are 2-D, on GPU 0, of the same float dtype (f32, bf16 or f16).
+pub fn matmul(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    transpose_a: bool,
+    transpose_b: bool,
+    math: Math,
+) -> Result<CubeTensor<CudaRuntime>, CublasError> {
+    let (da, db) = (a.dtype, b.dtype);
+    let unsupported = |why: String| CublasError::Unsupported { a: da, b: db, why };
+    if a.meta.num_dims() != 2 || b.meta.num_dims() != 2 {
+        return Err(unsupported(format!("ranks {} and {} (2-D only)", a.meta.num_dims(), b.meta.num_dims())));
+    }
+    if a.dtype != b.dtype {
+        return Err(unsupported("mixed dtypes".to_string()));
+    }
+    let Some(dt) = data_type(a.dtype) else {
+        return Err(unsupported("not a float type cuBLAS multiplies here".to_string()));
+    };
+    let (dtype, client, device) = (a.dtype, a.client.clone(), a.device.clone());
+    let (a, b) = (operand(a, transpose_a), operand(b, transpose_b));
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        return Err(unsupported(format!("inner dimensions {k} and {} differ", b.rows)));
+    }
+    let too_big = |x: usize| i32::try_from(x).is_err();
+    if [m, n, k, a.ld, b.ld].into_iter().any(too_big) {
+        return Err(unsupported(format!("{m}x{k}x{n} exceeds cuBLAS's 32-bit sizes")));
+    }
+    if m == 0 || n == 0 || k == 0 {
+        // Nothing for cuBLAS to do (k = 0 would be all zeros): leave it to Burn.
+        return Err(unsupported(format!("empty product {m}x{k}x{n}")));
+    }
+
+    let out = client.empty(m * n * dtype.size());
+    let server = |e: cubecl::server::ServerError| CublasError::Server(format!("{e:?}"));
+    let ra = client.get_resource(a.tensor.handle.clone()).map_err(server)?;
+    let rb = client.get_resource(b.tensor.handle.clone()).map_err(server)?;
+    let rc = client.get_resource(out.clone()).map_err(server)?;
+    // CubeCL's queued kernels (those writing A and B, the allocation of C) finish first.
+    cubecl::future::block_on(client.sync()).map_err(server)?;
+
+    let blas = blas()?;
+    let blas = blas.lock().unwrap_or_else(|e| e.into_inner());
+    blas.ctx.bind_to_thread().map_err(|e| CublasError::Driver(e.to_string()))?;
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let compute = match (dtype, math) {
+        (DType::F32, Math::Tf32) => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        _ => cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    };
+    let (alpha, beta) = (1f32, 0f32);
+    // SAFETY: the pointers are live CubeCL buffers (the `ManagedResource`s keep them allocated until after the
+    // synchronisation below), of the dtype and extent the sizes and leading dimensions describe (checked
+    // above: `ld` is at least the row length of each row-major buffer); alpha and beta are host f32, as
+    // `CUBLAS_COMPUTE_32F*` requires.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle.handle(),
+            op(b.transposed),
+            op(a.transposed),
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            rb.resource().ptr as *const c_void,
+            dt,
+            b.ld as i32,
+            ra.resource().ptr as *const c_void,
+            dt,
+            a.ld as i32,
+            &beta as *const f32 as *const c_void,
+            rc.resource().ptr as *mut c_void,
+            dt,
+            n as i32,
+            compute,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+        )
+    }
+    .map_err(|e| CublasError::Status(e.to_string()))?;
+    blas.stream.synchronize().map_err(|e| CublasError::Driver(e.to_string()))?;
+    drop((ra, rb, rc));
+    Ok(CubeTensor::new_contiguous(client, device, [m, n].into(), out, dtype))
+}

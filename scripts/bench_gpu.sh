@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# GPU training benchmark (issue 7): `lapidary bench --backend cuda` and the peer (../shared/anchors/
+# hf_qlora_bench.py: transformers + PEFT + bitsandbytes, NF4 double quant, bf16 compute, sdpa) on the Gemma-2B
+# shape, one after the other in the same GPU session. Every result is appended as a JSON line to
+# docs/bench/gpu.jsonl (and copied to $OUT when the device tool runs it); scripts/bench_table.py renders them.
+#
+# It builds nothing (the GPU machine has no Rust toolchain). Here, once (the binaries are ~80 MB, over what the
+# device tool carries, so they travel stripped and xz-compressed, ~10 MB each):
+#   cargo build --release --locked --features cuda -p lapidary
+#   t=$(cargo test --release --locked --features cuda -p lapidary --test gpu --no-run 2>&1 | grep -o '/[^ ]*/deps/gpu-[0-9a-f]*')
+#   mkdir -p .devbuild && strip -o .devbuild/lapidary ${CARGO_TARGET_DIR:-target}/release/lapidary
+#   strip -o .devbuild/gpu-tests "$t"
+#   xz -T0 -f .devbuild/lapidary .devbuild/gpu-tests && cp ../shared/anchors/hf_qlora_bench.py .devbuild/
+#   bash ../shared/anchors/fetch_bnb.sh .devbuild/bnb          # bitsandbytes for the peer
+# then on the GPU machine (the device tool: carry [".devbuild"]), one part or a few per call (10 min each):
+#   bash scripts/bench_gpu.sh check tests          # the GPU, the libraries, every backend path; tests/gpu.rs
+#   CASES="512x8:gc 1024x4:gc" bash scripts/bench_gpu.sh ours peer
+#
+# usage: scripts/bench_gpu.sh [PART...]   PART: check tests ours peer paths mem (default: ours peer)
+#   check  nvidia-smi, where cuBLAS/NVRTC/CUDA come from, a 270M-shape step with each switch of
+#          lapidary_model::cuda (cuBLAS f32 / TF32 / Burn's matmul; device / host dequantization)
+#   tests  the carried tests/gpu.rs binary (TESTBIN, default .devbuild/gpu-tests[.xz])
+#   ours   lapidary on each case of CASES;  peer  the peer on each case of CASES
+#   paths  lapidary on the first case with LAPIDARY_CUBLAS=0, =tf32, LAPIDARY_DEQUANT=host and in f32 (what
+#          each buys)
+#   mem    lapidary on the first case for MEM_STEPS steps, memory every 10 (`--mem-trace`): flat or growing?
+# env:   BIN     the lapidary binary built with --features cuda (default .devbuild/lapidary, or that .xz)
+#        PYTHON  a python with torch, transformers, peft (default python3; the GPU machine's has them)
+#        ANCHOR  the peer script (default .devbuild/hf_qlora_bench.py, else ../shared/anchors/hf_qlora_bench.py)
+#        BNB     a folder holding bitsandbytes (fetch_bnb.sh's DIR/site; default .devbuild/bnb/site)
+#        CASES   SEQxBATCH[:gc] ... (default: the issue's five: 512x8:gc 1024x4:gc 2048x2:gc 4096x1:gc 1024x4)
+#        MODEL   published shape (default gemma-2b);  WARMUP, STEPS (default 2, 5);  MEM_STEPS (default 200)
+#        DTYPE   what ours computes in (default bf16, as the peer on a GPU: bnb_4bit_compute_dtype=bfloat16)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+bin=${BIN:-.devbuild/lapidary}
+anchor=${ANCHOR:-.devbuild/hf_qlora_bench.py}
+[ -f "$anchor" ] || anchor=../shared/anchors/hf_qlora_bench.py
+bnb=${BNB:-.devbuild/bnb/site}
+model=${MODEL:-gemma-2b}
+cases=${CASES:-512x8:gc 1024x4:gc 2048x2:gc 4096x1:gc 1024x4}
+warmup=${WARMUP:-2}
+steps=${STEPS:-5}
+mem_steps=${MEM_STEPS:-200}
+dtype=${DTYPE:-bf16}
+out=docs/bench/gpu.jsonl
+parts=${*:-ours peer}
+run_id=${RUN_ID:-$(date -u +%Y-%m-%dT%H:%MZ)}
+testbin=${TESTBIN:-.devbuild/gpu-tests}
+unxz() { # FILE.xz -> an executable copy in /tmp, printed
+  local dst; dst=/tmp/$(basename "$1" .xz)
+  "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$dst"
+  chmod +x "$dst"; echo "$dst"
+}
+if [ ! -x "$bin" ] && [ -f "$bin.xz" ]; then bin=$(unxz "$bin.xz"); fi
+[ -x "$bin" ] || { echo "no lapidary binary at $bin (build it with --features cuda and carry it; see the header)" >&2; exit 2; }
+mkdir -p docs/bench
+
+# cuBLAS and NVRTC are loaded at run time: the CUDA toolkit's, else the pip wheels' next to torch.
+libdirs=$({ ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null || true
+            "$py" -c 'import glob, os, site
+for s in site.getsitepackages():
+    for lib in ("libcublas.so*", "libnvrtc.so*"):
+        for f in glob.glob(os.path.join(s, "nvidia", "**", lib), recursive=True):
+            print(os.path.dirname(f))' 2>/dev/null || true; } | sort -u | paste -sd: -)
+export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+tag() { "$py" -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(run=sys.argv[2], case=sys.argv[3]); print(json.dumps(r))' "$1" "$run_id" "$2"; }
+flags() { # SEQxBATCH[:gc] -> bench flags
+  local c=$1 s b; s=${c%%x*}; b=${c#*x}; b=${b%%:*}
+  echo "--seq $s --batch $b"; [[ $c == *:gc ]] && echo "--gc"; return 0
+}
+ours() { # case [env assignments...] -- [extra bench flags]
+  local case=$1; shift; local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done; [ $# -gt 0 ] && shift
+  local r
+  if r=$(env "${envs[@]}" "$bin" bench --model "$model" --backend cuda --quant nf4 --warmup "$warmup" \
+      --steps "$steps" --dtype "$dtype" $(flags "$case") --json "$@"); then
+    r=$("$py" -c 'import json,sys; r=json.loads(sys.argv[1]); r["env"]=sys.argv[2:]; print(json.dumps(r))' "$r" "${envs[@]}")
+  else
+    echo "lapidary failed: $case ${envs[*]}" >&2
+    r="{\"system\": \"lapidary\", \"model\": \"$model\", \"case_flags\": \"$case\", \"failed\": true}"
+  fi
+  tag "$r" "$case" | tee -a "$out"
+}
+peer() { # case
+  local case=$1 r
+  r=$(PYTHONPATH="$bnb${PYTHONPATH:+:$PYTHONPATH}" "$py" "$anchor" --model "$model" --warmup "$warmup" \
+      --steps "$steps" $(flags "$case") | tail -n 1) || true
+  case $r in
+    "{"*) ;;
+    *) echo "peer failed: $case" >&2
+       r="{\"system\": \"hf-peft-bnb\", \"model\": \"$model\", \"case_flags\": \"$case\", \"failed\": true}" ;;
+  esac
+  tag "$r" "$case" | tee -a "$out"
+}
+first=${cases%% *}
+for p in $parts; do
+  case $p in
+    check)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv || true
+      echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+      ls /usr/local/cuda/include/cuda.h 2>/dev/null || echo "no /usr/local/cuda/include (set CUDA_PATH)"
+      for e in LAPIDARY_CUBLAS=1 LAPIDARY_CUBLAS=tf32 LAPIDARY_CUBLAS=0 LAPIDARY_DEQUANT=host; do
+        echo "== $e"
+        env "$e" "$bin" bench --model gemma3-270m --backend cuda --seq 64 --batch 1 --warmup 1 --steps 2 --json || true
+        env "$e" "$bin" bench --model gemma3-270m --backend cuda --seq 64 --batch 1 --warmup 1 --steps 2 --json \
+          --dtype bf16 || true
+      done
+      "$bin" bench --model gemma3-270m --backend flex --seq 64 --batch 1 --warmup 1 --steps 2 --json ;;
+    tests)
+      if [ ! -x "$testbin" ] && [ -f "$testbin.xz" ]; then testbin=$(unxz "$testbin.xz"); fi
+      [ -x "$testbin" ] || { echo "no test binary at $testbin (see the header)" >&2; exit 2; }
+      # The test binary has its build machine's paths compiled in; these two say where things are here.
+      LAPIDARY_REPO=$PWD LAPIDARY_BIN=$bin "$testbin" --test-threads 1 --nocapture ;;
+    ours) for c in $cases; do ours "$c"; done ;;
+    peer) for c in $cases; do peer "$c"; done ;;
+    paths)
+      for e in LAPIDARY_CUBLAS=0 LAPIDARY_CUBLAS=tf32 LAPIDARY_DEQUANT=host; do ours "$first" "$e"; done
+      dtype=f32 ours "$first" ;;
+    mem) steps=$mem_steps ours "$first" -- --mem-trace 10 ;;
+    *) echo "unknown part $p (check tests ours peer paths mem)" >&2; exit 2 ;;
+  esac
+done
+# The device tool returns only what is under $OUT.
+if [ -n "${OUT:-}" ] && [ -f "$out" ]; then cp "$out" "$OUT/gpu.jsonl"; fi
