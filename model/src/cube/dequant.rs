@@ -1,5 +1,6 @@
 //! NF4 and int8 dequantization as CubeCL kernels: one thread per weight element, the same arithmetic as the
-//! host code (`crate::quant::nf4`, `crate::quant::int8`), in f32.
+//! host code (`crate::quant::nf4`, `crate::quant::int8`), in f32, written in the product's dtype (f32, or
+//! bf16 with `--dtype bf16`: one rounding, no f32 copy).
 //!
 //! The packed bytes travel as `u32` words (four bytes each, little-endian, the tail zero-padded) so that the
 //! kernels only read 32-bit types, which every CubeCL target handles the same way; a byte is picked out with a
@@ -13,20 +14,21 @@
 //! contract `a · b + c` (the absmax) into one fused multiply-add, which rounds once instead of twice; a
 //! dequantized value can then differ from the host's in its last bit. `tests/gpu.rs` allows 2 ulp.
 //!
-//! Status: compiles (the `#[cube]` macro type-checks the kernels as Rust). Their index arithmetic is checked
-//! on the host (`tests/gpu.rs`, a line-for-line copy against the host dequantization, runs without a GPU);
-//! the kernels themselves only where a GPU is.
+//! Tested on the wgpu runtime (`crate::cube::tests`, on Mesa's CPU Vulkan driver where there is no GPU) and,
+//! where a GPU is, on CUDA (`tests/gpu.rs`); their index arithmetic is also replayed on the host in CI.
+use burn::tensor::DType;
 use cubecl::prelude::*;
 
 /// `tables[0..16]` are the NF4 codes, `tables[16..272]` the signed dynamic map of the double quantization.
 #[cube(launch)]
-fn nf4_kernel(
+fn nf4_kernel<F: Float>(
     packed: &Array<u32>,
     absmax_q: &Array<u32>,
     absmax2: &Array<f32>,
     tables: &Array<f32>,
     offset: f32,
-    out: &mut Array<f32>,
+    out: &mut Array<F>,
+    #[define(F)] _dtype: StorageType,
 ) {
     let i = ABSOLUTE_POS;
     if i >= out.len() {
@@ -39,11 +41,18 @@ fn nf4_kernel(
     let block = i / 64;
     let q = (absmax_q[block / 4] >> (u32::cast_from(block % 4) * 8)) & 0xff;
     let absmax = tables[16 + usize::cast_from(q)] * absmax2[block / 256] + offset;
-    out[i] = tables[usize::cast_from(code)] * absmax;
+    out[i] = F::cast_from(tables[usize::cast_from(code)] * absmax);
 }
 
 #[cube(launch)]
-fn int8_kernel(cb: &Array<u32>, scb: &Array<f32>, cols: u32, inv_127: f32, out: &mut Array<f32>) {
+fn int8_kernel<F: Float>(
+    cb: &Array<u32>,
+    scb: &Array<f32>,
+    cols: u32,
+    inv_127: f32,
+    out: &mut Array<F>,
+    #[define(F)] _dtype: StorageType,
+) {
     let i = ABSOLUTE_POS;
     if i >= out.len() {
         terminate!();
@@ -51,7 +60,7 @@ fn int8_kernel(cb: &Array<u32>, scb: &Array<f32>, cols: u32, inv_127: f32, out: 
     let byte = (cb[i / 4] >> (u32::cast_from(i % 4) * 8)) & 0xff;
     // Two's complement: bytes 128..=255 are -128..=-1.
     let value = f32::cast_from(byte) - 256.0 * f32::cast_from(byte >> 7);
-    out[i] = value * scb[i / usize::cast_from(cols)] * inv_127;
+    out[i] = F::cast_from(value * scb[i / usize::cast_from(cols)] * inv_127);
 }
 
 /// Bytes as little-endian `u32` words, the tail padded with zeros.
@@ -103,9 +112,10 @@ impl Nf4Device {
         }
     }
 
-    /// The dense weight, row-major `[out, in]`, into a new buffer of `numel` f32.
-    pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>) -> cubecl::server::Handle {
-        let out = client.empty(self.numel.max(1) * 4);
+    /// The dense weight, row-major `[out, in]`, into a new buffer of `numel` values of `dtype` (a float type;
+    /// computed in f32, rounded once).
+    pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>, dtype: DType) -> cubecl::server::Handle {
+        let out = client.empty(self.numel.max(1) * dtype.size());
         let arg = |h: &(cubecl::server::Handle, usize)| unsafe { ArrayArg::from_raw_parts(h.0.clone(), h.1) };
         let cube_dim = CubeDim::new(client, self.numel.max(1));
         let cube_count = cubecl::calculate_cube_count_elemwise(client, self.numel.max(1), cube_dim);
@@ -118,8 +128,9 @@ impl Nf4Device {
             arg(&self.absmax2),
             arg(&self.tables),
             self.offset,
-            // SAFETY: `out` holds `numel` f32 (at least one).
+            // SAFETY: `out` holds `numel` values of `dtype` (at least one).
             unsafe { ArrayArg::from_raw_parts(out.clone(), self.numel) },
+            dtype.into(),
         );
         out
     }
@@ -140,9 +151,9 @@ impl Int8Device {
         Int8Device { shape: w.shape, cb: upload_u32(client, &words(&bytes)), scb: upload_f32(client, &w.scb) }
     }
 
-    pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>) -> cubecl::server::Handle {
+    pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>, dtype: DType) -> cubecl::server::Handle {
         let n = self.shape[0] * self.shape[1];
-        let out = client.empty(n.max(1) * 4);
+        let out = client.empty(n.max(1) * dtype.size());
         let cube_dim = CubeDim::new(client, n.max(1));
         let cube_count = cubecl::calculate_cube_count_elemwise(client, n.max(1), cube_dim);
         int8_kernel::launch::<R>(
@@ -154,6 +165,7 @@ impl Int8Device {
             self.shape[1].max(1) as u32,
             INV_127,
             unsafe { ArrayArg::from_raw_parts(out.clone(), n) },
+            dtype.into(),
         );
         out
     }

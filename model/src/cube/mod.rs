@@ -12,11 +12,16 @@
 //! Switch, read once per process: `LAPIDARY_DEQUANT=host` dequantizes on the host and uploads the dense
 //! weight every call (the slow path every backend has, kept as the reference) instead of the kernels.
 //!
+//! - `geglu`, `rope`: GeGLU forward and backward, RoPE, one kernel each.
+//!
 //! What stays on the trait's Burn-op defaults for now (CubeCL kernels, each op unfused): attention
-//! (`crate::fused_attention::forward_generic`, which builds one batch's scores inside the call), GeGLU, RoPE,
-//! the LM-head loss; the LoRA products and unquantized (`--quant none`) frozen weights are Burn matmuls.
+//! (`crate::fused_attention::forward_generic`, which builds one batch's scores inside the call), the
+//! LM-head loss's softmax (its two products use the vendor library); the LoRA products and unquantized
+//! (`--quant none`) frozen weights are Burn matmuls.
 pub mod dequant;
+pub mod geglu;
 pub mod memory;
+pub mod rope;
 pub mod weights;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
@@ -54,8 +59,7 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
     /// `x · Wᵀ`: the weight dequantized on the device, then one product (`W` passed transposed, not copied).
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
         memory::sample(&x.client);
-        let dense = weights::dense(w, &x.client, &x.device);
-        let dense = crate::compute::cast_prim::<Self>(dense, x.dtype);
+        let dense = weights::dense(w, &x.client, &x.device, x.dtype);
         product::<R, BT>(x, dense, true)
     }
 
@@ -64,11 +68,28 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
         product::<R, BT>(a, b, false)
     }
 
+    /// RoPE as one kernel (`rope`); its backward is the same call with `−sin`.
+    fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        rope::forward(x, cos, sin)
+    }
+
+    /// GeGLU and its backward as one kernel each (`geglu`).
+    fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        geglu::forward(gate, up)
+    }
+
+    fn geglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        geglu::backward(gate, up, dout)
+    }
+
     /// `dy · W`, the backward's product, the same way.
     fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
         memory::sample(&dy.client);
-        let dense = weights::dense(w, &dy.client, &dy.device);
-        let dense = crate::compute::cast_prim::<Self>(dense, dy.dtype);
+        let dense = weights::dense(w, &dy.client, &dy.device, dy.dtype);
         product::<R, BT>(dy, dense, false)
     }
 }

@@ -77,6 +77,59 @@ fn kernels_equal_host_dequantization() {
     }
 }
 
+/// The GeGLU kernels against the definition in f64 (`gelu_tanh(g)·u` and its two partial derivatives), on
+/// f32 tensors of an odd size.
+#[test]
+fn geglu_kernels_equal_the_definition() {
+    if !adapter() {
+        return;
+    }
+    let device = Default::default();
+    let n = 3 * 1031;
+    let (g, u, d) = (values(n, 1, 4.0), values(n, 2, 2.0), values(n, 3, 1.0));
+    let t = |v: &[f32]| {
+        Tensor::<WgpuGpu, 2>::from_data(TensorData::new(v.to_vec(), [3, n / 3]), &device).into_primitive().tensor()
+    };
+    let back = |p| host(Tensor::<WgpuGpu, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(p)));
+    let out = back(WgpuGpu::geglu(t(&g), t(&u)));
+    let (dg, du) = WgpuGpu::geglu_backward(t(&g), t(&u), t(&d));
+    let (dg, du) = (back(dg), back(du));
+    let (k, c) = ((2.0f64 / std::f64::consts::PI).sqrt(), 0.044715f64);
+    for i in 0..n {
+        let (x, y, z) = (g[i] as f64, u[i] as f64, d[i] as f64);
+        let th = (k * (x + c * x * x * x)).tanh();
+        let gelu = 0.5 * x * (1.0 + th);
+        let dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * c * x * x);
+        for (name, got, want) in [("out", out[i], gelu * y), ("dgate", dg[i], z * y * dgelu), ("dup", du[i], z * gelu)]
+        {
+            assert!((got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "{name}[{i}]: {got} vs {want}");
+        }
+    }
+}
+
+/// The RoPE kernel against the definition (rotate-half, tables broadcast over heads), on f32.
+#[test]
+fn rope_kernel_equals_the_definition() {
+    if !adapter() {
+        return;
+    }
+    let device = Default::default();
+    let (b, s, h, d) = (2, 5, 3, 8);
+    let x = values(b * s * h * d, 4, 1.0);
+    let (cos, sin) = (values(b * s * d, 5, 1.0), values(b * s * d, 6, 1.0));
+    let t = |v: &[f32], shape: [usize; 4]| {
+        Tensor::<WgpuGpu, 4>::from_data(TensorData::new(v.to_vec(), shape), &device).into_primitive().tensor()
+    };
+    let out = WgpuGpu::rope(t(&x, [b, s, h, d]), t(&cos, [b, s, 1, d]), t(&sin, [b, s, 1, d]));
+    let out = host(Tensor::<WgpuGpu, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(out)));
+    for (i, got) in out.iter().enumerate() {
+        let (row, k) = (i / (h * d), i % d);
+        let rotated = if k < d / 2 { -x[i + d / 2] } else { x[i - d / 2] };
+        let want = x[i] * cos[row * d + k] + rotated * sin[row * d + k];
+        assert!((got - want).abs() < 1e-6, "element {i}: {got} vs {want}");
+    }
+}
+
 fn fixture_batch() -> TokenBatch {
     // Two packed rows of 12: segments restart positions (the mask and RoPE see both).
     let ids: Vec<u32> = (0..24).map(|i| (i * 13 % 200 + 3) as u32).collect();

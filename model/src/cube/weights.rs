@@ -70,19 +70,25 @@ pub fn resident_bytes() -> usize {
         .sum()
 }
 
-/// The dense `[out, in]` f32 weight as a device tensor: dequantized by the kernels from the cached packed
-/// bytes, or (`LAPIDARY_DEQUANT=host`) on the host and uploaded.
-pub fn dense<R: CubeRuntime>(w: &Arc<PackedWeight>, client: &ComputeClient<R>, device: &R::Device) -> CubeTensor<R> {
+/// The dense `[out, in]` weight in `dtype` as a device tensor: dequantized by the kernels from the cached
+/// packed bytes, or (`LAPIDARY_DEQUANT=host`) on the host, uploaded as f32 and cast.
+pub fn dense<R: CubeRuntime>(
+    w: &Arc<PackedWeight>,
+    client: &ComputeClient<R>,
+    device: &R::Device,
+    dtype: DType,
+) -> CubeTensor<R> {
     let [o, i] = w.shape();
-    let handle = if device_dequant() {
-        match on_device(w, client).as_ref() {
-            OnDevice::Nf4(d) => d.dequantize(client),
-            OnDevice::Int8(d) => d.dequantize(client),
-        }
-    } else {
-        client.create_from_slice(bytemuck::cast_slice(&w.dequantize()))
+    if !device_dequant() {
+        let handle = client.create_from_slice(bytemuck::cast_slice(&w.dequantize()));
+        let t = CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, DType::F32);
+        return burn_cubecl::kernel::cast(t, dtype);
+    }
+    let handle = match on_device(w, client).as_ref() {
+        OnDevice::Nf4(d) => d.dequantize(client, dtype),
+        OnDevice::Int8(d) => d.dequantize(client, dtype),
     };
-    CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, DType::F32)
+    CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, dtype)
 }
 
 /// Whether to dequantize with the kernels (else on the host): `LAPIDARY_DEQUANT`, read once.
@@ -97,6 +103,6 @@ pub fn dense_tensor<R: CubeRuntime, BT: BoolElement>(
     device: &R::Device,
 ) -> burn::tensor::Tensor<CubeBackend<R, f32, i32, BT>, 2> {
     let client = R::client(device);
-    let t = dense(w, &client, device);
+    let t = dense(w, &client, device, DType::F32);
     burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t))
 }
