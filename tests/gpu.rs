@@ -235,6 +235,36 @@ mod gpu {
                 assert!(err < tol, "cuBLAS {math:?} {name}: {err:e} of scale");
             }
         }
+        // Batches: [2, 3] matrices of a · b in one strided call, with b given as a transposed view.
+        let (bm, bk, bn) = (5, 7, 4);
+        let av = values(6 * bm * bk, 3, 1.0);
+        let bv = values(6 * bk * bn, 4, 1.0);
+        let want_batched = Tensor::<FlexCpu, 4>::from_data(TensorData::new(av.clone(), [2, 3, bm, bk]), &cpu)
+            .matmul(Tensor::from_data(TensorData::new(bv.clone(), [2, 3, bk, bn]), &cpu))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let a4 = Tensor::<CudaGpu, 4>::from_data(TensorData::new(av, [2, 3, bm, bk]), &gpu);
+        let b4 = Tensor::<CudaGpu, 4>::from_data(TensorData::new(bv, [2, 3, bk, bn]), &gpu);
+        let b4t = Tensor::<CudaGpu, 4>::from_data(b4.clone().swap_dims(2, 3).into_data(), &gpu).swap_dims(2, 3);
+        for (name, b) in [("batched", b4), ("batched, b a transposed view", b4t)] {
+            let c = cublas::matmul(
+                a4.clone().into_primitive().tensor(),
+                b.into_primitive().tensor(),
+                false,
+                false,
+                Math::F32,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = Tensor::<CudaGpu, 4>::from_primitive(TensorPrimitive::Float(c))
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap();
+            let err = scaled_err(&got, &want_batched);
+            eprintln!("cuBLAS {name}: {err:e}");
+            assert!(err < 1e-5, "cuBLAS {name}: {err:e} of scale");
+        }
         // bf16 in, bf16 out, f32 accumulation.
         let c = cublas::matmul(prim(ag.cast(DType::BF16)), prim(bg.cast(DType::BF16)), false, false, Math::F32)
             .expect("bf16 product");

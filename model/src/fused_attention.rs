@@ -12,6 +12,7 @@ use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::compute::{cast, cast_prim};
 use crate::layers::mask::AttnMask;
+use crate::ops::FrozenMatmul;
 
 /// Everything about an attention call but its tensors.
 #[derive(Debug, Clone)]
@@ -25,6 +26,11 @@ pub struct AttnSpec {
 
 fn t4<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// A batched product through [`FrozenMatmul::dense_matmul`] (cuBLAS on CUDA).
+fn mm<B: FrozenMatmul>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::dense_matmul(prim(a), prim(b))))
 }
 
 fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
@@ -41,10 +47,10 @@ fn dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> (usize, usize, usize,
 /// The masked, softcapped, scaled scores `[b, h, s, t]` and, before the mask, the softcapped ones grouped
 /// `[b, kvh, rep·s, t]` (the softcap's derivative needs them). Grouped queries: the `rep` query heads sharing
 /// a KV head are folded into the sequence axis, so keys are never copied per head.
-fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, spec: &AttnSpec) -> (Tensor<B, 4>, Tensor<B, 4>) {
+fn scores<B: FrozenMatmul>(q: Tensor<B, 4>, k: Tensor<B, 4>, spec: &AttnSpec) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
-    let raw = qg.matmul(k.swap_dims(1, 2).swap_dims(2, 3)) * spec.scaling;
+    let raw = mm(qg, k.swap_dims(1, 2).swap_dims(2, 3)) * spec.scaling;
     let z = match spec.softcap {
         Some(cap) => (raw / cap).tanh() * cap,
         None => raw,
@@ -55,7 +61,7 @@ fn scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, spec: &AttnSpec) -> (Ten
 
 /// `(out [b, s, h, d], lse [b, s, h])` in Burn ops, computed in f32 whatever the inputs' dtype (`out` comes
 /// back in `q`'s, `lse` stays f32): transformers' softmax is f32 too.
-pub fn forward_generic<B: Backend>(
+pub fn forward_generic<B: FrozenMatmul>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
@@ -69,14 +75,14 @@ pub fn forward_generic<B: Backend>(
     let e = (z - m.clone()).exp();
     let l = e.clone().sum_dim(3);
     let p = (e / l.clone()).reshape([b, kvh, h / kvh * s, t]);
-    let out = p.matmul(v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
+    let out = mm(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
     let lse = (m + l.log()).reshape([b, h, s]).swap_dims(1, 2);
     (prim(cast(out, dt)), prim(lse))
 }
 
 /// `(dq, dk, dv)` in Burn ops, from the forward's `out` and `lse` and the output's gradient; in f32, returned
 /// in the inputs' dtypes.
-pub fn backward_generic<B: Backend>(
+pub fn backward_generic<B: FrozenMatmul>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
@@ -96,8 +102,8 @@ pub fn backward_generic<B: Backend>(
     let lse4 = lse.swap_dims(1, 2).reshape([b, h, s, 1]);
     let p = (zb - lse4).exp().reshape([b, kvh, rep_s, t]);
     let (dog, og) = (group(dout), group(out));
-    let dv = p.clone().swap_dims(2, 3).matmul(dog.clone());
-    let dp = dog.clone().matmul(vt.swap_dims(2, 3));
+    let dv = mm(p.clone().swap_dims(2, 3), dog.clone());
+    let dp = mm(dog.clone(), vt.swap_dims(2, 3));
     let dsum = (dog * og).sum_dim(3);
     let mut ds = p * (dp - dsum);
     if let Some(cap) = spec.softcap {
@@ -105,8 +111,8 @@ pub fn backward_generic<B: Backend>(
         ds = ds * (th.clone() * th).neg().add_scalar(1.0);
     }
     let ds = ds * spec.scaling;
-    let dq = ds.clone().matmul(kt).reshape([b, h, s, d]).swap_dims(1, 2);
-    let dk = ds.swap_dims(2, 3).matmul(group(q)).swap_dims(1, 2);
+    let dq = mm(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
+    let dk = mm(ds.swap_dims(2, 3), group(q)).swap_dims(1, 2);
     (prim(cast(dq, dts[0])), prim(cast(dk, dts[1])), prim(cast(dv.swap_dims(1, 2), dts[2])))
 }
 

@@ -33,8 +33,9 @@ pub trait FrozenMatmul: Backend {
         Self::float_matmul(dy, dense)
     }
 
-    /// `a · b` for 2-D `a` and `b` (either may be a transposed view) where the product is big enough for a
-    /// vendor library to matter: the LM head's. Default: Burn's matmul; CUDA: cuBLAS (`crate::cube::Gemm`).
+    /// `a · b` (either may be a transposed view; rank 2, or batches of matrices with the same leading
+    /// dimensions) where a vendor library matters: the LM head's products and attention's. Default: Burn's
+    /// matmul; CUDA: cuBLAS (`crate::cube::Gemm`).
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(a, b)
     }

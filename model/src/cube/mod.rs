@@ -15,8 +15,8 @@
 //! - `geglu`, `rope`: GeGLU forward and backward, RoPE, one kernel each.
 //!
 //! What stays on the trait's Burn-op defaults for now (CubeCL kernels, each op unfused): attention
-//! (`crate::fused_attention::forward_generic`, which builds one batch's scores inside the call), the
-//! LM-head loss's softmax (its two products use the vendor library); the LoRA products and unquantized
+//! (`crate::fused_attention::forward_generic`, which builds one batch's scores inside the call; its products
+//! use the vendor library), the LM-head loss's softmax (likewise); the LoRA products and unquantized
 //! (`--quant none`) frozen weights are Burn matmuls.
 pub mod dequant;
 pub mod geglu;
@@ -38,8 +38,8 @@ use crate::quant::linear::PackedWeight;
 
 /// A CubeCL runtime, and how it multiplies matrices when a vendor library can do better than Burn.
 pub trait Gemm: CubeRuntime {
-    /// `a · bᵀ` (`transpose_b`) or `a · b` for 2-D f32 `a` and `b`, through a vendor library; `None` to
-    /// leave it to Burn's matmul (the default).
+    /// `a · bᵀ` (`transpose_b`) or `a · b` for float `a` and `b` (2-D, or batches with the same leading
+    /// dimensions), through a vendor library; `None` to leave it to Burn's matmul (the default).
     fn vendor_matmul(a: &CubeTensor<Self>, b: &CubeTensor<Self>, transpose_b: bool) -> Option<CubeTensor<Self>> {
         let _ = (a, b, transpose_b);
         None
@@ -63,7 +63,7 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
         product::<R, BT>(x, dense, true)
     }
 
-    /// The LM head's products: the runtime's vendor product when it has one.
+    /// The LM head's and attention's products: the runtime's vendor product when it has one.
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         product::<R, BT>(a, b, false)
     }

@@ -1,5 +1,6 @@
-//! cuBLAS on Burn's buffers: `C = op(A) · op(B)` for 2-D `CubeTensor`s in f32, bf16 or f16, through cudarc's
-//! bindings (libcublas loaded at run time), on the raw device pointers that CubeCL's `get_resource` gives.
+//! cuBLAS on Burn's buffers: `C = op(A) · op(B)` for `CubeTensor`s in f32, bf16 or f16 (2-D, or batches of
+//! matrices as one strided batched call), through cudarc's bindings (libcublas loaded at run time), on the
+//! raw device pointers that CubeCL's `get_resource` gives.
 //!
 //! Layout. Burn's tensors are row-major; cuBLAS is column-major. A row-major `[r, c]` buffer with row
 //! stride `ld` is, read column-major, the `[c, r]` matrix `Xᵀ` with leading dimension `ld`. So we ask cuBLAS
@@ -82,10 +83,14 @@ fn blas() -> Result<&'static Mutex<Blas>, CublasError> {
     }
 }
 
-/// An operand as cuBLAS takes it: a row-major buffer, its row stride, and whether the caller's logical
-/// matrix is that buffer transposed.
+/// An operand as cuBLAS takes it: row-major matrices at a fixed stride from one another, their row stride,
+/// and whether the caller's logical matrix is that buffer transposed.
 struct Operand {
     tensor: CubeTensor<CudaRuntime>,
+    /// Matrices in the batch (the product of the leading dimensions; 1 for a 2-D tensor).
+    batch: usize,
+    /// Elements from one matrix to the next (0 when `batch` is 1).
+    batch_stride: usize,
     /// Rows and columns of the logical matrix `op(X)`.
     rows: usize,
     cols: usize,
@@ -93,25 +98,41 @@ struct Operand {
     transposed: bool,
 }
 
-/// `t` (2-D) as an operand whose logical matrix is `t`, or `tᵀ` when `transpose`.
+/// Whether the leading (batch) dimensions of `shape`/`strides` step uniformly, so the batch is one strided
+/// sequence of matrices; returns the stride from one matrix to the next.
+fn batch_stride(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    let lead = shape.len() - 2;
+    // Dimensions of size 1 take no part in the layout.
+    let dims: Vec<(usize, usize)> = (0..lead).filter(|&i| shape[i] > 1).map(|i| (shape[i], strides[i])).collect();
+    let Some(&(_, inner)) = dims.last() else { return Some(0) };
+    dims.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0).then_some(inner)
+}
+
+/// `t` (rank 2 or more: a batch of matrices in its last two dimensions) as an operand whose logical matrices
+/// are `t`'s, or their transposes when `transpose`.
 fn operand(t: CubeTensor<CudaRuntime>, transpose: bool) -> Operand {
     let shape = t.meta.shape().clone();
-    let (r, c) = (shape[0], shape[1]);
     let strides = t.meta.strides().clone();
-    let (s0, s1) = (strides[0], strides[1]);
+    let rank = shape.len();
+    let batch: usize = shape[..rank - 2].iter().product();
+    let (r, c) = (shape[rank - 2], shape[rank - 1]);
+    let (s0, s1) = (strides[rank - 2], strides[rank - 1]);
     let (rows, cols) = if transpose { (c, r) } else { (r, c) };
-    // Row-major with a row stride of at least the row length (CubeCL pitches rows of some buffers).
-    if (s1 == 1 || c == 1) && (r == 1 || s0 >= c) {
-        let ld = if r == 1 { c.max(1) } else { s0 };
-        return Operand { tensor: t, rows, cols, ld, transposed: transpose };
-    }
-    // The transpose of a row-major `[c, r]` buffer.
-    if (s0 == 1 || r == 1) && (c == 1 || s1 >= r) {
-        let ld = if c == 1 { r.max(1) } else { s1 };
-        return Operand { tensor: t, rows, cols, ld, transposed: !transpose };
+    if let Some(bs) = batch_stride(&shape, &strides) {
+        // Row-major with a row stride of at least the row length (CubeCL pitches rows of some buffers).
+        if (s1 == 1 || c == 1) && (r == 1 || s0 >= c) {
+            let ld = if r == 1 { c.max(1) } else { s0 };
+            return Operand { tensor: t, batch, batch_stride: bs, rows, cols, ld, transposed: transpose };
+        }
+        // The transpose of a row-major `[c, r]` buffer.
+        if (s0 == 1 || r == 1) && (c == 1 || s1 >= r) {
+            let ld = if c == 1 { r.max(1) } else { s1 };
+            return Operand { tensor: t, batch, batch_stride: bs, rows, cols, ld, transposed: !transpose };
+        }
     }
     let t = into_contiguous(t);
-    Operand { tensor: t, rows, cols, ld: c.max(1), transposed: transpose }
+    let batch_stride = if batch > 1 { r * c } else { 0 };
+    Operand { tensor: t, batch, batch_stride, rows, cols, ld: c.max(1), transposed: transpose }
 }
 
 fn data_type(d: DType) -> Option<cudaDataType> {
@@ -123,8 +144,9 @@ fn data_type(d: DType) -> Option<cudaDataType> {
     }
 }
 
-/// `op(a) · op(b)` as a new contiguous `[m, n]` tensor of `a`'s dtype, where `op` transposes when asked.
-/// Both are 2-D, on GPU 0, of the same float dtype (f32, bf16 or f16).
+/// `op(a) · op(b)` as a new contiguous tensor of `a`'s dtype, where `op` transposes when asked: 2-D
+/// `[m, n]`, or for batches (rank 3 or more, the same leading dimensions on both) `[..., m, n]`, one strided
+/// batched call. Both on GPU 0, of the same float dtype (f32, bf16 or f16).
 pub fn matmul(
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
@@ -134,8 +156,13 @@ pub fn matmul(
 ) -> Result<CubeTensor<CudaRuntime>, CublasError> {
     let (da, db) = (a.dtype, b.dtype);
     let unsupported = |why: String| CublasError::Unsupported { a: da, b: db, why };
-    if a.meta.num_dims() != 2 || b.meta.num_dims() != 2 {
-        return Err(unsupported(format!("ranks {} and {} (2-D only)", a.meta.num_dims(), b.meta.num_dims())));
+    let (ra, rb) = (a.meta.num_dims(), b.meta.num_dims());
+    if ra < 2 || ra != rb {
+        return Err(unsupported(format!("ranks {ra} and {rb} (equal, 2 or more)")));
+    }
+    let lead = a.meta.shape()[..ra - 2].to_vec();
+    if lead != b.meta.shape()[..rb - 2] {
+        return Err(unsupported("different batch dimensions (no broadcasting)".to_string()));
     }
     if a.dtype != b.dtype {
         return Err(unsupported("mixed dtypes".to_string()));
@@ -145,24 +172,24 @@ pub fn matmul(
     };
     let (dtype, client, device) = (a.dtype, a.client.clone(), a.device.clone());
     let (a, b) = (operand(a, transpose_a), operand(b, transpose_b));
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (m, k, n, batch) = (a.rows, a.cols, b.cols, a.batch);
     if b.rows != k {
         return Err(unsupported(format!("inner dimensions {k} and {} differ", b.rows)));
     }
     let too_big = |x: usize| i32::try_from(x).is_err();
-    if [m, n, k, a.ld, b.ld].into_iter().any(too_big) {
-        return Err(unsupported(format!("{m}x{k}x{n} exceeds cuBLAS's 32-bit sizes")));
+    if [m, n, k, a.ld, b.ld, batch].into_iter().any(too_big) {
+        return Err(unsupported(format!("{batch}x{m}x{k}x{n} exceeds cuBLAS's 32-bit sizes")));
     }
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 || k == 0 || batch == 0 {
         // Nothing for cuBLAS to do (k = 0 would be all zeros): leave it to Burn.
-        return Err(unsupported(format!("empty product {m}x{k}x{n}")));
+        return Err(unsupported(format!("empty product {batch}x{m}x{k}x{n}")));
     }
 
-    let out = client.empty(m * n * dtype.size());
+    let out = client.empty(batch * m * n * dtype.size());
     let server = |e: cubecl::server::ServerError| CublasError::Server(format!("{e:?}"));
-    let ra = client.get_resource(a.tensor.handle.clone()).map_err(server)?;
-    let rb = client.get_resource(b.tensor.handle.clone()).map_err(server)?;
-    let rc = client.get_resource(out.clone()).map_err(server)?;
+    let res_a = client.get_resource(a.tensor.handle.clone()).map_err(server)?;
+    let res_b = client.get_resource(b.tensor.handle.clone()).map_err(server)?;
+    let res_c = client.get_resource(out.clone()).map_err(server)?;
     // CubeCL's queued kernels (those writing A and B, the allocation of C) finish first.
     cubecl::future::block_on(client.sync()).map_err(server)?;
 
@@ -176,11 +203,11 @@ pub fn matmul(
     };
     let (alpha, beta) = (1f32, 0f32);
     // SAFETY: the pointers are live CubeCL buffers (the `ManagedResource`s keep them allocated until after the
-    // synchronisation below), of the dtype and extent the sizes and leading dimensions describe (checked
-    // above: `ld` is at least the row length of each row-major buffer); alpha and beta are host f32, as
-    // `CUBLAS_COMPUTE_32F*` requires.
+    // synchronisation below), of the dtype and extent the sizes, leading dimensions and batch strides
+    // describe (checked above: `ld` is at least the row length of each row-major buffer, the batch steps
+    // uniformly); alpha and beta are host f32, as `CUBLAS_COMPUTE_32F*` requires.
     unsafe {
-        cudarc::cublas::result::gemm_ex(
+        cudarc::cublas::result::gemm_strided_batched_ex(
             *blas.handle.handle(),
             op(b.transposed),
             op(a.transposed),
@@ -188,22 +215,28 @@ pub fn matmul(
             m as i32,
             k as i32,
             &alpha as *const f32 as *const c_void,
-            rb.resource().ptr as *const c_void,
+            res_b.resource().ptr as *const c_void,
             dt,
             b.ld as i32,
-            ra.resource().ptr as *const c_void,
+            b.batch_stride as i64,
+            res_a.resource().ptr as *const c_void,
             dt,
             a.ld as i32,
+            a.batch_stride as i64,
             &beta as *const f32 as *const c_void,
-            rc.resource().ptr as *mut c_void,
+            res_c.resource().ptr as *mut c_void,
             dt,
             n as i32,
+            (m * n) as i64,
+            batch as i32,
             compute,
             cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
         )
     }
     .map_err(|e| CublasError::Status(e.to_string()))?;
     blas.stream.synchronize().map_err(|e| CublasError::Driver(e.to_string()))?;
-    drop((ra, rb, rc));
-    Ok(CubeTensor::new_contiguous(client, device, [m, n].into(), out, dtype))
+    drop((res_a, res_b, res_c));
+    let mut shape = lead;
+    shape.extend([m, n]);
+    Ok(CubeTensor::new_contiguous(client, device, shape.into(), out, dtype))
 }
