@@ -117,8 +117,7 @@ impl Nf4Device {
     pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>, dtype: DType) -> cubecl::server::Handle {
         let out = client.empty(self.numel.max(1) * dtype.size());
         let arg = |h: &(cubecl::server::Handle, usize)| unsafe { ArrayArg::from_raw_parts(h.0.clone(), h.1) };
-        let cube_dim = CubeDim::new(client, self.numel.max(1));
-        let cube_count = cubecl::calculate_cube_count_elemwise(client, self.numel.max(1), cube_dim);
+        let (cube_count, cube_dim) = super::launch::elementwise(client, self.numel);
         nf4_kernel::launch::<R>(
             client,
             cube_count,
@@ -154,8 +153,7 @@ impl Int8Device {
     pub fn dequantize<R: Runtime>(&self, client: &ComputeClient<R>, dtype: DType) -> cubecl::server::Handle {
         let n = self.shape[0] * self.shape[1];
         let out = client.empty(n.max(1) * dtype.size());
-        let cube_dim = CubeDim::new(client, n.max(1));
-        let cube_count = cubecl::calculate_cube_count_elemwise(client, n.max(1), cube_dim);
+        let (cube_count, cube_dim) = super::launch::elementwise(client, n);
         int8_kernel::launch::<R>(
             client,
             cube_count,

@@ -6,11 +6,12 @@
 //!
 //! gelu_tanh(x) = ½x(1 + t), t = tanh(k(x + c·x³)), k = √(2/π), c = 0.044715;
 //! gelu_tanh'(x) = ½(1 + t) + ½x(1 − t²)·k(1 + 3c·x²).
-use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
+
+use super::launch::{arg, elementwise, empty_like};
 
 #[cube(launch)]
 fn geglu_forward_kernel<F: Float>(
@@ -52,20 +53,6 @@ fn geglu_backward_kernel<F: Float>(
     dup[i] = F::cast_from(d * gelu);
 }
 
-/// A new contiguous tensor shaped and typed as `like`.
-pub(super) fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
-    let n = shape.num_elements();
-    let handle = like.client.empty(n.max(1) * like.dtype.size());
-    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, like.dtype)
-}
-
-/// `(handle, length)` of a contiguous tensor as a kernel's array argument.
-pub(super) fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
-    // SAFETY: `t` is contiguous (the callers make it so) and holds `num_elements` values of its dtype, which
-    // is the dtype the kernel is compiled for.
-    unsafe { ArrayArg::from_raw_parts(t.handle.clone(), t.meta.num_elements()) }
-}
-
 /// `gelu_tanh(gate) · up`, same shapes and dtype.
 pub fn forward<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTensor<R> {
     assert_eq!(gate.dtype, up.dtype, "geglu: gate and up of different dtypes");
@@ -74,8 +61,7 @@ pub fn forward<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTe
     let n = shape.num_elements();
     let out = empty_like(&gate, shape);
     let client = gate.client.clone();
-    let cube_dim = CubeDim::new(&client, n.max(1));
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, n.max(1), cube_dim);
+    let (cube_count, cube_dim) = elementwise(&client, n);
     geglu_forward_kernel::launch::<R>(
         &client,
         cube_count,
@@ -100,8 +86,7 @@ pub fn backward<R: CubeRuntime>(
     let n = shape.num_elements();
     let (dgate, dup) = (empty_like(&gate, shape.clone()), empty_like(&gate, shape));
     let client = gate.client.clone();
-    let cube_dim = CubeDim::new(&client, n.max(1));
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, n.max(1), cube_dim);
+    let (cube_count, cube_dim) = elementwise(&client, n);
     geglu_backward_kernel::launch::<R>(
         &client,
         cube_count,

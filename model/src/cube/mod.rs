@@ -20,6 +20,7 @@
 //! (`--quant none`) frozen weights are Burn matmuls.
 pub mod dequant;
 pub mod geglu;
+mod launch;
 pub mod memory;
 pub mod rope;
 pub mod weights;

@@ -8,7 +8,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::geglu::{arg, empty_like};
+use super::launch::{arg, elementwise, empty_like};
 
 #[cube(launch)]
 fn rope_kernel<F: Float>(
@@ -44,8 +44,7 @@ pub fn forward<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTe
     let n = shape.num_elements();
     let out = empty_like(&x, shape);
     let client = x.client.clone();
-    let cube_dim = CubeDim::new(&client, n.max(1));
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, n.max(1), cube_dim);
+    let (cube_count, cube_dim) = elementwise(&client, n);
     rope_kernel::launch::<R>(
         &client,
         cube_count,
