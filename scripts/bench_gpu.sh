@@ -4,14 +4,8 @@
 # shape, one after the other in the same GPU session. Every result is appended as a JSON line to
 # docs/bench/gpu.jsonl (and copied to $OUT when the device tool runs it); scripts/bench_table.py renders them.
 #
-# It builds nothing (the GPU machine has no Rust toolchain). Here, once (the binaries are ~80 MB, over what the
-# device tool carries, so they travel stripped and xz-compressed, ~10 MB each):
-#   cargo build --release --locked --features cuda -p lapidary
-#   t=$(cargo test --release --locked --features cuda -p lapidary --test gpu --no-run 2>&1 | grep -o '/[^ ]*/deps/gpu-[0-9a-f]*')
-#   mkdir -p .devbuild && strip -o .devbuild/lapidary ${CARGO_TARGET_DIR:-target}/release/lapidary
-#   strip -o .devbuild/gpu-tests "$t"
-#   xz -T0 -f .devbuild/lapidary .devbuild/gpu-tests && cp ../shared/anchors/hf_qlora_bench.py .devbuild/
-#   bash ../shared/anchors/fetch_bnb.sh .devbuild/bnb          # bitsandbytes for the peer
+# It builds nothing (the GPU machine has no Rust toolchain). Here, once: `bash scripts/gpu_pack.sh` (the cuda
+# binaries stripped and xz-compressed into .devbuild, ~10 MB each, the peer script, bitsandbytes);
 # then on the GPU machine (the device tool: carry [".devbuild"]), one part or a few per call (10 min each):
 #   bash scripts/bench_gpu.sh check tests          # the GPU, the libraries, every backend path; tests/gpu.rs
 #   CASES="512x8:gc 1024x4:gc" bash scripts/bench_gpu.sh ours peer
