@@ -172,11 +172,8 @@ fn backward_rows_impl(
     }
 }
 
-// The elementwise passes compiled a second time with AVX2+FMA, picked at run time (the binary targets
-// baseline x86-64), as in `super::softmax`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn online_softmax_avx2(
+// The elementwise passes, compiled a second time with AVX2+FMA and picked at run time.
+avx2_dispatch!(fn online_softmax(
     s: &mut [f32],
     vis: &[bool],
     rep: usize,
@@ -184,13 +181,9 @@ unsafe fn online_softmax_avx2(
     m: &mut [f32],
     l: &mut [f32],
     acc: &mut [f32],
-) {
-    online_softmax_impl(s, vis, rep, cap, m, l, acc)
-}
+) => online_softmax_impl);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn backward_rows_avx2(
+avx2_dispatch!(fn backward_rows(
     s: &mut [f32],
     dp: &mut [f32],
     vis: &[bool],
@@ -198,35 +191,7 @@ unsafe fn backward_rows_avx2(
     cap: Option<f32>,
     lse: &[f32],
     dsum: &[f32],
-) {
-    backward_rows_impl(s, dp, vis, rep, cap, lse, dsum)
-}
-
-fn online_softmax(
-    s: &mut [f32],
-    vis: &[bool],
-    rep: usize,
-    cap: Option<f32>,
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for (checked just above).
-        return unsafe { online_softmax_avx2(s, vis, rep, cap, m, l, acc) };
-    }
-    online_softmax_impl(s, vis, rep, cap, m, l, acc)
-}
-
-fn backward_rows(s: &mut [f32], dp: &mut [f32], vis: &[bool], rep: usize, cap: Option<f32>, lse: &[f32], dsum: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: as above.
-        return unsafe { backward_rows_avx2(s, dp, vis, rep, cap, lse, dsum) };
-    }
-    backward_rows_impl(s, dp, vis, rep, cap, lse, dsum)
-}
+) => backward_rows_impl);
 
 /// `(out, lse)`: `softmax(cap(scaling · q·kᵀ) | mask) · v` and the log-sum-exp of each (position, head)'s
 /// visible scores (`+inf` for a query that sees nothing, whose output is 0).

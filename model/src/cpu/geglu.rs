@@ -30,32 +30,16 @@ fn backward_impl(g: &[f32], u: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
-    forward_impl(g, u, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn backward_avx2(g: &[f32], u: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    backward_impl(g, u, dout, dg, du)
-}
+avx2_dispatch!(fn forward_chunk(g: &[f32], u: &[f32], out: &mut [f32]) => forward_impl);
+avx2_dispatch!(fn backward_chunk(g: &[f32], u: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) => backward_impl);
 
 /// `gelu_tanh(g) · u`.
 pub fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
     assert_eq!(g.len(), u.len(), "geglu: gate and up differ in size");
     let mut out = vec![0f32; g.len()];
-    let fast = super::avx2_fma();
-    out.par_chunks_mut(TASK).zip(g.par_chunks(TASK).zip(u.par_chunks(TASK))).for_each(|(o, (g, u))| {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: the CPU has AVX2 and FMA (checked in `avx2`).
-            return unsafe { forward_avx2(g, u, o) };
-        }
-        let _ = fast;
-        forward_impl(g, u, o)
-    });
+    out.par_chunks_mut(TASK)
+        .zip(g.par_chunks(TASK).zip(u.par_chunks(TASK)))
+        .for_each(|(o, (g, u))| forward_chunk(g, u, o));
     out
 }
 
@@ -63,19 +47,10 @@ pub fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
 pub fn backward(g: &[f32], u: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(g.len() == u.len() && g.len() == dout.len(), "geglu backward: sizes differ");
     let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-    let fast = super::avx2_fma();
     dg.par_chunks_mut(TASK)
         .zip(du.par_chunks_mut(TASK))
         .zip(g.par_chunks(TASK).zip(u.par_chunks(TASK)).zip(dout.par_chunks(TASK)))
-        .for_each(|((dg, du), ((g, u), d))| {
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: the CPU has AVX2 and FMA (checked in `avx2`).
-                return unsafe { backward_avx2(g, u, d, dg, du) };
-            }
-            let _ = fast;
-            backward_impl(g, u, d, dg, du)
-        });
+        .for_each(|((dg, du), ((g, u), d))| backward_chunk(g, u, d, dg, du));
     (dg, du)
 }
 

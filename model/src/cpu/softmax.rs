@@ -113,30 +113,14 @@ fn tile_row_impl(row: &mut [f32], st: &mut RowState, target: Option<usize>, soft
     rescale
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_row_avx2(
-    row: &mut [f32],
-    st: &mut RowState,
-    target: Option<usize>,
-    softcap: Option<f32>,
-    grad: bool,
-) -> f32 {
-    tile_row_impl(row, st, target, softcap, grad)
-}
-
-/// One row of one vocabulary tile, online (flash-attention style): `row` holds the tile's raw logits and
-/// `target` the target's index when it falls in this tile. Updates the running max and sum of `st`; with
-/// `grad`, leaves `exp(z − m)` (times the softcap's derivative) in `row`, where `m` is the new running max.
-/// Returns `exp(m_old − m)`, the factor anything accumulated from earlier tiles must be scaled by.
-pub fn tile_row(row: &mut [f32], st: &mut RowState, target: Option<usize>, softcap: Option<f32>, grad: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for (checked just above).
-        return unsafe { tile_row_avx2(row, st, target, softcap, grad) };
-    }
-    tile_row_impl(row, st, target, softcap, grad)
-}
+avx2_dispatch!(
+    /// One row of one vocabulary tile, online (flash-attention style): `row` holds the tile's raw logits and
+    /// `target` the target's index when it falls in this tile. Updates the running max and sum of `st`; with
+    /// `grad`, leaves `exp(z − m)` (times the softcap's derivative) in `row`, where `m` is the new running
+    /// max. Returns `exp(m_old − m)`, the factor anything accumulated from earlier tiles must be scaled by.
+    pub fn tile_row(row: &mut [f32], st: &mut RowState, target: Option<usize>, softcap: Option<f32>, grad: bool) -> f32
+        => tile_row_impl
+);
 
 #[cfg(test)]
 mod tests {
