@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use crate::common::{print_json, BackendKind, Dtype, Quant};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::read_params;
-use crate::train::run::peak_rss_mib;
+use crate::train::run::{peak_rss_mib, status_mib};
 use crate::train::step::train_step;
 
 #[derive(Debug, Args)]
@@ -156,7 +156,7 @@ impl Memory {
             return serde_json::json!({"step": step, "in_use_gib": round(gib(m.in_use), 3),
                                       "reserved_gib": round(gib(m.reserved), 3)});
         }
-        serde_json::json!({"step": step, "rss_gib": round(rss_mib("VmRSS:").map_or(f64::NAN, |m| m / 1024.0), 3)})
+        serde_json::json!({"step": step, "rss_gib": round(status_mib("VmRSS:").map_or(f64::NAN, |m| m / 1024.0), 3)})
     }
 
     /// The JSON fields: `peak_gib` and, on CUDA, `peak_in_use_gib` and `device_used_gib`.
@@ -185,13 +185,6 @@ impl Memory {
 #[cfg(feature = "cuda")]
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
-}
-
-/// A `/proc/self/status` field in MiB (`VmRSS:` now), `None` off Linux.
-fn rss_mib(field: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// What the JSON calls the machine: the GPU's name on CUDA, the CPU thread count otherwise.
