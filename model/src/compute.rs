@@ -35,25 +35,6 @@ impl ComputeDtype {
             ComputeDtype::Bf16 => DType::BF16,
         }
     }
-
-    /// `x` rounded as this dtype stores it (transformers casts scalar constants to the activations' dtype).
-    pub fn round(self, x: f32) -> f32 {
-        match self {
-            ComputeDtype::F32 => x,
-            ComputeDtype::Bf16 => half::bf16::from_f32(x).to_f32(),
-        }
-    }
-}
-
-impl std::str::FromStr for ComputeDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" | "float32" => Ok(ComputeDtype::F32),
-            "bf16" | "bfloat16" => Ok(ComputeDtype::Bf16),
-            other => Err(format!("unknown compute dtype `{other}` (expected f32 or bf16)")),
-        }
-    }
 }
 
 /// `t` in `dtype` (no-op when it already is).
@@ -80,16 +61,9 @@ impl<B: FrozenMatmul> Gemma<B> {
     pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> Self {
         let dt = dtype.dtype();
         self.embed_tokens = cast(self.embed_tokens, dt);
-        for layer in &mut self.layers {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj]
-                .into_iter()
-                .chain([&mut m.down_proj])
-            {
-                if let FrozenLinear::Dense(w) = &mut l.base {
-                    *w = cast(w.clone(), dt);
-                }
+        for (_, l) in crate::adapter::linears_mut(&mut self) {
+            if let FrozenLinear::Dense(w) = &mut l.base {
+                *w = cast(w.clone(), dt);
             }
         }
         self
