@@ -99,11 +99,32 @@ def infer_table(rows):
             f"| eval loss (sanity) | {le['loss']:.5f} | {te['loss']:.5f} | |", ""]
 
 
+def load_rows(src):
+    """The JSON lines of `src`, failed runs left out."""
+    return [r for r in (json.loads(l) for l in open(src) if l.strip()) if not r.get("failed")]
+
+
+def splice(doc, begin, end, body, at_end):
+    """Writes `body` between the markers `begin` and `end` of `doc`; without them, adds the marked block
+    after the title line, or at the end when `at_end`."""
+    text = open(doc).read()
+    block = begin + "\n" + "\n".join(body) + "\n" + end
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
+        text = text[:a] + block + text[b:]
+    elif at_end:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        head, _, rest = text.partition("\n")
+        text = head + "\n\n" + block + "\n" + rest
+    open(doc, "w").write(text)
+
+
 def main():
     if sys.argv[1] == "--gpu":
         return render_gpu(sys.argv[2], sys.argv[3])
     src, doc = sys.argv[1], sys.argv[2]
-    rows = [r for r in (json.loads(l) for l in open(src) if l.strip()) if not r.get("failed")]
+    rows = load_rows(src)
     body = ["## CPU: lapidary against transformers + PEFT (+ bitsandbytes), measured in one run", "",
             "Regenerate with `PYTHON=/path/to/python bash scripts/bench_cpu.sh` (raw results: "
             "`docs/bench/cpu.jsonl`).", ""]
@@ -111,15 +132,7 @@ def main():
     body += train_table(newest(rows, "train2b"), "Training: Gemma 2B shape, seq 256 x batch 1")
     body += scaling_table(newest(rows, "scaling"))
     body += infer_table(newest(rows, "infer"))
-    text = open(doc).read()
-    block = BEGIN + "\n" + "\n".join(body) + "\n" + END
-    if BEGIN in text and END in text:
-        a, b = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    else:
-        head, _, rest = text.partition("\n")
-        text = head + "\n\n" + block + "\n" + rest
-    open(doc, "w").write(text)
+    splice(doc, BEGIN, END, body, at_end=False)
 
 
 # GPU: lapidary --backend cuda against transformers + PEFT + bitsandbytes (scripts/bench_gpu.sh).
@@ -198,7 +211,7 @@ def gpu_mem_trace(rows):
 
 
 def render_gpu(src, doc):
-    rows = [r for r in (json.loads(l) for l in open(src) if l.strip()) if not r.get("failed")]
+    rows = load_rows(src)
     dev = next((r["device"] for r in reversed(rows) if r.get("device")), "?")
     model = next((r["model"] for r in reversed(rows) if r.get("model")), "?")
     body = ["## GPU: lapidary --backend cuda against transformers + PEFT + bitsandbytes", "",
@@ -208,14 +221,7 @@ def render_gpu(src, doc):
             "(raw results: `docs/bench/gpu.jsonl`). lapidary's peak is the device memory its pools reserved "
             "(in use by tensors in brackets); the peer's is `torch.cuda.max_memory_allocated`.", ""]
     body += gpu_shapes_table(rows) + gpu_paths_table(rows) + gpu_mem_trace(rows)
-    text = open(doc).read()
-    block = GPU_BEGIN + "\n" + "\n".join(body) + "\n" + GPU_END
-    if GPU_BEGIN in text and GPU_END in text:
-        a, b = text.index(GPU_BEGIN), text.index(GPU_END) + len(GPU_END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    open(doc, "w").write(text)
+    splice(doc, GPU_BEGIN, GPU_END, body, at_end=True)
 
 
 if __name__ == "__main__":
