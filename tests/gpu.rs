@@ -66,6 +66,7 @@ macro_rules! gpu_tests {
 
 gpu_tests!(
     kernels_equal_host_dequantization,
+    attention_equals_cpu,
     cublas_equals_cpu_matmul,
     logits_and_loss_equal_cpu_on_the_fixtures,
     training_steps_equal_cpu_on_a_fixture,
@@ -149,17 +150,15 @@ fn tolerance() -> f64 {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use std::sync::Arc;
-
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use lapidary_model::backend::{CudaGpu, FlexCpu};
     use lapidary_model::compute::ComputeDtype;
-    use lapidary_model::cube::weights;
+    use lapidary_model::cube::checks;
     use lapidary_model::cuda::{cublas, CudaRuntime, Math};
     use lapidary_model::layers::lora::LoraRuntime;
     use lapidary_model::load::load_gemma;
     use lapidary_model::loss::shifted_targets;
-    use lapidary_model::quant::{Int8Weight, Nf4Weight, PackedWeight, QuantKind};
+    use lapidary_model::quant::QuantKind;
     use lapidary_model::{ModelFiles, TokenBatch};
 
     use super::common::{read_tensor, real_model, rel};
@@ -177,23 +176,13 @@ mod gpu {
     }
 
     pub fn kernels_equal_host_dequantization() {
-        let device = Default::default();
-        for shape in [[3, 7], [33, 130], [300, 64], [2048, 1024]] {
-            let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
-            let nf4 = Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)));
-            let int8 = Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)));
-            for (name, w) in [("nf4", nf4), ("int8", int8)] {
-                let got = host(weights::dense_tensor::<CudaRuntime, u8>(&w, &device));
-                let want = w.dequantize();
-                // 2 ulp: NVRTC may fuse the absmax's multiply-add (see `lapidary_model::cube::dequant`).
-                for (i, (g, h)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - h).abs() <= 2.0 * f32::EPSILON * h.abs(),
-                        "{name} {shape:?} element {i}: device {g} vs host {h}"
-                    );
-                }
-            }
-        }
+        let shapes = [[3, 7], [33, 130], [300, 64], [2048, 1024]];
+        checks::dequant_equals_host::<CudaRuntime, u8>(&shapes, &Default::default()).unwrap();
+    }
+
+    /// The attention kernels (cuBLAS products around one softmax kernel each way) against the CPU.
+    pub fn attention_equals_cpu() {
+        checks::attention_equals_cpu::<CudaGpu>(tolerance() as f32).unwrap();
     }
 
     pub fn cublas_equals_cpu_matmul() {

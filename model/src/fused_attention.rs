@@ -3,7 +3,8 @@
 //! from them, so nothing of size `[heads × seq × keys]` is kept between the passes.
 //!
 //! This file holds the Burn-op version (any backend; it does build the scores of the whole batch inside each
-//! call) and what both versions share; burn-flex runs the tiled host kernel of `crate::cpu::attention`.
+//! call) and what the others share; burn-flex runs the tiled host kernel of `crate::cpu::attention`, the
+//! CubeCL backends the vendor products and softmax kernels of `crate::cube::attention`.
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
@@ -24,21 +25,21 @@ pub struct AttnSpec {
     pub softcap: Option<f64>,
 }
 
-fn t4<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
+pub(crate) fn t4<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
 /// A batched product through [`FrozenMatmul::dense_matmul`] (cuBLAS on CUDA).
-fn mm<B: FrozenMatmul>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn mm<B: FrozenMatmul>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(B::dense_matmul(prim(a), prim(b))))
 }
 
-fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+pub(crate) fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
     x.into_primitive().tensor()
 }
 
 /// The shapes of `q` `[b, s, h, d]` and `k` `[b, t, kvh, d]`: `(b, s, t, h, kvh, d)`.
-fn dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> (usize, usize, usize, usize, usize, usize) {
+pub(crate) fn dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> (usize, usize, usize, usize, usize, usize) {
     let [b, s, h, d] = q.dims();
     let [_, t, kvh, _] = k.dims();
     (b, s, t, h, kvh, d)

@@ -1,7 +1,7 @@
-//! The CubeCL code on the wgpu runtime against the CPU backend: the NF4/int8 kernels against the host
-//! dequantization, logits and losses on the tiny Gemma 1/2/3 fixtures, and LoRA gradients through the whole
-//! model (frozen products by the kernels' dense weights, and every Burn-op default of `FrozenMatmul`:
-//! attention with its own backward, GeGLU, RoPE, the chunked LM-head loss).
+//! The CubeCL code on the wgpu runtime against the CPU backend: the NF4/int8, GeGLU, RoPE and attention
+//! kernels (the shared checks of `super::checks`, which `tests/gpu.rs` runs on CUDA), logits and losses on
+//! the tiny Gemma 1/2/3 fixtures, and LoRA gradients through the whole model (frozen products by the
+//! kernels' dense weights, the kernels' backwards, the chunked LM-head loss in Burn ops).
 //!
 //! Run with `cargo test --release -p lapidary-model --features wgpu cube::`; without a GPU it needs Mesa's CPU
 //! Vulkan driver (`apt install mesa-vulkan-drivers`). Where wgpu finds no adapter each test prints
@@ -9,7 +9,6 @@
 //!
 //! Tolerances: both sides compute in f32 and differ by summation order (and fused multiply-adds) only.
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_autodiff::Autodiff;
@@ -20,8 +19,10 @@ use crate::decoder::TokenBatch;
 use crate::layers::lora::{LoraRuntime, TARGETS};
 use crate::loss::shifted_targets;
 use crate::ops::FrozenMatmul;
-use crate::quant::{Int8Weight, Nf4Weight, PackedWeight, QuantKind};
+use crate::quant::QuantKind;
 use crate::ModelFiles;
+
+use super::checks::{attention_equals_cpu, dequant_equals_host, host, scaled_err, values};
 
 /// Whether the wgpu runtime can run here; says why not on stderr.
 fn adapter() -> bool {
@@ -38,43 +39,14 @@ fn fixture(arch: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(arch)
 }
 
-/// Deterministic values in `[-scale, scale]`.
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
-}
-
-/// Largest |a − b| over the largest |b|.
-fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
-}
-
-fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
-}
-
 #[test]
 fn kernels_equal_host_dequantization() {
     if !adapter() {
         return;
     }
-    let device = Default::default();
     // Odd sizes (a partial byte, word and 64-block) and more than 256 blocks (two second-level scales).
-    for shape in [[3, 7], [33, 130], [300, 64], [513, 96]] {
-        let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
-        let nf4 = Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)));
-        let int8 = Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)));
-        for (name, w) in [("nf4", nf4), ("int8", int8)] {
-            let got = host(super::weights::dense_tensor::<cubecl::wgpu::WgpuRuntime, u32>(&w, &device));
-            let want = w.dequantize();
-            assert_eq!(got.len(), want.len());
-            // 2 ulp: a compiler may fuse the absmax's multiply-add (see `super::dequant`).
-            for (i, (g, h)) in got.iter().zip(&want).enumerate() {
-                assert!((g - h).abs() <= 2.0 * f32::EPSILON * h.abs(), "{name} {shape:?} element {i}: {g} vs host {h}");
-            }
-        }
-    }
+    let shapes = [[3, 7], [33, 130], [300, 64], [513, 96]];
+    dequant_equals_host::<cubecl::wgpu::WgpuRuntime, u32>(&shapes, &Default::default()).unwrap();
 }
 
 /// The GeGLU kernels against the definition in f64 (`gelu_tanh(g)·u` and its two partial derivatives), on
@@ -221,5 +193,40 @@ fn lora_gradients_equal_cpu_on_the_fixtures() {
                 assert!(err < 1e-4, "{arch} linear {j} {name}: gradients differ by {err:e} of their scale");
             }
         }
+    }
+}
+
+/// The attention kernels (`super::attention`: vendor products around one softmax kernel each way, the mask
+/// computed on the device) against the CPU: outputs, log-sum-exps and all three gradients.
+#[test]
+fn attention_kernels_equal_cpu() {
+    if !adapter() {
+        return;
+    }
+    attention_equals_cpu::<WgpuGpu>(1e-5).unwrap();
+}
+
+/// `dense_matmul` (Burn's matmul behind `super::product` on wgpu) of batched transposed views against the
+/// CPU, on the shapes where Burn's own wgpu matmul is wrong (`[2|4, 600, m]ᵀ · [2|4, 600, n]`) and around
+/// them.
+#[test]
+fn batched_products_of_transposed_views_equal_cpu() {
+    if !adapter() {
+        return;
+    }
+    for (batch, m, k, n) in
+        [(2, 300, 600, 16), (4, 64, 600, 16), (4, 300, 600, 8), (2, 300, 1200, 16), (1, 16, 2048, 640)]
+    {
+        let (a, b) = (values(batch * k * m, 1, 1.0), values(batch * k * n, 2, 1.0));
+        fn run<B: FrozenMatmul>(a: &[f32], b: &[f32], [batch, m, k, n]: [usize; 4]) -> Vec<f32> {
+            let device = Default::default();
+            let a = Tensor::<B, 3>::from_data(TensorData::new(a.to_vec(), [batch, k, m]), &device).swap_dims(1, 2);
+            let b = Tensor::<B, 3>::from_data(TensorData::new(b.to_vec(), [batch, k, n]), &device);
+            let c = B::dense_matmul(a.into_primitive().tensor(), b.into_primitive().tensor());
+            host(Tensor::<B, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(c)))
+        }
+        let dims = [batch, m, k, n];
+        let err = scaled_err(&run::<WgpuGpu>(&a, &b, dims), &run::<FlexCpu>(&a, &b, dims));
+        assert!(err < 1e-5, "{dims:?}: differs from the CPU by {err:e} of its scale");
     }
 }

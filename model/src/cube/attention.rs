@@ -1,0 +1,354 @@
+//! Attention on the CubeCL backends (`FrozenMatmul::attend_lse` / `attend_backward`): the four products by
+//! the runtime's vendor library (cuBLAS on CUDA) on the grouped layout of `crate::fused_attention`, and
+//! everything between them one kernel each, with the mask computed inside from positions and segments.
+//!
+//! The Burn-op version (`fused_attention::forward_generic`) builds the `[batch, 1, seq, keys]` additive bias
+//! on the host and uploads it every call, then runs ~8 kernels over the `[batch, heads, seq, keys]` scores
+//! forward and ~15 backward, each reading and writing all of them. Here:
+//! - forward: `S = q·kᵀ` (one batched product, f32), then [`softmax_rows`] — one cube per row of `S`:
+//!   scaling, softcap, mask, max, sum, written back in place as the probabilities `P`, and the row's
+//!   log-sum-exp — then `out = P·v`;
+//! - backward: `S` again and `dP = dout·vᵀ`, then [`softmax_backward`], elementwise: `P = exp(z − lse)`
+//!   from the saved log-sum-exp, `dS = P·(dP − Σ dout·out)·cap'·scaling`, both in place; then
+//!   `dv = Pᵀ·dout`, `dq = dS·k`, `dk = dSᵀ·q`.
+//!
+//! So the scores of one call exist (once forward, twice backward) but nothing of that size outlives the call,
+//! and the host builds nothing per key. In f32 whatever the inputs' dtype, as the Burn-op version (and
+//! transformers' softmax). A masked score is `z + MASKED` (`crate::layers::mask`), as the additive bias makes
+//! it, so a row that sees no key gets the Burn-op version's uniform weights rather than NaN.
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn_cubecl::element::BoolElement;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use cubecl::prelude::*;
+
+use super::launch::arg;
+use super::Gemm;
+use crate::compute::{cast, cast_prim};
+use crate::fused_attention::{dims, mm, prim, t4, AttnSpec};
+use crate::layers::mask::{AttnMask, MASKED};
+
+/// Units per cube of the row kernel (a power of two for the tree reductions).
+const ROW_UNITS: u32 = 256;
+
+/// Where a row of the grouped scores `[b, kvh, rep·s, t]` sits: its query (`b·s + i`) and, since the rows of
+/// one batch are head-major (`(kv·rep + r)·s + i`), its `[b, s, h]` log-sum-exp slot.
+#[cube]
+fn row_query(row: usize, heads: usize, s: usize) -> (usize, usize) {
+    let bi = row / (heads * s);
+    let i = row % s;
+    let head = (row % (heads * s)) / s;
+    (bi * s + i, (bi * s + i) * heads + head)
+}
+
+/// Whether query `qi` (global index into the query spans) sees key `j` of batch row `bi`: the rule of
+/// `AttnMask::visible`. `window == 0`: no sliding window; `segmented == 0`: one segment per row.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn visible(
+    qpos: &Array<i32>,
+    kpos: &Array<i32>,
+    qseg: &Array<i32>,
+    kseg: &Array<i32>,
+    qi: usize,
+    kj: usize,
+    window: i32,
+    segmented: u32,
+) -> bool {
+    let qp = qpos[qi];
+    let kp = kpos[kj];
+    let mut ok = kp <= qp;
+    if window > 0 {
+        ok = ok && qp - kp < window;
+    }
+    if segmented != 0 {
+        ok = ok && qseg[qi] == kseg[kj];
+    }
+    ok
+}
+
+/// `z` of one raw product `q·k`: scaled, softcapped (`cap > 0`), `MASKED` added where not visible; and
+/// the softcap's derivative `1 − tanh²` (1 without a cap).
+#[cube]
+fn score(raw: f32, scaling: f32, cap: f32, seen: bool) -> (f32, f32) {
+    let x = raw * scaling;
+    let mut z = x;
+    let mut dcap = f32::new(1.0);
+    if cap > 0.0 {
+        let th = f32::tanh(x / cap);
+        z = th * cap;
+        dcap = 1.0 - th * th;
+    }
+    if !seen {
+        z += MASKED;
+    }
+    (z, dcap)
+}
+
+/// One cube per row of `scores` (`rows × t`, row-major): the row becomes its softmax, `lse` gets its
+/// log-sum-exp. Rows are numbered `CUBE_POS_Y · CUBE_COUNT_X + CUBE_POS_X` (a grid may hold more rows than
+/// one axis allows).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn softmax_rows(
+    scores: &mut Array<f32>,
+    lse: &mut Array<f32>,
+    qpos: &Array<i32>,
+    kpos: &Array<i32>,
+    qseg: &Array<i32>,
+    kseg: &Array<i32>,
+    rows: u32,
+    t: u32,
+    heads: u32,
+    s: u32,
+    scaling: f32,
+    cap: f32,
+    window: i32,
+    segmented: u32,
+    #[comptime] units: u32,
+) {
+    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    // The whole cube leaves together, before any barrier.
+    if row >= rows as usize {
+        terminate!();
+    }
+    let (t, unit, step) = (t as usize, UNIT_POS_X as usize, units as usize);
+    let (qi, slot) = row_query(row, heads as usize, s as usize);
+    let bi = qi / (s as usize);
+    let base = row * t;
+    let mut shared = SharedMemory::<f32>::new(units as usize);
+
+    // z in place, and this unit's max.
+    let mut m = f32::new(-3.0e38);
+    let mut j = unit;
+    while j < t {
+        let seen = visible(qpos, kpos, qseg, kseg, qi, bi * t + j, window, segmented);
+        let (z, _d) = score(scores[base + j], scaling, cap, seen);
+        scores[base + j] = z;
+        m = m.max(z);
+        j += step;
+    }
+    m = reduce(&mut shared, m, unit, true);
+
+    let mut l = f32::new(0.0);
+    let mut j = unit;
+    while j < t {
+        l += (scores[base + j] - m).exp();
+        j += step;
+    }
+    l = reduce(&mut shared, l, unit, false);
+
+    let mut j = unit;
+    while j < t {
+        scores[base + j] = (scores[base + j] - m).exp() / l;
+        j += step;
+    }
+    if unit == 0 {
+        lse[slot] = m + l.ln();
+    }
+}
+
+/// The max (`is_max`) or sum of `v` over the cube's units (a power of two of them), returned to every unit.
+#[cube]
+fn reduce(shared: &mut SharedMemory<f32>, v: f32, unit: usize, #[comptime] is_max: bool) -> f32 {
+    shared[unit] = v;
+    sync_cube();
+    let mut stride = (CUBE_DIM_X / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            let (a, b) = (shared[unit], shared[unit + stride]);
+            shared[unit] = if is_max { a.max(b) } else { a + b };
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let r = shared[0];
+    // Everyone has read the result before the memory is used again.
+    sync_cube();
+    r
+}
+
+/// Elementwise over the grouped `[b, kvh, rep·s, t]`: `scores` (raw `q·kᵀ`) becomes `P`, `dp` (`dout·vᵀ`)
+/// becomes `dS` (with respect to the raw products).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn softmax_backward(
+    scores: &mut Array<f32>,
+    dp: &mut Array<f32>,
+    lse: &Array<f32>,
+    dsum: &Array<f32>,
+    qpos: &Array<i32>,
+    kpos: &Array<i32>,
+    qseg: &Array<i32>,
+    kseg: &Array<i32>,
+    t: u32,
+    heads: u32,
+    s: u32,
+    scaling: f32,
+    cap: f32,
+    window: i32,
+    segmented: u32,
+) {
+    let idx = ABSOLUTE_POS;
+    if idx >= scores.len() {
+        terminate!();
+    }
+    let t = t as usize;
+    let (row, j) = (idx / t, idx % t);
+    let (qi, slot) = row_query(row, heads as usize, s as usize);
+    let bi = qi / (s as usize);
+    let seen = visible(qpos, kpos, qseg, kseg, qi, bi * t + j, window, segmented);
+    let (z, dcap) = score(scores[idx], scaling, cap, seen);
+    let p = (z - lse[slot]).exp();
+    scores[idx] = p;
+    dp[idx] = p * (dp[idx] - dsum[row]) * dcap * scaling;
+}
+
+/// The mask's spans on the device, and the scalars the kernels take.
+struct DeviceMask<R: Gemm> {
+    qpos: CubeTensor<R>,
+    kpos: CubeTensor<R>,
+    qseg: CubeTensor<R>,
+    kseg: CubeTensor<R>,
+    window: i32,
+    segmented: u32,
+}
+
+impl<R: Gemm> DeviceMask<R> {
+    fn upload<BT: BoolElement>(mask: &AttnMask, device: &R::Device) -> Self {
+        let ints = |v: Vec<i32>| {
+            let n = v.len();
+            Tensor::<CubeBackend<R, f32, i32, BT>, 1, Int>::from_data(TensorData::new(v, [n]), device).into_primitive()
+        };
+        let pos = |p: &[usize]| ints(p.iter().map(|&x| x as i32).collect());
+        let seg = |s: &Option<Vec<u32>>| ints(s.as_ref().map_or(vec![0], |s| s.iter().map(|&x| x as i32).collect()));
+        let segmented = (mask.q.segments.is_some() && mask.k.segments.is_some()) as u32;
+        Self {
+            qpos: pos(&mask.q.positions),
+            kpos: pos(&mask.k.positions),
+            qseg: seg(&mask.q.segments),
+            kseg: seg(&mask.k.segments),
+            window: mask.window.map_or(0, |w| w as i32),
+            segmented,
+        }
+    }
+}
+
+type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
+
+/// The spec's scalars as the kernels take them (`cap = 0`: no softcap).
+fn scalars(spec: &AttnSpec) -> (f32, f32) {
+    (spec.scaling as f32, spec.softcap.unwrap_or(0.0) as f32)
+}
+
+/// A fresh contiguous tensor the kernels may write in place.
+fn owned<R: Gemm>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = into_contiguous(t);
+    if t.can_mut() {
+        t
+    } else {
+        t.copy()
+    }
+}
+
+/// `(out [b, s, h, d], lse [b, s, h] f32)`; `out` in `q`'s dtype.
+pub fn forward<R: Gemm, BT: BoolElement>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    spec: &AttnSpec,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let dt = q.dtype;
+    let [q, k, v] = [q, k, v].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, DType::F32)));
+    let (b, s, t, h, kvh, d) = dims(&q, &k);
+    let device = q.device();
+    let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
+    let scores = owned(prim(mm(qg, k.swap_dims(1, 2).swap_dims(2, 3))));
+    let lse = Tensor::<Cube<R, BT>, 3>::empty([b, s, h], &device).into_primitive().tensor();
+    let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
+    let (scaling, cap) = scalars(spec);
+    let rows = b * h * s;
+    let client = scores.client.clone();
+    let x = rows.min(65_535);
+    let count = CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1);
+    softmax_rows::launch::<R>(
+        &client,
+        count,
+        CubeDim::new_1d(ROW_UNITS),
+        arg(&scores),
+        arg(&lse),
+        arg(&mask.qpos),
+        arg(&mask.kpos),
+        arg(&mask.qseg),
+        arg(&mask.kseg),
+        rows as u32,
+        t as u32,
+        h as u32,
+        s as u32,
+        scaling,
+        cap,
+        mask.window,
+        mask.segmented,
+        ROW_UNITS,
+    );
+    let p = t4::<Cube<R, BT>>(scores);
+    let out = mm(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
+    (prim(cast(out, dt)), lse)
+}
+
+/// `(dq, dk, dv)` in the inputs' dtypes.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<R: Gemm, BT: BoolElement>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    out: CubeTensor<R>,
+    lse: CubeTensor<R>,
+    dout: CubeTensor<R>,
+    spec: &AttnSpec,
+) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+    type T<R, BT> = Cube<R, BT>;
+    let dts = [q.dtype, k.dtype, v.dtype];
+    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|x| t4::<T<R, BT>>(cast_prim::<T<R, BT>>(x, DType::F32)));
+    let lse = into_contiguous(cast_prim::<T<R, BT>>(lse, DType::F32));
+    let (b, s, t, h, kvh, d) = dims(&q, &k);
+    let device = q.device();
+    let rep_s = h / kvh * s;
+    let group = |x: Tensor<T<R, BT>, 4>| x.swap_dims(1, 2).reshape([b, kvh, rep_s, d]);
+    let (qg, dog) = (group(q), group(dout));
+    let (kt, vt) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let dsum = into_contiguous(prim((dog.clone() * group(out)).sum_dim(3)));
+    let scores = owned(prim(mm(qg.clone(), kt.clone().swap_dims(2, 3))));
+    let dp = owned(prim(mm(dog.clone(), vt.swap_dims(2, 3))));
+    let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
+    let (scaling, cap) = scalars(spec);
+    let n = b * h * s * t;
+    let client = scores.client.clone();
+    let (count, dim) = super::launch::elementwise(&client, n);
+    softmax_backward::launch::<R>(
+        &client,
+        count,
+        dim,
+        arg(&scores),
+        arg(&dp),
+        arg(&lse),
+        arg(&dsum),
+        arg(&mask.qpos),
+        arg(&mask.kpos),
+        arg(&mask.qseg),
+        arg(&mask.kseg),
+        t as u32,
+        h as u32,
+        s as u32,
+        scaling,
+        cap,
+        mask.window,
+        mask.segmented,
+    );
+    let (p, ds) = (t4::<T<R, BT>>(scores), t4::<T<R, BT>>(dp));
+    let dv = mm(p.swap_dims(2, 3), dog).swap_dims(1, 2);
+    let dq = mm(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
+    let dk = mm(ds.swap_dims(2, 3), qg).swap_dims(1, 2);
+    (prim(cast(dq, dts[0])), prim(cast(dk, dts[1])), prim(cast(dv, dts[2])))
+}

@@ -1,0 +1,123 @@
+//! Checks of the CubeCL code against the CPU that every runtime runs the same way: the wgpu tests
+//! (`super::tests`, on Mesa's CPU Vulkan driver here) and the CUDA ones (`tests/gpu.rs`, where a GPU is)
+//! call these, so both hold the kernels to one standard. Each returns what differed, as a message.
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::element::BoolElement;
+
+use super::Gemm;
+use crate::backend::FlexCpu;
+use crate::fused_attention::AttnSpec;
+use crate::layers::mask::{AttnMask, Span};
+use crate::ops::FrozenMatmul;
+use crate::quant::{Int8Weight, Nf4Weight, PackedWeight};
+
+/// Deterministic values in `[-scale, scale]`.
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+}
+
+/// Largest |a − b| over the largest |b|.
+pub fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+/// A tensor's values as f32 on the host.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+}
+
+/// The NF4 and int8 dequantization kernels of runtime `R` against the host's, within 2 ulp (a compiler may
+/// fuse the absmax's multiply-add, see `super::dequant`), on weights of the given shapes.
+pub fn dequant_equals_host<R: Gemm, BT: BoolElement>(shapes: &[[usize; 2]], device: &R::Device) -> Result<(), String> {
+    for &shape in shapes {
+        let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
+        let nf4 = Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)));
+        let int8 = Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)));
+        for (name, w) in [("nf4", nf4), ("int8", int8)] {
+            let got = host(super::weights::dense_tensor::<R, BT>(&w, device));
+            let want = w.dequantize();
+            if got.len() != want.len() {
+                return Err(format!("{name} {shape:?}: {} values, want {}", got.len(), want.len()));
+            }
+            for (i, (g, h)) in got.iter().zip(&want).enumerate() {
+                if (g - h).abs() > 2.0 * f32::EPSILON * h.abs() {
+                    return Err(format!("{name} {shape:?} element {i}: kernel {g} vs host {h}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `(batch, queries, keys, heads, kv heads, head dim, window, softcap, packed)`.
+type AttnCase = (usize, usize, usize, usize, usize, usize, Option<usize>, Option<f64>, bool);
+
+/// Grouped queries, softcapping, a sliding window, packed segments (70 tokens each, positions restarting),
+/// queries after cached keys, a single query; one with `kv heads · rep · queries` rows of 600 (the shape of
+/// Burn's wgpu product bug, `super::product`).
+const ATTN_CASES: [AttnCase; 5] = [
+    (2, 300, 300, 4, 2, 16, None, None, false),
+    (1, 300, 300, 4, 1, 8, Some(37), Some(5.0), false),
+    (2, 210, 210, 2, 2, 8, None, None, true),
+    (2, 3, 260, 4, 2, 8, None, Some(5.0), false),
+    (1, 1, 140, 8, 1, 8, Some(50), None, false),
+];
+
+fn attn_spec(&(b, s, t, _, _, d, window, softcap, packed): &AttnCase) -> AttnSpec {
+    let (q, k) = if packed {
+        let seg: Vec<u32> = (0..b * t).map(|i| ((i % t) / 70) as u32).collect();
+        let span = Span { positions: (0..b * t).map(|i| (i % t) % 70).collect(), segments: Some(seg) };
+        (span.clone(), span)
+    } else {
+        // Keys at 0..t, queries the last s of them.
+        let q = Span { positions: (0..b).flat_map(|_| t - s..t).collect(), segments: None };
+        (q, Span { positions: (0..b).flat_map(|_| 0..t).collect(), segments: None })
+    };
+    AttnSpec { mask: Arc::new(AttnMask::new(b, q, k, window)), scaling: 1.0 / (d as f64).sqrt(), softcap }
+}
+
+/// `[out, lse, dq, dk, dv]` of `B::attend_lse` and `B::attend_backward` on `(q, k, v, dout)`.
+fn attention_on<B: FrozenMatmul>(data: &[(Vec<f32>, [usize; 4]); 4], spec: &AttnSpec) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    let t = |(v, s): &(Vec<f32>, [usize; 4])| {
+        Tensor::<B, 4>::from_data(TensorData::new(v.clone(), *s), &device).into_primitive().tensor()
+    };
+    let back = |p| host(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(p)));
+    let (out, lse) = B::attend_lse(t(&data[0]), t(&data[1]), t(&data[2]), spec);
+    let lse3 = host(Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse.clone())));
+    let (dq, dk, dv) = B::attend_backward(t(&data[0]), t(&data[1]), t(&data[2]), out.clone(), lse, t(&data[3]), spec);
+    vec![back(out), lse3, back(dq), back(dk), back(dv)]
+}
+
+/// Backend `B`'s attention (output, log-sum-exp, and the three gradients) against burn-flex's host kernel —
+/// itself checked against autodiff through transformers' formulation in `crate::ops` — within `tol` of each
+/// result's scale, on [`ATTN_CASES`].
+pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
+    for (n, case) in ATTN_CASES.iter().enumerate() {
+        let &(b, s, t, h, kvh, d, ..) = case;
+        let spec = attn_spec(case);
+        let (qs, ks) = ([b, s, h, d], [b, t, kvh, d]);
+        let data = [
+            (values(qs.iter().product(), 1, 3.0), qs),
+            (values(ks.iter().product(), 2, 3.0), ks),
+            (values(ks.iter().product(), 3, 1.0), ks),
+            (values(qs.iter().product(), 4, 1.0), qs),
+        ];
+        let got = attention_on::<B>(&data, &spec);
+        let want = attention_on::<FlexCpu>(&data, &spec);
+        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            let err = scaled_err(&got[i], &want[i]);
+            if err.is_nan() || err >= tol {
+                return Err(format!(
+                    "attention case {n} {case:?} {what}: differs from the CPU by {err:e} of its scale"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
