@@ -67,6 +67,7 @@ macro_rules! gpu_tests {
 gpu_tests!(
     kernels_equal_host_dequantization,
     attention_equals_cpu,
+    rms_norm_equals_cpu,
     cublas_equals_cpu_matmul,
     logits_and_loss_equal_cpu_on_the_fixtures,
     training_steps_equal_cpu_on_a_fixture,
@@ -183,6 +184,11 @@ mod gpu {
     /// The attention kernels (cuBLAS products around one softmax kernel each way) against the CPU.
     pub fn attention_equals_cpu() {
         checks::attention_equals_cpu::<CudaGpu>(tolerance() as f32).unwrap();
+    }
+
+    /// The RMSNorm kernels against the CPU.
+    pub fn rms_norm_equals_cpu() {
+        checks::rms_norm_equals_cpu::<CudaGpu>(1e-5).unwrap();
     }
 
     pub fn cublas_equals_cpu_matmul() {

@@ -83,6 +83,22 @@ pub trait FrozenMatmul: Backend {
         geglu_backward_burn::<Self>(gate, up, dout)
     }
 
+    /// Gemma's RMSNorm over the last dimension (`crate::layers::norm`): `x · scale / sqrt(mean(x²) + eps)`,
+    /// in f32 inside, `x`'s dtype out; `scale` `[dim]` f32 (`1 + w`). On `Autodiff`, `scale` is a constant.
+    fn rms_norm(x: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        crate::layers::norm::forward_burn::<Self>(x, scale, eps)
+    }
+
+    /// `d Σ dout · rms_norm(x) / dx`, in `x`'s dtype.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f64,
+        dout: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        crate::layers::norm::backward_burn::<Self>(x, scale, eps, dout)
+    }
+
     /// `softmax(cap(scaling · q·kᵀ) | mask) · v` for `q` `[b, s, h, d]` and `k`, `v` `[b, t, kv_heads, d]`
     /// → `[b, s, h, d]` (`crate::fused_attention`); on `Autodiff`, with its own backward.
     fn attend(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, spec: &AttnSpec) -> FloatTensor<Self> {
@@ -309,7 +325,24 @@ unary_backward!(
     |tables, grad| B::rope(grad, tables.0, B::float_neg(tables.1))
 );
 
+unary_backward!(
+    /// Saves the input and the (frozen) scale; the statistics are recomputed.
+    RmsNormBackward,
+    (FloatTensor<B>, FloatTensor<B>, f64),
+    |st, grad| B::rms_norm_backward(st.0, st.1, st.2, grad)
+);
+
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    fn rms_norm(x: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let scale = scale.primitive;
+        match RmsNormBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.primitive.clone(), scale.clone(), eps), B::rms_norm(x.primitive, scale, eps))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x.primitive, scale, eps)),
+        }
+    }
+
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
         match FrozenMatmulBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(w.clone(), B::frozen_matmul(x.primitive, w)),
@@ -480,6 +513,40 @@ mod tests {
         for (name, got) in [("flex", run::<Cpu>(true)), ("ndarray", run::<NdArrayCpu>(true))] {
             for (i, what) in ["geglu", "rope", "d gate", "d up", "d x"].iter().enumerate() {
                 close(&format!("{name} {what}"), &got[i], &want[i], 2e-5);
+            }
+        }
+    }
+
+    /// The fused RMSNorm (its own backward) equals Burn's autodiff through transformers' formulation
+    /// `x · rsqrt(mean(x²) + eps) · scale`, over the last dimension of a rank-3 and a rank-4 input.
+    #[test]
+    fn fused_rms_norm_equals_autodiff_of_the_composition() {
+        fn run<B: FrozenMatmul>(shape: [usize; 4], fused: bool) -> Vec<Vec<f32>> {
+            type T<B, const D: usize> = Tensor<Autodiff<B>, D>;
+            let dev = Default::default();
+            let n: usize = shape.iter().product();
+            let dim = shape[3];
+            let x = T::<B, 4>::from_data(TensorData::new(values(n, 7, 3.0), shape), &dev).require_grad();
+            let scale = T::<B, 1>::from_data(TensorData::new(values(dim, 8, 2.0), [dim]), &dev);
+            let eps = 1e-6;
+            let y = if fused {
+                let p =
+                    Autodiff::<B>::rms_norm(x.clone().into_primitive().tensor(), scale.into_primitive().tensor(), eps);
+                T::<B, 4>::from_primitive(TensorPrimitive::Float(p))
+            } else {
+                let var = x.clone().powi_scalar(2).mean_dim(3);
+                x.clone() * (var + eps).sqrt().recip() * scale.unsqueeze::<4>()
+            };
+            let w = T::<B, 4>::from_data(TensorData::new(values(n, 9, 1.0), shape), &dev);
+            let grads = (y.clone() * w).sum().backward();
+            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            vec![host(y.inner()), host(x.grad(&grads).unwrap())]
+        }
+        for shape in [[1, 3, 5, 64], [2, 5, 3, 8]] {
+            let want = run::<Cpu>(shape, false);
+            for (name, got) in [("flex", run::<Cpu>(shape, true)), ("ndarray", run::<NdArrayCpu>(shape, true))] {
+                close(&format!("{name} {shape:?} rms_norm"), &got[0], &want[0], 2e-5);
+                close(&format!("{name} {shape:?} d x"), &got[1], &want[1], 2e-5);
             }
         }
     }

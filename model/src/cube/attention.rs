@@ -23,14 +23,11 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::launch::arg;
+use super::launch::{arg, reduce, row_grid, ROW_UNITS};
 use super::Gemm;
 use crate::compute::{cast, cast_prim};
 use crate::fused_attention::{dims, mm, prim, t4, AttnSpec};
 use crate::layers::mask::{AttnMask, MASKED};
-
-/// Units per cube of the row kernel (a power of two for the tree reductions).
-const ROW_UNITS: u32 = 256;
 
 /// Where a row of the grouped scores `[b, kvh, rep·s, t]` sits: its query (`b·s + i`) and, since the rows of
 /// one batch are head-major (`(kv·rep + r)·s + i`), its `[b, s, h]` log-sum-exp slot.
@@ -149,26 +146,6 @@ fn softmax_rows(
     }
 }
 
-/// The max (`is_max`) or sum of `v` over the cube's units (a power of two of them), returned to every unit.
-#[cube]
-fn reduce(shared: &mut SharedMemory<f32>, v: f32, unit: usize, #[comptime] is_max: bool) -> f32 {
-    shared[unit] = v;
-    sync_cube();
-    let mut stride = (CUBE_DIM_X / 2) as usize;
-    while stride > 0 {
-        if unit < stride {
-            let (a, b) = (shared[unit], shared[unit + stride]);
-            shared[unit] = if is_max { a.max(b) } else { a + b };
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let r = shared[0];
-    // Everyone has read the result before the memory is used again.
-    sync_cube();
-    r
-}
-
 /// Elementwise over the grouped `[b, kvh, rep·s, t]`: `scores` (raw `q·kᵀ`) becomes `P`, `dp` (`dout·vᵀ`)
 /// becomes `dS` (with respect to the raw products).
 #[cube(launch)]
@@ -270,11 +247,9 @@ pub fn forward<R: Gemm, BT: BoolElement>(
     let (scaling, cap) = scalars(spec);
     let rows = b * h * s;
     let client = scores.client.clone();
-    let x = rows.min(65_535);
-    let count = CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1);
     softmax_rows::launch::<R>(
         &client,
-        count,
+        row_grid(rows),
         CubeDim::new_1d(ROW_UNITS),
         arg(&scores),
         arg(&lse),

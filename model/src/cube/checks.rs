@@ -121,3 +121,33 @@ pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Backend `B`'s RMSNorm and its backward against burn-flex's (the Burn-op version, checked against
+/// autodiff through transformers' formulation in `crate::ops`) within `tol` of each result's scale: rows of
+/// a hidden size wider than a cube's units (and not a multiple of them), and of a head size narrower.
+pub fn rms_norm_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
+    fn on<B: FrozenMatmul>(shape: [usize; 3], data: &[Vec<f32>; 3]) -> [Vec<f32>; 2] {
+        let device = Default::default();
+        let x =
+            || Tensor::<B, 3>::from_data(TensorData::new(data[0].clone(), shape), &device).into_primitive().tensor();
+        let dim = shape[2];
+        let scale =
+            || Tensor::<B, 1>::from_data(TensorData::new(data[1].clone(), [dim]), &device).into_primitive().tensor();
+        let dout =
+            Tensor::<B, 3>::from_data(TensorData::new(data[2].clone(), shape), &device).into_primitive().tensor();
+        let back = |p| host(Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(p)));
+        [back(B::rms_norm(x(), scale(), 1e-6)), back(B::rms_norm_backward(x(), scale(), 1e-6, dout))]
+    }
+    for shape in [[2, 7, 1000], [3, 5, 64]] {
+        let n = shape.iter().product();
+        let data = [values(n, 11, 4.0), values(shape[2], 12, 1.5), values(n, 13, 1.0)];
+        let (got, want) = (on::<B>(shape, &data), on::<FlexCpu>(shape, &data));
+        for (i, what) in ["rms_norm", "its backward"].iter().enumerate() {
+            let err = scaled_err(&got[i], &want[i]);
+            if err.is_nan() || err >= tol {
+                return Err(format!("{what} {shape:?}: differs from the CPU by {err:e} of its scale"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //! Switch, read once per process: `LAPIDARY_DEQUANT=host` dequantizes on the host and uploads the dense
 //! weight every call (the slow path every backend has, kept as the reference) instead of the kernels.
 //!
-//! - `geglu`, `rope`: GeGLU forward and backward, RoPE, one kernel each;
+//! - `geglu`, `rope`, `rms_norm`: GeGLU and RMSNorm forward and backward, RoPE, one kernel each;
 //! - `attention`: the vendor products around one softmax kernel each way, the mask computed on the device
 //!   from positions and segments (nothing per key built on the host);
 //! - `checks`: the kernels against the CPU, shared by the wgpu tests (`tests`) and the CUDA ones
@@ -27,6 +27,7 @@ pub mod dequant;
 pub mod geglu;
 mod launch;
 pub mod memory;
+pub mod rms_norm;
 pub mod rope;
 pub mod weights;
 #[cfg(feature = "wgpu")]
@@ -97,6 +98,20 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
         dout: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         geglu::backward(gate, up, dout)
+    }
+
+    /// RMSNorm and its backward as one kernel each (`rms_norm`).
+    fn rms_norm(x: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rms_norm::forward(x, scale, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f64,
+        dout: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rms_norm::backward(x, scale, eps, dout)
     }
 
     /// Attention: vendor products around one softmax kernel each way, the mask computed on the device

@@ -22,7 +22,7 @@ use crate::ops::FrozenMatmul;
 use crate::quant::QuantKind;
 use crate::ModelFiles;
 
-use super::checks::{attention_equals_cpu, dequant_equals_host, host, scaled_err, values};
+use super::checks::{attention_equals_cpu, dequant_equals_host, host, rms_norm_equals_cpu, scaled_err, values};
 
 /// Whether the wgpu runtime can run here; says why not on stderr.
 fn adapter() -> bool {
@@ -204,6 +204,15 @@ fn attention_kernels_equal_cpu() {
         return;
     }
     attention_equals_cpu::<WgpuGpu>(1e-5).unwrap();
+}
+
+/// The RMSNorm kernels against the CPU.
+#[test]
+fn rms_norm_kernels_equal_cpu() {
+    if !adapter() {
+        return;
+    }
+    rms_norm_equals_cpu::<WgpuGpu>(1e-5).unwrap();
 }
 
 /// `dense_matmul` (Burn's matmul behind `super::product` on wgpu) of batched transposed views against the
