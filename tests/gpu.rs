@@ -68,6 +68,7 @@ gpu_tests!(
     kernels_equal_host_dequantization,
     attention_equals_cpu,
     rms_norm_equals_cpu,
+    lm_head_equals_cpu,
     cublas_equals_cpu_matmul,
     logits_and_loss_equal_cpu_on_the_fixtures,
     training_steps_equal_cpu_on_a_fixture,
@@ -189,6 +190,11 @@ mod gpu {
     /// The RMSNorm kernels against the CPU.
     pub fn rms_norm_equals_cpu() {
         checks::rms_norm_equals_cpu::<CudaGpu>(1e-5).unwrap();
+    }
+
+    /// The LM-head loss's kernel and products against the CPU.
+    pub fn lm_head_equals_cpu() {
+        checks::lm_head_equals_cpu::<CudaGpu>(tolerance() as f32).unwrap();
     }
 
     pub fn cublas_equals_cpu_matmul() {

@@ -46,48 +46,84 @@ fn nll_grad_generic_chunked<B: FrozenMatmul>(
     grad: bool,
     chunk: usize,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    chunked::<B>(hidden, table, targets, grad, chunk, |hc, table, ids, grad| {
+        chunk_generic(hc, table, ids, softcap, grad)
+    })
+}
+
+/// A chunk's `(Σ nll as [1] f32, d Σnll / d hc when asked for)`.
+pub type ChunkLoss<B> = (Tensor<B, 1>, Option<Tensor<B, 2>>);
+
+/// The loss over `targets` in chunks of `chunk` rows, each computed by `step(hc [c, h], table, target ids
+/// [c], grad) -> (Σ nll as [1] f32, d Σnll / d hc when grad)`: the rows gathered, the chunks' sums added up,
+/// their gradients scattered back into `[n, h]`.
+pub fn chunked<B: FrozenMatmul>(
+    hidden: FloatTensor<B>,
+    table: FloatTensor<B>,
+    targets: &[(usize, u32)],
+    grad: bool,
+    chunk: usize,
+    step: impl Fn(Tensor<B, 2>, &Tensor<B, 2>, Tensor<B, 1, Int>, bool) -> ChunkLoss<B>,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let hidden = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(hidden));
     let table = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(table));
     let device = hidden.device();
     let [n, h] = hidden.dims();
-    // In bf16 (`crate::compute`) the logits are bf16 up to the softcap, then f32, as in transformers; the
-    // loss is summed in f32 and the gradient comes back in the hidden states' dtype.
-    let (dt, f32) = (hidden.dtype(), DType::F32);
-    let mut total = Tensor::<B, 1>::zeros([1], (&device, f32));
+    // The loss is summed in f32 and the gradient comes back in the hidden states' dtype.
+    let dt = hidden.dtype();
+    let mut total = Tensor::<B, 1>::zeros([1], (&device, DType::F32));
     let mut dh = grad.then(|| Tensor::<B, 2>::zeros([n, h], (&device, dt)));
     for part in targets.chunks(chunk) {
         let c = part.len();
         let rows: Vec<i64> = part.iter().map(|(i, _)| *i as i64).collect();
         let ids: Vec<i64> = part.iter().map(|(_, t)| *t as i64).collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [c]), &device);
-        let ids1 = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [c]), &device);
-        let ids = ids1.clone().reshape([c, 1]);
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [c]), &device);
         let hc = hidden.clone().select(0, rows.clone());
-        // `(E · hᵀ)ᵀ`: the table stays contiguous on the left, where every backend multiplies it uncopied.
-        let logits = dense_matmul(table.clone(), hc.transpose()).transpose();
-        let (z, dcap) = match softcap {
-            Some(cap) => {
-                let t = (logits / cap).tanh();
-                let d = cast(t.clone(), f32).powi_scalar(2).neg() + 1.0;
-                (cast(t * cap, f32), Some(d))
-            }
-            None => (cast(logits, f32), None),
-        };
-        let logp = log_softmax(z, 1);
-        total = total + logp.clone().gather(1, ids.clone()).sum().neg();
-        if let Some(acc) = dh.take() {
-            // d/dz = softmax − onehot; the onehot part times the table is the targets' own rows.
-            let mut p = logp.exp();
-            let mut own = cast(table.clone().select(0, ids1), f32);
-            if let Some(d) = dcap {
-                own = own * d.clone().gather(1, ids);
-                p = p * d;
-            }
-            let dhc = dense_matmul(cast(p, dt), table.clone()) - cast(own, dt);
+        let (sum, dhc) = step(hc, &table, ids, grad);
+        total = total + sum;
+        if let (Some(acc), Some(dhc)) = (dh.take(), dhc) {
             dh = Some(acc.select_assign(0, rows, dhc, IndexingUpdateOp::Add));
         }
     }
     (total.into_primitive().tensor(), dh.map(|t| t.into_primitive().tensor()))
+}
+
+/// One chunk in Burn ops. In bf16 (`crate::compute`) the logits are bf16 up to the softcap, then f32, as in
+/// transformers.
+fn chunk_generic<B: FrozenMatmul>(
+    hc: Tensor<B, 2>,
+    table: &Tensor<B, 2>,
+    ids1: Tensor<B, 1, Int>,
+    softcap: Option<f64>,
+    grad: bool,
+) -> ChunkLoss<B> {
+    let (dt, f32) = (hc.dtype(), DType::F32);
+    let c = hc.dims()[0];
+    let ids = ids1.clone().reshape([c, 1]);
+    // `(E · hᵀ)ᵀ`: the table stays contiguous on the left, where every backend multiplies it uncopied.
+    let logits = dense_matmul(table.clone(), hc.transpose()).transpose();
+    let (z, dcap) = match softcap {
+        Some(cap) => {
+            let t = (logits / cap).tanh();
+            let d = cast(t.clone(), f32).powi_scalar(2).neg() + 1.0;
+            (cast(t * cap, f32), Some(d))
+        }
+        None => (cast(logits, f32), None),
+    };
+    let logp = log_softmax(z, 1);
+    let sum = logp.clone().gather(1, ids.clone()).sum().neg();
+    if !grad {
+        return (sum, None);
+    }
+    // d/dz = softmax − onehot; the onehot part times the table is the targets' own rows.
+    let mut p = logp.exp();
+    let mut own = cast(table.clone().select(0, ids1), f32);
+    if let Some(d) = dcap {
+        own = own * d.clone().gather(1, ids);
+        p = p * d;
+    }
+    (sum, Some(dense_matmul(cast(p, dt), table.clone()) - cast(own, dt)))
 }
 
 /// `a · b` through [`FrozenMatmul::dense_matmul`].

@@ -151,3 +151,42 @@ pub fn rms_norm_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Backend `B`'s LM-head loss (the summed NLL and its gradient with respect to the hidden states) against
+/// burn-flex's host kernel (checked against transformers' losses in `crate::lm_head_loss`) within `tol`:
+/// more rows than one chunk, a vocabulary that is no multiple of a cube's units, targets on some rows only
+/// (one at the vocabulary's last id), with and without a softcap.
+pub fn lm_head_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
+    let (n, h, vocab) = (300, 48, 1000);
+    let hidden = values(n * h, 21, 2.0);
+    let table = values(vocab * h, 22, 1.0);
+    let mut targets: Vec<(usize, u32)> = (0..n).filter(|i| i % 7 != 3).map(|i| (i, (i * 37 % vocab) as u32)).collect();
+    targets[5].1 = vocab as u32 - 1;
+    fn on<B: FrozenMatmul>(
+        hidden: &[f32],
+        table: &[f32],
+        [n, h, vocab]: [usize; 3],
+        targets: &[(usize, u32)],
+        softcap: Option<f64>,
+    ) -> (f32, Vec<f32>) {
+        let device = Default::default();
+        let hs = Tensor::<B, 2>::from_data(TensorData::new(hidden.to_vec(), [n, h]), &device).into_primitive().tensor();
+        let e =
+            Tensor::<B, 2>::from_data(TensorData::new(table.to_vec(), [vocab, h]), &device).into_primitive().tensor();
+        let (nll, dh) = B::lm_head_nll_grad(hs, e, targets, softcap, true);
+        let nll = host(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(nll)))[0];
+        (nll, host(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dh.expect("gradient")))))
+    }
+    for softcap in [None, Some(3.0)] {
+        let dims = [n, h, vocab];
+        let (gn, gd) = on::<B>(&hidden, &table, dims, &targets, softcap);
+        let (cn, cd) = on::<FlexCpu>(&hidden, &table, dims, &targets, softcap);
+        let (nll_err, grad_err) = ((gn - cn).abs() / cn.abs(), scaled_err(&gd, &cd));
+        if nll_err.is_nan() || nll_err >= tol || grad_err.is_nan() || grad_err >= tol {
+            return Err(format!(
+                "LM-head loss (softcap {softcap:?}): NLL {gn} vs {cn} on the CPU, gradient off by {grad_err:e} of its scale"
+            ));
+        }
+    }
+    Ok(())
+}

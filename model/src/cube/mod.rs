@@ -15,17 +15,19 @@
 //! - `geglu`, `rope`, `rms_norm`: GeGLU and RMSNorm forward and backward, RoPE, one kernel each;
 //! - `attention`: the vendor products around one softmax kernel each way, the mask computed on the device
 //!   from positions and segments (nothing per key built on the host);
+//! - `lm_head`: the LM-head loss's chunks as two vendor products around one kernel (softcap, softmax, the
+//!   rows' NLL and the gradient with respect to the logits, in place);
 //! - `checks`: the kernels against the CPU, shared by the wgpu tests (`tests`) and the CUDA ones
 //!   (`tests/gpu.rs`).
 //!
-//! What stays on the trait's Burn-op defaults for now (CubeCL kernels, each op unfused): the LM-head loss's
-//! softmax (its products use the vendor library); the LoRA products and unquantized (`--quant none`) frozen
-//! weights are Burn matmuls.
+//! What stays Burn's: the LoRA products and unquantized (`--quant none`) frozen weights are Burn matmuls,
+//! residual adds and casts Burn's elementwise kernels.
 pub mod attention;
 pub mod checks;
 pub mod dequant;
 pub mod geglu;
 mod launch;
+pub mod lm_head;
 pub mod memory;
 pub mod rms_norm;
 pub mod rope;
@@ -98,6 +100,19 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
         dout: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         geglu::backward(gate, up, dout)
+    }
+
+    /// The LM-head loss in chunks, each two vendor products around one kernel (`lm_head`).
+    fn lm_head_nll_grad(
+        hidden: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        targets: &[(usize, u32)],
+        softcap: Option<f64>,
+        grad: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        crate::lm_head_loss::chunked::<Self>(hidden, table, targets, grad, lm_head::CHUNK, |hc, table, ids, grad| {
+            lm_head::chunk::<R, BT>(hc, table, ids, softcap, grad)
+        })
     }
 
     /// RMSNorm and its backward as one kernel each (`rms_norm`).

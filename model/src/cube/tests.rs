@@ -22,7 +22,9 @@ use crate::ops::FrozenMatmul;
 use crate::quant::QuantKind;
 use crate::ModelFiles;
 
-use super::checks::{attention_equals_cpu, dequant_equals_host, host, rms_norm_equals_cpu, scaled_err, values};
+use super::checks::{
+    attention_equals_cpu, dequant_equals_host, host, lm_head_equals_cpu, rms_norm_equals_cpu, scaled_err, values,
+};
 
 /// Whether the wgpu runtime can run here; says why not on stderr.
 fn adapter() -> bool {
@@ -213,6 +215,15 @@ fn rms_norm_kernels_equal_cpu() {
         return;
     }
     rms_norm_equals_cpu::<WgpuGpu>(1e-5).unwrap();
+}
+
+/// The LM-head loss's kernel (and its products) against the CPU.
+#[test]
+fn lm_head_loss_equals_cpu() {
+    if !adapter() {
+        return;
+    }
+    lm_head_equals_cpu::<WgpuGpu>(1e-5).unwrap();
 }
 
 /// `dense_matmul` (Burn's matmul behind `super::product` on wgpu) of batched transposed views against the
