@@ -1,6 +1,7 @@
 //! Attention on the CubeCL backends (`FrozenMatmul::attend_lse` / `attend_backward`): the products (two
-//! forward, five backward) by the runtime's vendor library (cuBLAS on CUDA) on the grouped layout of `crate::fused_attention`, and
-//! everything between them one kernel each, with the mask computed inside from positions and segments.
+//! forward, five backward) by the runtime's vendor library (cuBLAS on CUDA) on the grouped layout of
+//! `crate::fused_attention`, and everything between them one kernel each, with the mask computed inside
+//! from positions and segments.
 //!
 //! The Burn-op version (`fused_attention::forward_generic`) builds the `[batch, 1, seq, keys]` additive bias
 //! on the host and uploads it every call, then runs ~8 kernels over the `[batch, heads, seq, keys]` scores
