@@ -284,14 +284,13 @@ pub fn backward<R: Gemm, BT: BoolElement>(
     dout: CubeTensor<R>,
     spec: &AttnSpec,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    type T<R, BT> = Cube<R, BT>;
     let dts = [q.dtype, k.dtype, v.dtype];
-    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|x| t4::<T<R, BT>>(cast_prim::<T<R, BT>>(x, DType::F32)));
-    let lse = into_contiguous(cast_prim::<T<R, BT>>(lse, DType::F32));
+    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, DType::F32)));
+    let lse = into_contiguous(cast_prim::<Cube<R, BT>>(lse, DType::F32));
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let device = q.device();
     let rep_s = h / kvh * s;
-    let group = |x: Tensor<T<R, BT>, 4>| x.swap_dims(1, 2).reshape([b, kvh, rep_s, d]);
+    let group = |x: Tensor<Cube<R, BT>, 4>| x.swap_dims(1, 2).reshape([b, kvh, rep_s, d]);
     let (qg, dog) = (group(q), group(dout));
     let (kt, vt) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
     let dsum = into_contiguous(prim((dog.clone() * group(out)).sum_dim(3)));
@@ -322,7 +321,7 @@ pub fn backward<R: Gemm, BT: BoolElement>(
         mask.window,
         mask.segmented,
     );
-    let (p, ds) = (t4::<T<R, BT>>(scores), t4::<T<R, BT>>(dp));
+    let (p, ds) = (t4::<Cube<R, BT>>(scores), t4::<Cube<R, BT>>(dp));
     let dv = mm(p.swap_dims(2, 3), dog).swap_dims(1, 2);
     let dq = mm(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
     let dk = mm(ds.swap_dims(2, 3), qg).swap_dims(1, 2);
