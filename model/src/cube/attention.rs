@@ -24,7 +24,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::launch::{arg, reduce, row_grid, ROW_UNITS};
+use super::launch::{arg, cube_row, reduce, row_grid, ROW_UNITS};
 use super::Gemm;
 use crate::compute::{cast, cast_prim};
 use crate::fused_attention::{dims, mm, prim, t4, AttnSpec};
@@ -84,9 +84,8 @@ fn score(raw: f32, scaling: f32, cap: f32, seen: bool) -> (f32, f32) {
     (z, dcap)
 }
 
-/// One cube per row of `scores` (`rows × t`, row-major): the row becomes its softmax, `lse` gets its
-/// log-sum-exp. Rows are numbered `CUBE_POS_Y · CUBE_COUNT_X + CUBE_POS_X` (a grid may hold more rows than
-/// one axis allows).
+/// One cube per row of `scores` (`rows × t`, row-major; `launch::row_grid`): the row becomes its softmax,
+/// `lse` gets its log-sum-exp.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn softmax_rows(
@@ -106,7 +105,7 @@ fn softmax_rows(
     segmented: u32,
     #[comptime] units: u32,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_row();
     // The whole cube leaves together, before any barrier.
     if row >= rows as usize {
         terminate!();

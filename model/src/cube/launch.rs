@@ -28,8 +28,8 @@ pub fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
 /// Units per cube of the row kernels (a power of two, for [`reduce`]).
 pub const ROW_UNITS: u32 = 256;
 
-/// One cube per row, for kernels that number rows `CUBE_POS_Y · CUBE_COUNT_X + CUBE_POS_X` (a grid may hold
-/// more rows than one axis allows); the kernel drops the rows past `rows` in the last line of cubes.
+/// One cube per row, for kernels that number rows with [`cube_row`] (a grid may hold more rows than one axis
+/// allows); the kernel drops the rows past `rows` in the last line of cubes.
 pub fn row_grid(rows: usize) -> CubeCount {
     let x = rows.clamp(1, 65_535);
     CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
@@ -54,4 +54,10 @@ pub fn reduce(shared: &mut SharedMemory<f32>, v: f32, unit: usize, #[comptime] i
     // Everyone has read the result before the memory is used again.
     sync_cube();
     r
+}
+
+/// The row of a kernel launched on [`row_grid`]: `CUBE_POS_Y · CUBE_COUNT_X + CUBE_POS_X`.
+#[cube]
+pub fn cube_row() -> usize {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
 }

@@ -14,7 +14,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::launch::{arg, reduce, row_grid, ROW_UNITS};
+use super::launch::{arg, cube_row, reduce, row_grid, ROW_UNITS};
 use super::{product, Gemm};
 use crate::compute::cast;
 use crate::lm_head_loss::ChunkLoss;
@@ -36,7 +36,7 @@ fn nll_rows<F: Float>(
     #[comptime] units: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_row();
     if row >= rows as usize {
         terminate!();
     }

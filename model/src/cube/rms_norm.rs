@@ -11,7 +11,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::launch::{arg, empty_like, reduce, row_grid, ROW_UNITS};
+use super::launch::{arg, cube_row, empty_like, reduce, row_grid, ROW_UNITS};
 
 /// `1/sqrt(mean(x²) + eps)` of row `base..base + dim`, for every unit of the cube.
 #[cube]
@@ -39,7 +39,7 @@ fn rms_norm_forward_kernel<F: Float>(
     #[comptime] units: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_row();
     if row >= rows as usize {
         terminate!();
     }
@@ -67,7 +67,7 @@ fn rms_norm_backward_kernel<F: Float>(
     #[comptime] units: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    let row = cube_row();
     if row >= rows as usize {
         terminate!();
     }
