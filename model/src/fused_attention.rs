@@ -13,7 +13,7 @@ use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::compute::{cast, cast_prim};
 use crate::layers::mask::AttnMask;
-use crate::ops::FrozenMatmul;
+use crate::ops::{dense, FrozenMatmul};
 
 /// Everything about an attention call but its tensors.
 #[derive(Debug, Clone)]
@@ -27,11 +27,6 @@ pub struct AttnSpec {
 
 pub(crate) fn t4<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
-}
-
-/// A batched product through [`FrozenMatmul::dense_matmul`] (cuBLAS on CUDA).
-pub(crate) fn mm<B: FrozenMatmul>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::dense_matmul(prim(a), prim(b))))
 }
 
 pub(crate) fn prim<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
@@ -51,7 +46,7 @@ pub(crate) fn dims<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> (usize, us
 fn scores<B: FrozenMatmul>(q: Tensor<B, 4>, k: Tensor<B, 4>, spec: &AttnSpec) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
-    let raw = mm(qg, k.swap_dims(1, 2).swap_dims(2, 3)) * spec.scaling;
+    let raw = dense(qg, k.swap_dims(1, 2).swap_dims(2, 3)) * spec.scaling;
     let z = match spec.softcap {
         Some(cap) => (raw / cap).tanh() * cap,
         None => raw,
@@ -76,7 +71,7 @@ pub fn forward_generic<B: FrozenMatmul>(
     let e = (z - m.clone()).exp();
     let l = e.clone().sum_dim(3);
     let p = (e / l.clone()).reshape([b, kvh, h / kvh * s, t]);
-    let out = mm(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
+    let out = dense(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
     let lse = (m + l.log()).reshape([b, h, s]).swap_dims(1, 2);
     (prim(cast(out, dt)), prim(lse))
 }
@@ -103,8 +98,8 @@ pub fn backward_generic<B: FrozenMatmul>(
     let lse4 = lse.swap_dims(1, 2).reshape([b, h, s, 1]);
     let p = (zb - lse4).exp().reshape([b, kvh, rep_s, t]);
     let (dog, og) = (group(dout), group(out));
-    let dv = mm(p.clone().swap_dims(2, 3), dog.clone());
-    let dp = mm(dog.clone(), vt.swap_dims(2, 3));
+    let dv = dense(p.clone().swap_dims(2, 3), dog.clone());
+    let dp = dense(dog.clone(), vt.swap_dims(2, 3));
     let dsum = (dog * og).sum_dim(3);
     let mut ds = p * (dp - dsum);
     if let Some(cap) = spec.softcap {
@@ -112,8 +107,8 @@ pub fn backward_generic<B: FrozenMatmul>(
         ds = ds * (th.clone() * th).neg().add_scalar(1.0);
     }
     let ds = ds * spec.scaling;
-    let dq = mm(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
-    let dk = mm(ds.swap_dims(2, 3), group(q)).swap_dims(1, 2);
+    let dq = dense(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
+    let dk = dense(ds.swap_dims(2, 3), group(q)).swap_dims(1, 2);
     (prim(cast(dq, dts[0])), prim(cast(dk, dts[1])), prim(cast(dv.swap_dims(1, 2), dts[2])))
 }
 

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::compute::cast;
 use crate::cpu::gemm::{matmul, Mat};
 use crate::cpu::softmax::{tile_row, RowState};
-use crate::ops::FrozenMatmul;
+use crate::ops::{dense, FrozenMatmul};
 
 /// Rows per chunk in the generic path.
 pub const GENERIC_CHUNK: usize = 256;
@@ -102,7 +102,7 @@ fn chunk_generic<B: FrozenMatmul>(
     let c = hc.dims()[0];
     let ids = ids1.clone().reshape([c, 1]);
     // `(E · hᵀ)ᵀ`: the table stays contiguous on the left, where every backend multiplies it uncopied.
-    let logits = dense_matmul(table.clone(), hc.transpose()).transpose();
+    let logits = dense(table.clone(), hc.transpose()).transpose();
     let (z, dcap) = match softcap {
         Some(cap) => {
             let t = (logits / cap).tanh();
@@ -123,13 +123,7 @@ fn chunk_generic<B: FrozenMatmul>(
         own = own * d.clone().gather(1, ids);
         p = p * d;
     }
-    (sum, Some(dense_matmul(cast(p, dt), table.clone()) - cast(own, dt)))
-}
-
-/// `a · b` through [`FrozenMatmul::dense_matmul`].
-fn dense_matmul<B: FrozenMatmul>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
-    let c = B::dense_matmul(a.into_primitive().tensor(), b.into_primitive().tensor());
-    Tensor::from_primitive(TensorPrimitive::Float(c))
+    (sum, Some(dense(cast(p, dt), table.clone()) - cast(own, dt)))
 }
 
 /// The same on host slices: `hidden` `[n, h]`, `table` `[vocab, h]`, both row-major. Returns `Σ nll` and,

@@ -130,6 +130,15 @@ pub trait FrozenMatmul: Backend {
     }
 }
 
+/// `a · b` on tensors through [`FrozenMatmul::dense_matmul`] (rank 2, or batches with the same leading
+/// dimensions; either may be a transposed view).
+pub fn dense<B: FrozenMatmul, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::dense_matmul(
+        a.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    )))
+}
+
 // The default implementations, in Burn ops: any backend, any float dtype.
 
 fn rope_burn<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>) -> FloatTensor<B> {
@@ -333,6 +342,18 @@ unary_backward!(
 );
 
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    /// Tracked, with both products of the backward through the inner backend's `dense_matmul` too (cuBLAS on
+    /// CUDA; Burn's autodiff matmul would run Burn's). Same leading dimensions only (no broadcasting).
+    fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        match DenseMatmulBackward.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (a.primitive.clone(), b.primitive.clone());
+                prep.finish(state, B::dense_matmul(a.primitive, b.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense_matmul(a.primitive, b.primitive)),
+        }
+    }
+
     fn rms_norm(x: FloatTensor<Self>, scale: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let scale = scale.primitive;
         match RmsNormBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
@@ -418,6 +439,31 @@ impl<B: FrozenMatmul> Backward<B, 3> for AttentionBackward {
             if let Some(p) = parent {
                 grads.register::<B>(p.id, grad);
             }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DenseMatmulBackward;
+
+impl<B: FrozenMatmul> Backward<B, 2> for DenseMatmulBackward {
+    /// The operands: `da = g · bᵀ`, `db = aᵀ · g` (transposed views, not copies).
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let (a, b) = ops.state;
+        let g = grads.consume::<B>(&ops.node);
+        let [pa, pb] = ops.parents;
+        if let Some(p) = pa {
+            grads.register::<B>(p.id, B::dense_matmul(g.clone(), B::float_transpose(b)));
+        }
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, B::dense_matmul(B::float_transpose(a), g));
         }
     }
 }

@@ -27,8 +27,9 @@ use cubecl::prelude::*;
 use super::launch::{arg, cube_row, reduce, row_grid, ROW_UNITS};
 use super::Gemm;
 use crate::compute::{cast, cast_prim};
-use crate::fused_attention::{dims, mm, prim, t4, AttnSpec};
+use crate::fused_attention::{dims, prim, t4, AttnSpec};
 use crate::layers::mask::{AttnMask, MASKED};
+use crate::ops::dense;
 
 /// Where a row of the grouped scores `[b, kvh, rep·s, t]` sits: its query (`b·s + i`) and, since the rows of
 /// one batch are head-major (`(kv·rep + r)·s + i`), its `[b, s, h]` log-sum-exp slot.
@@ -241,7 +242,7 @@ pub fn forward<R: Gemm, BT: BoolElement>(
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let device = q.device();
     let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
-    let scores = owned(prim(mm(qg, k.swap_dims(1, 2).swap_dims(2, 3))));
+    let scores = owned(prim(dense(qg, k.swap_dims(1, 2).swap_dims(2, 3))));
     let lse = Tensor::<Cube<R, BT>, 3>::empty([b, s, h], &device).into_primitive().tensor();
     let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
@@ -268,7 +269,7 @@ pub fn forward<R: Gemm, BT: BoolElement>(
         ROW_UNITS,
     );
     let p = t4::<Cube<R, BT>>(scores);
-    let out = mm(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
+    let out = dense(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
     (prim(cast(out, dt)), lse)
 }
 
@@ -293,8 +294,8 @@ pub fn backward<R: Gemm, BT: BoolElement>(
     let (qg, dog) = (group(q), group(dout));
     let (kt, vt) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
     let dsum = into_contiguous(prim((dog.clone() * group(out)).sum_dim(3)));
-    let scores = owned(prim(mm(qg.clone(), kt.clone().swap_dims(2, 3))));
-    let dp = owned(prim(mm(dog.clone(), vt.swap_dims(2, 3))));
+    let scores = owned(prim(dense(qg.clone(), kt.clone().swap_dims(2, 3))));
+    let dp = owned(prim(dense(dog.clone(), vt.swap_dims(2, 3))));
     let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
     let n = b * h * s * t;
@@ -321,8 +322,8 @@ pub fn backward<R: Gemm, BT: BoolElement>(
         mask.segmented,
     );
     let (p, ds) = (t4::<Cube<R, BT>>(scores), t4::<Cube<R, BT>>(dp));
-    let dv = mm(p.swap_dims(2, 3), dog).swap_dims(1, 2);
-    let dq = mm(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
-    let dk = mm(ds.swap_dims(2, 3), qg).swap_dims(1, 2);
+    let dv = dense(p.swap_dims(2, 3), dog).swap_dims(1, 2);
+    let dq = dense(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
+    let dk = dense(ds.swap_dims(2, 3), qg).swap_dims(1, 2);
     (prim(cast(dq, dts[0])), prim(cast(dk, dts[1])), prim(cast(dv, dts[2])))
 }

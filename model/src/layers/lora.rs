@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 use crate::compute::cast;
+use crate::ops::dense;
 use crate::quant::{FrozenLinear, FrozenMatmul};
 
 /// The seven projections PEFT can target in a Gemma decoder layer.
@@ -78,7 +79,8 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         if let (Some(seed), true) = (rt.dropout_seed, ad.dropout > 0.0) {
             x2 = x2.clone() * dropout_mask::<B>([b * s, i], ad.dropout, seed ^ self.key, &x2.device());
         }
-        let delta = x2.matmul(ad.a.clone().transpose()).matmul(ad.b.clone().transpose()) * ad.scale;
+        // Through the backend's dense product (cuBLAS on CUDA, forward and backward).
+        let delta = dense(dense(x2, ad.a.clone().transpose()), ad.b.clone().transpose()) * ad.scale;
         let [_, o] = delta.dims();
         let dt = base.dtype();
         base + cast(delta.reshape([b, s, o]), dt)
