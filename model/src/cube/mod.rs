@@ -20,8 +20,8 @@
 //! - `checks`: the kernels against the CPU, shared by the wgpu tests (`tests`) and the CUDA ones
 //!   (`tests/gpu.rs`).
 //!
-//! What stays Burn's: the LoRA products and unquantized (`--quant none`) frozen weights are Burn matmuls,
-//! residual adds and casts Burn's elementwise kernels.
+//! The LoRA products use the vendor product too (`FrozenMatmul::dense_matmul`, tracked on `Autodiff`). What
+//! stays Burn's: unquantized (`--quant none`) frozen weights' products, residual adds and casts.
 pub mod attention;
 pub mod checks;
 pub mod dequant;
