@@ -155,7 +155,7 @@ mod gpu {
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use lapidary_model::backend::{CudaGpu, FlexCpu};
     use lapidary_model::compute::ComputeDtype;
-    use lapidary_model::cube::checks;
+    use lapidary_model::cube::checks::{self, host, scaled_err};
     use lapidary_model::cuda::{cublas, CudaRuntime, Math};
     use lapidary_model::layers::lora::LoraRuntime;
     use lapidary_model::load::load_gemma;
@@ -165,17 +165,6 @@ mod gpu {
 
     use super::common::{read_tensor, real_model, rel};
     use super::{cli_json, fixture_at as fixture, tolerance, values};
-
-    fn host(t: Tensor<CudaGpu, 2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
-    }
-
-    /// Largest |a − b| over the largest |b|.
-    fn scaled_err(a: &[f32], b: &[f32]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1e-30f64, |m, x| m.max(x.abs() as f64));
-        a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max) / scale
-    }
 
     pub fn kernels_equal_host_dequantization() {
         let shapes = [[3, 7], [33, 130], [300, 64], [2048, 1024]];
@@ -230,7 +219,7 @@ mod gpu {
             let tol = if math == Math::Tf32 { 2e-2 } else { 1e-5 };
             for (name, x, tx, y, ty) in cases.clone() {
                 let c = cublas::matmul(prim(x), prim(y), tx, ty, math).unwrap_or_else(|e| panic!("{name}: {e}"));
-                let got = host(Tensor::from_primitive(TensorPrimitive::Float(c)));
+                let got = host(Tensor::<CudaGpu, 2>::from_primitive(TensorPrimitive::Float(c)));
                 let err = scaled_err(&got, &want);
                 eprintln!("cuBLAS {math:?} {name}: {err:e}");
                 assert!(err < tol, "cuBLAS {math:?} {name}: {err:e} of scale");
@@ -307,7 +296,7 @@ mod gpu {
                 for quant in [QuantKind::None, QuantKind::Nf4, QuantKind::Int8] {
                     let (gl, gn) = logits_and_nll::<CudaGpu>(gen, quant, dtype);
                     let (cl, cn) = logits_and_nll::<FlexCpu>(gen, quant, dtype);
-                    let (err, loss_err) = (scaled_err(&gl, &cl), rel(gn, cn));
+                    let (err, loss_err) = (f64::from(scaled_err(&gl, &cl)), rel(gn, cn));
                     eprintln!("{gen} {quant:?} {dtype:?}: logits {err:e} of scale, NLL {gn} vs {cn} ({loss_err:e})");
                     assert!(err < tol, "{gen} {quant:?} {dtype:?}: logits differ by {err:e} of their scale");
                     assert!(loss_err < tol, "{gen} {quant:?} {dtype:?}: NLL {gn} on CUDA vs {cn} on CPU");
