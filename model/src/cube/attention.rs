@@ -24,7 +24,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::launch::{arg, cube_row, reduce, row_grid, ROW_UNITS};
+use super::launch::{arg, cube_row, reduce, row_grid, softcap, ROW_UNITS};
 use super::Gemm;
 use crate::compute::{cast, cast_prim};
 use crate::fused_attention::{dims, prim, t4, AttnSpec};
@@ -71,14 +71,8 @@ fn visible(
 /// the softcap's derivative `1 − tanh²` (1 without a cap).
 #[cube]
 fn score(raw: f32, scaling: f32, cap: f32, seen: bool) -> (f32, f32) {
-    let x = raw * scaling;
-    let mut z = x;
-    let mut dcap = f32::new(1.0);
-    if cap > 0.0 {
-        let th = f32::tanh(x / cap);
-        z = th * cap;
-        dcap = 1.0 - th * th;
-    }
+    let (capped, dcap) = softcap(raw * scaling, cap);
+    let mut z = capped;
     if !seen {
         z += MASKED;
     }

@@ -1,5 +1,5 @@
 //! What the kernel launches here share: the grid for `n` threads, or for one cube per row; an output buffer;
-//! a contiguous tensor as an array argument; the reduction over a cube's units.
+//! a contiguous tensor as an array argument; the reduction over a cube's units; the softcap.
 use burn::tensor::Shape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -60,4 +60,18 @@ pub fn reduce(shared: &mut SharedMemory<f32>, v: f32, unit: usize, #[comptime] i
 #[cube]
 pub fn cube_row() -> usize {
     (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+}
+
+/// `(cap · tanh(x / cap), its derivative 1 − tanh²)`, or `(x, 1)` when `cap` is 0 (no softcap): Gemma 2's
+/// attention and final-logit softcapping.
+#[cube]
+pub fn softcap(x: f32, cap: f32) -> (f32, f32) {
+    let mut z = x;
+    let mut dcap = f32::new(1.0);
+    if cap > 0.0 {
+        let th = f32::tanh(x / cap);
+        z = th * cap;
+        dcap = 1.0 - th * th;
+    }
+    (z, dcap)
 }

@@ -14,9 +14,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::launch::{arg, cube_row, reduce, row_grid, ROW_UNITS};
+use super::launch::{arg, cube_row, reduce, row_grid, softcap, ROW_UNITS};
 use super::{product, Gemm};
-use crate::compute::cast;
 use crate::lm_head_loss::ChunkLoss;
 
 /// Rows per chunk: the logits of a chunk are `rows × vocab` in the hidden states' dtype (256 MiB in f32 for
@@ -48,19 +47,19 @@ fn nll_rows<F: Float>(
     let mut m = f32::new(-3.0e38);
     let mut j = unit;
     while j < v {
-        m = m.max(capped(f32::cast_from(logits[base + j]), cap));
+        m = m.max(softcap(f32::cast_from(logits[base + j]), cap).0);
         j += step;
     }
     m = reduce(&mut shared, m, unit, true);
     let mut l = f32::new(0.0);
     let mut j = unit;
     while j < v {
-        l += (capped(f32::cast_from(logits[base + j]), cap) - m).exp();
+        l += (softcap(f32::cast_from(logits[base + j]), cap).0 - m).exp();
         j += step;
     }
     l = reduce(&mut shared, l, unit, false);
     if unit == 0 {
-        nll[row] = m + l.ln() - capped(f32::cast_from(logits[base + target]), cap);
+        nll[row] = m + l.ln() - softcap(f32::cast_from(logits[base + target]), cap).0;
     }
     if grad != 0 {
         // Every unit has read the target's logit (above, unit 0) before it is overwritten: the reductions'
@@ -68,13 +67,8 @@ fn nll_rows<F: Float>(
         sync_cube();
         let mut j = unit;
         while j < v {
-            let x = f32::cast_from(logits[base + j]);
-            let mut dcap = f32::new(1.0);
-            if cap > 0.0 {
-                let th = f32::tanh(x / cap);
-                dcap = 1.0 - th * th;
-            }
-            let mut p = (capped(x, cap) - m).exp() / l;
+            let (z, dcap) = softcap(f32::cast_from(logits[base + j]), cap);
+            let mut p = (z - m).exp() / l;
             if j == target {
                 p -= 1.0;
             }
@@ -82,16 +76,6 @@ fn nll_rows<F: Float>(
             j += step;
         }
     }
-}
-
-/// `cap · tanh(x / cap)`, or `x` when `cap` is 0.
-#[cube]
-fn capped(x: f32, cap: f32) -> f32 {
-    let mut z = x;
-    if cap > 0.0 {
-        z = f32::tanh(x / cap) * cap;
-    }
-    z
 }
 
 type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
@@ -128,7 +112,7 @@ pub fn chunk<R: Gemm, BT: BoolElement>(
         ROW_UNITS,
         logits.dtype.into(),
     );
-    let sum = cast(nll, DType::F32).sum();
+    let sum = nll.sum();
     let dhc = grad.then(|| t(product::<R, BT>(logits, prim(table.clone()), false)));
     (sum, dhc)
 }
