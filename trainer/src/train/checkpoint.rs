@@ -17,8 +17,10 @@ use lapidary_data::DataPosition;
 use lapidary_model::adapter::AdapterConfig;
 use serde::{Deserialize, Serialize};
 
-use super::optim::{AdamW, AdamWConfig, Param};
-use super::params::{read_adapter, write_adapter};
+use burn::tensor::backend::Backend;
+
+use super::optim::{AdamW, AdamWConfig};
+use super::params::{read_adapter, write_adapter, Params};
 
 /// The counters and positions of a checkpoint (`state.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,18 +72,18 @@ pub fn list(out: &Path) -> Vec<(u64, PathBuf)> {
     v
 }
 
-pub struct Checkpoint {
+pub struct Checkpoint<B: Backend> {
     pub state: TrainState,
-    pub params: Vec<Param>,
-    pub opt: AdamW,
+    pub params: Params<B>,
+    pub opt: AdamW<B>,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn save(
+pub fn save<B: Backend>(
     out: &Path,
     state: &TrainState,
-    params: &[Param],
-    opt: &AdamW,
+    params: &Params<B>,
+    opt: &AdamW<B>,
     adapter_cfg: &AdapterConfig,
     recipe_toml: &str,
     keep: usize,
@@ -94,8 +96,8 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).with_context(|| io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| io(&tmp))?;
-    write_adapter(params, adapter_cfg, &tmp.join("adapter"))?;
-    opt.save(params, &tmp.join("optimizer.safetensors"))?;
+    write_adapter(&params.to_host(), adapter_cfg, &tmp.join("adapter"))?;
+    opt.save(&params.slots, &tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("config.toml"), recipe_toml).with_context(|| io(&tmp))?;
     // state.json last: its presence marks the directory complete.
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?).with_context(|| io(&tmp))?;
@@ -110,14 +112,19 @@ pub fn save(
     Ok(dir)
 }
 
-/// Loads a checkpoint for parameters shaped like `like`.
-pub fn load(dir: &Path, like: &[Param], opt_cfg: AdamWConfig) -> Result<Checkpoint> {
+/// Loads a checkpoint for parameters laid out as `like`, onto `device`.
+pub fn load<B: Backend>(
+    dir: &Path,
+    like: &Params<B>,
+    opt_cfg: AdamWConfig,
+    device: &B::Device,
+) -> Result<Checkpoint<B>> {
     let ctx = || format!("{}: cannot resume from this checkpoint", dir.display());
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).with_context(ctx)?;
     let state: TrainState =
         serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint state", state_path.display()))?;
-    let params = read_adapter(like, &dir.join("adapter")).with_context(ctx)?;
-    let opt = AdamW::load(opt_cfg, like, &dir.join("optimizer.safetensors")).with_context(ctx)?;
+    let params = Params::from_host(&read_adapter(&like.slots, &dir.join("adapter")).with_context(ctx)?, device);
+    let opt = AdamW::load(opt_cfg, &like.slots, &dir.join("optimizer.safetensors"), device).with_context(ctx)?;
     Ok(Checkpoint { state, params, opt })
 }

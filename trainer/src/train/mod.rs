@@ -2,8 +2,8 @@
 //!
 //! - [`config`]: the TOML recipe, `--set` overrides, validation.
 //! - [`schedule`]: the learning rate at each step (`lr_at`).
-//! - [`optim`]: AdamW and gradient clipping on host copies of the LoRA matrices.
-//! - [`params`]: the LoRA matrices of a model, in and out, and PEFT adapter files.
+//! - [`optim`]: AdamW and gradient clipping, on the device, over the flat LoRA parameters.
+//! - [`params`]: the LoRA matrices of a model as one flat device tensor, in and out, and PEFT adapter files.
 //! - [`step`]: one optimizer step over a gradient-accumulation window; the eval loss.
 //! - [`eval`]: the metrics of `train.eval_metrics` on the eval set (loss, exact_match, choice).
 //! - [`checkpoint`]: `OUT/checkpoints/step-N/`, written atomically, for exact resume.

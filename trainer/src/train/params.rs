@@ -1,52 +1,144 @@
-//! The trainable parameters: every LoRA `A` and `B` of the model, as host [`Param`]s in a fixed order
-//! (layer, projection, A before B), and the way back into the model's tensors.
+//! The trainable parameters: every LoRA `A` and `B` of the model in a fixed order (layer, projection, A
+//! before B), kept on the model's device as ONE flat f32 tensor ([`Params`]), and the host form
+//! ([`Param`]) that adapter and checkpoint files are written from.
+//!
+//! Why flat: the optimizer then runs a dozen whole-buffer ops per step instead of a dozen per matrix (Gemma
+//! 2B with r = 16 on every projection has 252 of them: ~3,000 kernel launches a step on a GPU), and nothing
+//! crosses to the host in a step but the loss and the gradient norm. The model's adapters are views of the
+//! flat tensor (`slice` + `reshape`), made leaves of their own so autodiff gives one gradient per matrix.
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use lapidary_model::adapter::{linears_mut, peft_key, AdapterConfig};
 use lapidary_model::layers::lora::LoraAdapter;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::Gemma;
 
-use super::optim::{read_f32, write_f32_safetensors, Param};
+use super::optim::{read_f32, write_f32_safetensors};
+
+/// One trainable matrix on the host: a LoRA `A` or `B`, named by its PEFT key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`
+    pub name: String,
+    pub shape: [usize; 2],
+    pub value: Vec<f32>,
+}
+
+/// Where one matrix lives in the flat buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    /// The PEFT key.
+    pub name: String,
+    pub shape: [usize; 2],
+    /// First element in the flat buffer.
+    pub offset: usize,
+}
+
+impl Slot {
+    pub fn len(&self) -> usize {
+        self.shape[0] * self.shape[1]
+    }
+
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Every trainable matrix, end to end in one f32 tensor on the model's device.
+#[derive(Debug, Clone)]
+pub struct Params<B: Backend> {
+    pub slots: Vec<Slot>,
+    /// `[Σ len]`
+    pub flat: Tensor<B, 1>,
+}
 
 /// Every adapter of the model with its PEFT module path (`layers.3.mlp.up_proj`), in a fixed order.
 pub fn adapters_mut<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraAdapter<B>)> {
     linears_mut(model).into_iter().filter_map(|(module, lin)| lin.adapter.as_mut().map(|ad| (module, ad))).collect()
 }
 
-fn host<B: burn::tensor::backend::Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
+/// The slots of `shapes` (PEFT key, shape) laid end to end.
+fn layout(shapes: impl IntoIterator<Item = (String, [usize; 2])>) -> Vec<Slot> {
+    let mut offset = 0;
+    shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let s = Slot { name, shape, offset };
+            offset += s.len();
+            s
+        })
+        .collect()
+}
+
+impl<B: FrozenMatmul> Params<B> {
+    /// The adapters' current values, gathered on the device.
+    pub fn read(model: &mut Gemma<Autodiff<B>>) -> Self {
+        let mut shapes = Vec::new();
+        let mut parts = Vec::new();
+        for (module, ad) in adapters_mut(model) {
+            for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
+                shapes.push((peft_key(&module, ab), t.dims()));
+                parts.push(t.clone().inner().reshape([-1]));
+            }
+        }
+        let flat = if parts.is_empty() { Tensor::zeros([0], &model.device) } else { Tensor::cat(parts, 0) };
+        Self { slots: layout(shapes), flat }
+    }
+
+    /// Puts the values into the model as views of the flat tensor; `train` makes each a leaf that requires
+    /// gradients.
+    pub fn write(&self, model: &mut Gemma<Autodiff<B>>, train: bool) {
+        let view = |s: &Slot| {
+            let t =
+                Tensor::<Autodiff<B>, 2>::from_inner(self.flat.clone().narrow(0, s.offset, s.len()).reshape(s.shape));
+            if train {
+                t.require_grad()
+            } else {
+                t
+            }
+        };
+        for (i, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
+            ad.a = view(&self.slots[2 * i]);
+            ad.b = view(&self.slots[2 * i + 1]);
+        }
+    }
+}
+
+impl<B: Backend> Params<B> {
+    pub fn len(&self) -> usize {
+        self.slots.last().map_or(0, |s| s.offset + s.len())
+    }
+
+    /// Host copies, one per matrix (one download).
+    pub fn to_host(&self) -> Vec<Param> {
+        split(&self.slots, &download(&self.flat))
+    }
+
+    /// `like`'s layout with `values` (same names and shapes), uploaded in one piece.
+    pub fn from_host(values: &[Param], device: &B::Device) -> Self {
+        let slots = layout(values.iter().map(|p| (p.name.clone(), p.shape)));
+        let flat: Vec<f32> = values.iter().flat_map(|p| p.value.iter().copied()).collect();
+        Self { slots, flat: upload(flat, device) }
+    }
+}
+
+/// A flat f32 tensor's values.
+pub fn download<B: Backend>(t: &Tensor<B, 1>) -> Vec<f32> {
     t.to_data().convert::<f32>().to_vec().unwrap_or_default()
 }
 
-/// The adapters' current values.
-pub fn read_params<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<Param> {
-    let mut out = Vec::new();
-    for (module, ad) in adapters_mut(model) {
-        for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
-            let [r, c] = t.dims();
-            out.push(Param { name: peft_key(&module, ab), shape: [r, c], value: host(t) });
-        }
-    }
-    out
+pub fn upload<B: Backend>(v: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-/// Puts `params` into the model; `train` marks them as requiring gradients.
-pub fn write_params<B: FrozenMatmul>(model: &mut Gemma<B>, params: &[Param], train: bool) {
-    let device = model.device.clone();
-    let make = |p: &Param| {
-        let t = Tensor::<B, 2>::from_data(TensorData::new(p.value.clone(), p.shape.to_vec()), &device);
-        if train {
-            t.require_grad()
-        } else {
-            t
-        }
-    };
-    for (i, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
-        ad.a = make(&params[2 * i]);
-        ad.b = make(&params[2 * i + 1]);
-    }
+/// `flat` cut into the matrices of `slots`.
+pub fn split(slots: &[Slot], flat: &[f32]) -> Vec<Param> {
+    slots.iter().map(|s| Param { name: s.name.clone(), shape: s.shape, value: flat[s.range()].to_vec() }).collect()
 }
 
 /// Writes `params` as a PEFT adapter directory: `adapter_model.safetensors` (f32, PEFT's key names) and
@@ -63,7 +155,7 @@ pub fn write_adapter(params: &[Param], cfg: &AdapterConfig, dir: &Path) -> Resul
 }
 
 /// Reads the values of `like` (same names and shapes) from an adapter directory written by [`write_adapter`].
-pub fn read_adapter(like: &[Param], dir: &Path) -> Result<Vec<Param>> {
+pub fn read_adapter(like: &[Slot], dir: &Path) -> Result<Vec<Param>> {
     let path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -72,6 +164,6 @@ pub fn read_adapter(like: &[Param], dir: &Path) -> Result<Vec<Param>> {
         bail!("{}: {} tensors, this run trains {}", path.display(), st.len(), like.len());
     }
     like.iter()
-        .map(|p| Ok(Param { name: p.name.clone(), shape: p.shape, value: read_f32(&st, &path, &p.name, p.shape)? }))
+        .map(|s| Ok(Param { name: s.name.clone(), shape: s.shape, value: read_f32(&st, &path, &s.name, s.shape)? }))
         .collect()
 }

@@ -20,7 +20,7 @@ use super::config::Recipe;
 use super::eval::{EvalSet, Scores};
 use super::metrics::{Metrics, Row};
 use super::optim::{AdamW, AdamWConfig};
-use super::params::{read_params, write_adapter, write_params};
+use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
 use super::step::{check_finite, train_step};
 use crate::common::{BackendKind, Quant};
@@ -68,7 +68,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         Some(recipe.model.path.display().to_string()),
     );
     init_lora(&mut model, &adapter_cfg, t.seed)?;
-    let mut params = read_params(&mut model);
+    let mut params = Params::read(&mut model);
     let opt_cfg =
         AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay };
     let recipe_toml = recipe.to_toml()?;
@@ -87,9 +87,9 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
                     dir.join("config.toml").display()
                 );
             }
-            let ck = checkpoint::load(dir, &params, opt_cfg)?;
+            let ck = checkpoint::load(dir, &params, opt_cfg, &device)?;
             params = ck.params;
-            write_params(&mut model, &params, false);
+            params.write(&mut model, false);
             let batches = Batches::resume(&recipe.data.train, tokenizer.clone(), recipe.train_data(), &ck.state.data)
                 .with_context(|| format!("training data {}", recipe.data.train.display()))?;
             (ck.opt, ck.state, batches)
@@ -103,7 +103,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
                 tokens_seen: 0,
                 train_seconds: 0.0,
             };
-            (AdamW::new(opt_cfg, &params), state, batches)
+            (AdamW::new(opt_cfg, params.len(), &device), state, batches)
         }
     };
 
@@ -132,7 +132,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
         });
     }
 
-    let n_params: usize = params.iter().map(|p| p.value.len()).sum();
+    let n_params = params.len();
     let schedule = Schedule { kind: t.scheduler, lr: t.lr, warmup: t.warmup_steps, total: total_steps };
     let pb = progress(total_steps, state.step);
     let say = |pb: &ProgressBar, msg: String| {
@@ -165,13 +165,14 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
             metrics.log(Row::eval(step, &scores))?;
             Ok(Some(scores))
         };
-    let save = |state: &TrainState, params: &[_], opt: &AdamW, metrics: &Metrics, pb: &ProgressBar| -> Result<()> {
-        checkpoint::save(out, state, params, opt, &adapter_cfg, &recipe_toml, t.keep_checkpoints)?;
-        if let Err(e) = metrics.plot(out) {
-            say(pb, format!("warning: loss.png not drawn: {e}"));
-        }
-        Ok(())
-    };
+    let save =
+        |state: &TrainState, params: &Params<B>, opt: &AdamW<B>, metrics: &Metrics, pb: &ProgressBar| -> Result<()> {
+            checkpoint::save(out, state, params, opt, &adapter_cfg, &recipe_toml, t.keep_checkpoints)?;
+            if let Err(e) = metrics.plot(out) {
+                say(pb, format!("warning: loss.png not drawn: {e}"));
+            }
+            Ok(())
+        };
 
     let mut last_ckpt = resume_from.as_ref().map(|(s, _)| *s);
     let mut last_eval = None;
@@ -245,7 +246,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
     } else if let Err(e) = metrics.plot(out) {
         say(&pb, format!("warning: loss.png not drawn: {e}"));
     }
-    write_final_adapter(out, &params, &adapter_cfg)?;
+    write_final_adapter(out, &params.to_host(), &adapter_cfg)?;
     pb.finish_and_clear();
     let tps = state.tokens_seen as f64 / state.train_seconds.max(1e-9);
     let eval = last_eval.unwrap_or_default();
@@ -352,7 +353,7 @@ fn next_window(batches: &mut Batches, grad_accum: usize) -> Result<Vec<Batch>> {
 }
 
 /// `OUT/adapter/`, replaced as a whole: written beside it, then renamed over it.
-fn write_final_adapter(out: &Path, params: &[super::optim::Param], cfg: &AdapterConfig) -> Result<()> {
+fn write_final_adapter(out: &Path, params: &[Param], cfg: &AdapterConfig) -> Result<()> {
     let (dir, tmp) = (out.join("adapter"), out.join("adapter.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove", tmp.display()))?;

@@ -16,8 +16,8 @@ use lapidary_model::loss::shifted_targets;
 use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::{Gemma, TokenBatch};
 
-use super::optim::{clip_grad_norm, AdamW, Param};
-use super::params::{adapters_mut, write_params};
+use super::optim::{clip_grad_norm, AdamW};
+use super::params::{adapters_mut, Params};
 
 /// A data batch as the model takes it: positions restart per packed example, segments keep examples apart.
 pub fn token_batch(b: &Batch) -> TokenBatch {
@@ -59,20 +59,28 @@ impl std::fmt::Display for StepError {
     }
 }
 
-/// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches; also returns
-/// `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks. With `gc`, activations are recomputed
-/// layer by layer in the backward instead of kept (`lapidary_model::checkpointing`); same gradients.
+/// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches, as one flat
+/// tensor laid out as `params` (on the device: nothing is read back but each micro-batch's `Σ nll`); also
+/// returns `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks. With `gc`, activations are
+/// recomputed layer by layer in the backward instead of kept (`lapidary_model::checkpointing`); same gradients.
 pub fn window_grads<B: FrozenMatmul>(
     model: &mut Gemma<Autodiff<B>>,
-    params: &[Param],
+    params: &Params<B>,
     window: &[Batch],
     gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
-) -> (Vec<Vec<f32>>, f64) {
+) -> (Tensor<B, 1>, f64) {
     let n_window = window_targets(window).max(1) as f32;
-    let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.value.len()]).collect();
+    // Per matrix, summed over micro-batches; flattened into one tensor at the end.
+    let mut grads: Vec<Option<Tensor<B, 2>>> = vec![None; params.slots.len()];
+    let mut add = |k: usize, g: Tensor<B, 2>| {
+        grads[k] = Some(match grads[k].take() {
+            Some(acc) => acc + g,
+            None => g,
+        });
+    };
     let mut nll_total = 0f64;
-    write_params(model, params, true);
+    params.write(model, true);
     // With gc, gradients arrive by module name; param order is (layer, projection, A then B), the order
     // `adapters_mut` lists modules in.
     let index: HashMap<String, usize> = if gc {
@@ -90,8 +98,8 @@ pub fn window_grads<B: FrozenMatmul>(
             nll_total +=
                 model.nll_backward_checkpointed(&token_batch(b), &targets, &rt, 1.0 / n_window, |m, ga, gb| {
                     let j = index[m];
-                    accumulate(&mut grads[2 * j], ga);
-                    accumulate(&mut grads[2 * j + 1], gb);
+                    add(2 * j, ga);
+                    add(2 * j + 1, gb);
                 });
             continue;
         }
@@ -102,48 +110,55 @@ pub fn window_grads<B: FrozenMatmul>(
         for (j, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
             for (k, t) in [(2 * j, &ad.a), (2 * j + 1, &ad.b)] {
                 if let Some(gt) = t.grad(&g) {
-                    accumulate(&mut grads[k], gt);
+                    add(k, gt);
                 }
             }
         }
     }
-    // The model keeps plain (untracked) tensors between steps; evaluation then builds no graph.
-    write_params(model, params, false);
-    (grads, nll_total)
+    let device = model.device.clone();
+    let parts: Vec<Tensor<B, 1>> = grads
+        .into_iter()
+        .zip(&params.slots)
+        .map(|(g, s)| match g {
+            Some(g) => g.reshape([-1]),
+            // A matrix the loss does not reach (no targets in the window): zero gradient.
+            None => Tensor::zeros([s.len()], &device),
+        })
+        .collect();
+    let flat = if parts.is_empty() { Tensor::zeros([0], &device) } else { Tensor::cat(parts, 0) };
+    (flat, nll_total)
 }
 
-/// `acc += t`, on the host.
-fn accumulate<B: Backend>(acc: &mut [f32], t: Tensor<B, 2>) {
-    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
-    acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
-}
-
-/// One optimizer step: window gradients → clip → AdamW at `lr`. Nothing is updated if the loss or the
-/// gradient norm is not finite.
+/// One optimizer step: window gradients → clip → AdamW at `lr`, all on the model's device. Nothing is
+/// updated if the loss or the gradient norm is not finite. The model keeps plain (untracked) views of the
+/// parameters between steps, so evaluation builds no graph.
 #[allow(clippy::too_many_arguments)] // each is a per-step setting the caller owns; a struct would only rename them
 pub fn train_step<B: FrozenMatmul>(
     model: &mut Gemma<Autodiff<B>>,
-    params: &mut [Param],
-    opt: &mut AdamW,
+    params: &mut Params<B>,
+    opt: &mut AdamW<B>,
     window: &[Batch],
     lr: f64,
     max_grad_norm: f64,
     gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
 ) -> Result<StepStats, StepError> {
-    let (mut grads, nll) = window_grads(model, params, window, gc, dropout_seed);
+    let (grads, nll) = window_grads(model, params, window, gc, dropout_seed);
     let targets = window_targets(window);
     let loss = nll / targets.max(1) as f64;
-    if !loss.is_finite() {
-        return Err(StepError::NonFinite { what: "loss", value: loss });
-    }
-    let grad_norm = clip_grad_norm(&mut grads, max_grad_norm);
-    if !grad_norm.is_finite() {
-        return Err(StepError::NonFinite { what: "gradient norm", value: grad_norm });
-    }
-    opt.step(params, &grads, lr);
-    write_params(model, params, false);
-    Ok(StepStats { loss, grad_norm, tokens: window.iter().map(|b| b.n_tokens).sum() })
+    let result = if !loss.is_finite() {
+        Err(StepError::NonFinite { what: "loss", value: loss })
+    } else {
+        let (grads, grad_norm) = clip_grad_norm(grads, max_grad_norm);
+        if grad_norm.is_finite() {
+            params.flat = opt.step(params.flat.clone(), grads, lr);
+            Ok(StepStats { loss, grad_norm, tokens: window.iter().map(|b| b.n_tokens).sum() })
+        } else {
+            Err(StepError::NonFinite { what: "gradient norm", value: grad_norm })
+        }
+    };
+    params.write(model, false);
+    result
 }
 
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
