@@ -10,13 +10,12 @@
 //! strides) is passed as that buffer with the opposite flag, not copied; any other layout is made contiguous
 //! first.
 //!
-//! Synchronisation. CubeCL runs its kernels on a private non-blocking stream per thread, whose handle it does
-//! not expose, so the two cannot be ordered on the device: we wait for CubeCL's work (`client.sync()`) before
-//! the product and for ours (our stream's `synchronize`) after it. Both waits are host round trips (tens of
-//! µs) that also stop the host from queuing ahead; a cleaner way needs CubeCL to expose its `CUstream` (then
-//! one `cuStreamWaitEvent` each way, or cuBLAS on that very stream) and is left for when it matters.
-//! The output buffer comes from CubeCL's pool, allocated before the first wait, so it is ready when cuBLAS
-//! writes it, and CubeCL reads it only after the second.
+//! Synchronisation. CubeCL runs its kernels on a private stream per thread, whose handle it does not expose.
+//! `super::stream` finds it through CUPTI; then cuBLAS runs on that very stream and nothing waits on the
+//! host (the ordering argument is in that module). Where it cannot be found (or `LAPIDARY_CUBLAS_STREAM=sync`),
+//! the product runs on a stream of ours between two host waits: for CubeCL's work (`client.sync()`) before,
+//! for ours (our stream's `synchronize`) after. The output buffer comes from CubeCL's pool, allocated
+//! before the first wait, so it is ready when cuBLAS writes it, and CubeCL reads it only after the second.
 //!
 //! Status: compiles; not run on a GPU yet (`tests/gpu.rs` checks it against Burn's matmul).
 use std::ffi::c_void;
@@ -190,20 +189,29 @@ pub fn matmul(
     let res_a = client.get_resource(a.tensor.handle.clone()).map_err(server)?;
     let res_b = client.get_resource(b.tensor.handle.clone()).map_err(server)?;
     let res_c = client.get_resource(out.clone()).map_err(server)?;
-    // CubeCL's queued kernels (those writing A and B, the allocation of C) finish first.
-    cubecl::future::block_on(client.sync()).map_err(server)?;
+    // On CubeCL's stream, the blocking `get_resource` calls above have issued every kernel queued before
+    // them; on ours, those kernels (writing A and B, allocating C) must finish first.
+    let shared = super::stream::cubecl_stream(&client);
+    if shared.is_none() {
+        cubecl::future::block_on(client.sync()).map_err(server)?;
+    }
 
     let blas = blas()?;
     let blas = blas.lock().unwrap_or_else(|e| e.into_inner());
     blas.ctx.bind_to_thread().map_err(|e| CublasError::Driver(e.to_string()))?;
+    let stream = shared.unwrap_or(blas.stream.cu_stream());
+    // SAFETY: a live stream of GPU 0's primary context (CubeCL's streams are never destroyed).
+    unsafe { cudarc::cublas::result::set_stream(*blas.handle.handle(), stream as _) }
+        .map_err(|e| CublasError::Status(e.to_string()))?;
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let compute = match (dtype, math) {
         (DType::F32, Math::Tf32) => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         _ => cublasComputeType_t::CUBLAS_COMPUTE_32F,
     };
     let (alpha, beta) = (1f32, 0f32);
-    // SAFETY: the pointers are live CubeCL buffers (the `ManagedResource`s keep them allocated until after the
-    // synchronisation below), of the dtype and extent the sizes, leading dimensions and batch strides
+    // SAFETY: the pointers are live CubeCL buffers (the `ManagedResource`s keep them allocated until the
+    // product is queued; on CubeCL's stream later reuse of the memory is queued after it, on ours we wait
+    // for it below), of the dtype and extent the sizes, leading dimensions and batch strides
     // describe (checked above: `ld` is at least the row length of each row-major buffer, the batch steps
     // uniformly); alpha and beta are host f32, as `CUBLAS_COMPUTE_32F*` requires.
     unsafe {
@@ -234,7 +242,9 @@ pub fn matmul(
         )
     }
     .map_err(|e| CublasError::Status(e.to_string()))?;
-    blas.stream.synchronize().map_err(|e| CublasError::Driver(e.to_string()))?;
+    if shared.is_none() {
+        blas.stream.synchronize().map_err(|e| CublasError::Driver(e.to_string()))?;
+    }
     drop((res_a, res_b, res_c));
     let mut shape = lead;
     shape.extend([m, n]);

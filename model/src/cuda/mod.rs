@@ -15,6 +15,7 @@
 //! it against the CPU backend where one is present.
 pub mod cublas;
 pub mod device;
+pub mod stream;
 
 use std::sync::OnceLock;
 
