@@ -38,8 +38,10 @@ pub mod wgpu;
 use std::sync::Arc;
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::DType;
 use burn_cubecl::element::BoolElement;
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::matmul::{self, MatmulStrategy};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 
@@ -49,17 +51,40 @@ use crate::quant::linear::PackedWeight;
 
 /// A CubeCL runtime, and how it multiplies matrices when a vendor library can do better than Burn.
 pub trait Gemm: CubeRuntime {
-    /// `a · bᵀ` (`transpose_b`) or `a · b` for float `a` and `b` (2-D, or batches with the same leading
-    /// dimensions), through a vendor library; `None` to leave it to Burn's matmul (the default).
-    fn vendor_matmul(a: &CubeTensor<Self>, b: &CubeTensor<Self>, transpose_b: bool) -> Option<CubeTensor<Self>> {
-        let _ = (a, b, transpose_b);
+    /// `a · bᵀ` (`transpose_b`) or `a · b` for float `a` and `b` of one dtype (2-D, or batches with the same
+    /// leading dimensions), through a vendor library, the result in `out` (the inputs' dtype, or f32);
+    /// `None` to leave it to Burn's matmul (the default).
+    fn vendor_matmul(
+        a: &CubeTensor<Self>,
+        b: &CubeTensor<Self>,
+        transpose_b: bool,
+        out: DType,
+    ) -> Option<CubeTensor<Self>> {
+        let _ = (a, b, transpose_b, out);
         None
+    }
+
+    /// How Burn's matmul picks its kernel where the vendor product does not run: autotuned (the default).
+    fn burn_matmul_strategy() -> MatmulStrategy {
+        MatmulStrategy::default()
     }
 }
 
-/// `a · op(b)`: the runtime's vendor product when it has one, else Burn's matmul.
+/// `a · op(b)` in the inputs' dtype: the runtime's vendor product when it has one, else Burn's matmul.
 fn product<R: Gemm, BT: BoolElement>(a: CubeTensor<R>, b: CubeTensor<R>, transpose_b: bool) -> CubeTensor<R> {
-    if let Some(c) = R::vendor_matmul(&a, &b, transpose_b) {
+    let dtype = a.dtype;
+    product_as::<R, BT>(a, b, transpose_b, dtype)
+}
+
+/// [`product`] with the result in `out` (the inputs' dtype, or f32): a vendor library writes its f32
+/// accumulator directly; Burn's matmul (which returns the inputs' dtype) is cast.
+pub(crate) fn product_as<R: Gemm, BT: BoolElement>(
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
+    transpose_b: bool,
+    out: DType,
+) -> CubeTensor<R> {
+    if let Some(c) = R::vendor_matmul(&a, &b, transpose_b, out) {
         return c;
     }
     let b = if transpose_b { CubeBackend::<R, f32, i32, BT>::float_transpose(b) } else { b };
@@ -68,7 +93,13 @@ fn product<R: Gemm, BT: BoolElement>(a: CubeTensor<R>, b: CubeTensor<R>, transpo
     // one batch is right; `tests::batched_products_of_transposed_views_equal_cpu`): batched operands go
     // in contiguous.
     let (a, b) = if a.meta.shape().num_dims() > 2 { (into_contiguous(a), into_contiguous(b)) } else { (a, b) };
-    CubeBackend::<R, f32, i32, BT>::float_matmul(a, b)
+    let dtype = a.dtype;
+    let c = match matmul::matmul(a.clone(), b.clone(), None, R::burn_matmul_strategy(), dtype) {
+        Ok(c) => c,
+        // A strategy that cannot take these operands: Burn's own dispatch, as `float_matmul` would.
+        Err(_) => CubeBackend::<R, f32, i32, BT>::float_matmul(a, b),
+    };
+    crate::compute::cast_prim::<CubeBackend<R, f32, i32, BT>>(c, out)
 }
 
 impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {

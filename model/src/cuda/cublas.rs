@@ -153,6 +153,20 @@ pub fn matmul(
     transpose_b: bool,
     math: Math,
 ) -> Result<CubeTensor<CudaRuntime>, CublasError> {
+    let dtype = a.dtype;
+    matmul_as(a, b, transpose_a, transpose_b, dtype, math)
+}
+
+/// [`matmul`] with the result in `out`: the inputs' dtype, or f32 for bf16/f16 inputs (the f32 accumulator
+/// written as it is, e.g. attention's scores before an f32 softmax, with no rounding to 16 bits between).
+pub fn matmul_as(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    transpose_a: bool,
+    transpose_b: bool,
+    out_dtype: DType,
+    math: Math,
+) -> Result<CubeTensor<CudaRuntime>, CublasError> {
     let (da, db) = (a.dtype, b.dtype);
     let unsupported = |why: String| CublasError::Unsupported { a: da, b: db, why };
     let (ra, rb) = (a.meta.num_dims(), b.meta.num_dims());
@@ -169,7 +183,11 @@ pub fn matmul(
     let Some(dt) = data_type(a.dtype) else {
         return Err(unsupported("not a float type cuBLAS multiplies here".to_string()));
     };
-    let (dtype, client, device) = (a.dtype, a.client.clone(), a.device.clone());
+    if out_dtype != a.dtype && out_dtype != DType::F32 {
+        return Err(unsupported(format!("a {out_dtype:?} result (the inputs' dtype or f32)")));
+    }
+    let dt_out = data_type(out_dtype).expect("f32 or the inputs' float dtype");
+    let (dtype, client, device) = (out_dtype, a.client.clone(), a.device.clone());
     let (a, b) = (operand(a, transpose_a), operand(b, transpose_b));
     let (m, k, n, batch) = (a.rows, a.cols, b.cols, a.batch);
     if b.rows != k {
@@ -204,7 +222,7 @@ pub fn matmul(
     unsafe { cudarc::cublas::result::set_stream(*blas.handle.handle(), stream as _) }
         .map_err(|e| CublasError::Status(e.to_string()))?;
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-    let compute = match (dtype, math) {
+    let compute = match (a.tensor.dtype, math) {
         (DType::F32, Math::Tf32) => cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         _ => cublasComputeType_t::CUBLAS_COMPUTE_32F,
     };
@@ -233,7 +251,7 @@ pub fn matmul(
             a.batch_stride as i64,
             &beta as *const f32 as *const c_void,
             res_c.resource().ptr as *mut c_void,
-            dt,
+            dt_out,
             n as i32,
             (m * n) as i64,
             batch as i32,

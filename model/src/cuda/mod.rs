@@ -19,6 +19,7 @@ pub mod stream;
 
 use std::sync::OnceLock;
 
+use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 
 use crate::cube::Gemm;
@@ -41,9 +42,14 @@ pub fn cublas_math() -> Option<Math> {
 /// reported once on stderr and the product falls back to Burn's, which is slower but gives the same result:
 /// the trait's methods cannot return an error.
 impl Gemm for CudaRuntime {
-    fn vendor_matmul(a: &CubeTensor<Self>, b: &CubeTensor<Self>, transpose_b: bool) -> Option<CubeTensor<Self>> {
+    fn vendor_matmul(
+        a: &CubeTensor<Self>,
+        b: &CubeTensor<Self>,
+        transpose_b: bool,
+        out: DType,
+    ) -> Option<CubeTensor<Self>> {
         let math = cublas_math()?;
-        match cublas::matmul(a.clone(), b.clone(), false, transpose_b, math) {
+        match cublas::matmul_as(a.clone(), b.clone(), false, transpose_b, out, math) {
             Ok(c) => Some(c),
             Err(e) => {
                 static WARNED: OnceLock<()> = OnceLock::new();
