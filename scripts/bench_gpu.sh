@@ -11,12 +11,13 @@
 #   CASES="512x8:gc 1024x4:gc" bash scripts/bench_gpu.sh ours peer
 #
 # usage: scripts/bench_gpu.sh [PART...]   PART: check tests ours peer paths mem (default: ours peer)
-#   check  nvidia-smi, where cuBLAS/NVRTC/CUDA come from, a 270M-shape step with each switch of
-#          lapidary_model::cuda (cuBLAS f32 / TF32 / Burn's matmul; device / host dequantization)
+#   check  nvidia-smi, where cuBLAS/NVRTC/CUPTI/CUDA come from, a 270M-shape step with each switch of
+#          lapidary_model::cuda (cuBLAS on CubeCL's stream / with host waits, f32 / TF32 / Burn's matmul;
+#          device / host dequantization): the losses should agree
 #   tests  the carried tests/gpu.rs binary (TESTBIN, default .devbuild/gpu-tests[.xz])
 #   ours   lapidary on each case of CASES;  peer  the peer on each case of CASES
-#   paths  lapidary on the first case with LAPIDARY_CUBLAS=0, =tf32, LAPIDARY_DEQUANT=host and in f32 (what
-#          each buys)
+#   paths  lapidary on the first case with LAPIDARY_CUBLAS_STREAM=sync, LAPIDARY_CUBLAS=0, =tf32,
+#          LAPIDARY_DEQUANT=host and in f32 (what each buys)
 #   mem    lapidary on the first case for MEM_STEPS steps, memory every 10 (`--mem-trace`): flat or growing?
 # env:   BIN     the lapidary binary built with --features cuda (default .devbuild/lapidary, or that .xz)
 #        PYTHON  a python with torch, transformers, peft (default python3; the GPU machine's has them)
@@ -51,11 +52,13 @@ if [ ! -x "$bin" ] && [ -f "$bin.xz" ]; then bin=$(unxz "$bin.xz"); fi
 [ -x "$bin" ] || { echo "no lapidary binary at $bin (build it with --features cuda and carry it; see the header)" >&2; exit 2; }
 mkdir -p docs/bench
 
-# cuBLAS and NVRTC are loaded at run time: the CUDA toolkit's, else the pip wheels' next to torch.
-libdirs=$({ ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null || true
+# cuBLAS, NVRTC and CUPTI (lapidary_model::cuda::stream) are loaded at run time: the CUDA toolkit's, else the
+# pip wheels' next to torch.
+libdirs=$({ ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/extras/CUPTI/lib64 \
+              2>/dev/null || true
             "$py" -c 'import glob, os, site
 for s in site.getsitepackages():
-    for lib in ("libcublas.so*", "libnvrtc.so*"):
+    for lib in ("libcublas.so*", "libnvrtc.so*", "libcupti.so*"):
         for f in glob.glob(os.path.join(s, "nvidia", "**", lib), recursive=True):
             print(os.path.dirname(f))' 2>/dev/null || true; } | sort -u | paste -sd: -)
 export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -96,7 +99,7 @@ for p in $parts; do
       nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv || true
       echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
       ls /usr/local/cuda/include/cuda.h 2>/dev/null || echo "no /usr/local/cuda/include (set CUDA_PATH)"
-      for e in LAPIDARY_CUBLAS=1 LAPIDARY_CUBLAS=tf32 LAPIDARY_CUBLAS=0 LAPIDARY_DEQUANT=host; do
+      for e in LAPIDARY_CUBLAS=1 LAPIDARY_CUBLAS_STREAM=sync LAPIDARY_CUBLAS=tf32 LAPIDARY_CUBLAS=0 LAPIDARY_DEQUANT=host; do
         echo "== $e"
         env "$e" "$bin" bench --model gemma3-270m --backend cuda --seq 64 --batch 1 --warmup 1 --steps 2 --json || true
         env "$e" "$bin" bench --model gemma3-270m --backend cuda --seq 64 --batch 1 --warmup 1 --steps 2 --json \
@@ -111,7 +114,7 @@ for p in $parts; do
     ours) for c in $cases; do ours "$c"; done ;;
     peer) for c in $cases; do peer "$c"; done ;;
     paths)
-      for e in LAPIDARY_CUBLAS=0 LAPIDARY_CUBLAS=tf32 LAPIDARY_DEQUANT=host; do ours "$first" "$e"; done
+      for e in LAPIDARY_CUBLAS_STREAM=sync LAPIDARY_CUBLAS=0 LAPIDARY_CUBLAS=tf32 LAPIDARY_DEQUANT=host; do ours "$first" "$e"; done
       dtype=f32 ours "$first" ;;
     mem) steps=$mem_steps ours "$first" -- --mem-trace 10 ;;
     *) echo "unknown part $p (check tests ours peer paths mem)" >&2; exit 2 ;;

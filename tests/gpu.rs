@@ -171,9 +171,11 @@ mod gpu {
         checks::dequant_equals_host::<CudaRuntime, u8>(&shapes, &Default::default()).unwrap();
     }
 
-    /// The attention kernels (cuBLAS products around one softmax kernel each way) against the CPU.
+    /// The attention kernels (cuBLAS products around one softmax kernel each way) against the CPU, in f32
+    /// and in bf16 (bf16 products, `P` and `dS` rounded to bf16 as FlashAttention does).
     pub fn attention_equals_cpu() {
-        checks::attention_equals_cpu::<CudaGpu>(tolerance() as f32).unwrap();
+        checks::attention_equals_cpu::<CudaGpu>(tolerance() as f32, DType::F32).unwrap();
+        checks::attention_equals_cpu::<CudaGpu>(2e-2, DType::BF16).unwrap();
     }
 
     /// The RMSNorm kernels against the CPU.
@@ -262,6 +264,23 @@ mod gpu {
         let err = scaled_err(&got, &want);
         eprintln!("cuBLAS bf16: {err:e}");
         assert!(err < 2e-2, "cuBLAS bf16: {err:e} of scale");
+        // bf16 in, the f32 accumulator out (attention's scores): the CPU's f32 product of the same
+        // bf16-rounded values, to f32 rounding (products of bf16 values are exact in f32).
+        let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<_>>();
+        let (ar, br) = (round(&a), round(&b));
+        let want_r = Tensor::<FlexCpu, 2>::from_data(TensorData::new(ar.clone(), [m, k]), &cpu)
+            .matmul(Tensor::from_data(TensorData::new(br.clone(), [k, n]), &cpu))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let bf = |v: &[f32], shape: [usize; 2]| prim(on_gpu(v, shape).cast(DType::BF16));
+        let c = cublas::matmul_as(bf(&ar, [m, k]), bf(&br, [k, n]), false, false, DType::F32, Math::F32)
+            .expect("bf16 product with an f32 result");
+        let c = Tensor::<CudaGpu, 2>::from_primitive(TensorPrimitive::Float(c));
+        assert_eq!(c.dtype(), DType::F32, "the f32 accumulator comes out as f32");
+        let err = scaled_err(&host(c), &want_r);
+        eprintln!("cuBLAS bf16 -> f32: {err:e}");
+        assert!(err < 1e-5, "cuBLAS bf16 -> f32: {err:e} of scale");
     }
 
     fn fixture_rows(gen: &str) -> Vec<Vec<u32>> {

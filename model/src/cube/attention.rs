@@ -6,7 +6,7 @@
 //! The Burn-op version (`fused_attention::forward_generic`) builds the `[batch, 1, seq, keys]` additive bias
 //! on the host and uploads it every call, then runs ~8 kernels over the `[batch, heads, seq, keys]` scores
 //! forward and ~15 backward, each reading and writing all of them. Here:
-//! - forward: `S = q·kᵀ` (one batched product, f32), then [`softmax_rows`] — one cube per row of `S`:
+//! - forward: `S = q·kᵀ` (one batched product, f32 out), then [`softmax_rows`] — one cube per row of `S`:
 //!   scaling, softcap, mask, max, sum, written back in place as the probabilities `P`, and the row's
 //!   log-sum-exp — then `out = P·v`;
 //! - backward: `S` again and `dP = dout·vᵀ`, then [`softmax_backward`], elementwise: `P = exp(z − lse)`
@@ -14,8 +14,13 @@
 //!   `dv = Pᵀ·dout`, `dq = dS·k`, `dk = dSᵀ·q`.
 //!
 //! So the scores of one call exist (once forward, twice backward) but nothing of that size outlives the call,
-//! and the host builds nothing per key. In f32 whatever the inputs' dtype, as the Burn-op version (and
-//! transformers' softmax). A masked score is `z + MASKED` (`crate::layers::mask`), as the additive bias makes
+//! and the host builds nothing per key.
+//!
+//! Dtypes. The products take the inputs' dtype (bf16 with `--dtype bf16`: tensor cores; f32 products would
+//! be ~15× slower on a Hopper GPU, and at 4096 tokens attention is ~10 TFLOP a Gemma-2B step). `S` and `dP`
+//! come out of the product as its f32 accumulator, the kernels work in f32 (as the Burn-op version and
+//! transformers' softmax), and `P` and `dS` are rounded to the inputs' dtype for the products after them,
+//! as FlashAttention and PyTorch's bf16 sdpa do. In f32 nothing is rounded. A masked score is `z + MASKED` (`crate::layers::mask`), as the additive bias makes
 //! it, so a row that sees no key gets the Burn-op version's uniform weights rather than NaN.
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_cubecl::element::BoolElement;
@@ -25,7 +30,7 @@ use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
 use super::launch::{arg, cube_row, reduce, row_grid, softcap, ROW_UNITS};
-use super::Gemm;
+use super::{product_as, Gemm};
 use crate::compute::{cast, cast_prim};
 use crate::fused_attention::{dims, prim, t4, AttnSpec};
 use crate::layers::mask::{AttnMask, MASKED};
@@ -232,11 +237,11 @@ pub fn forward<R: Gemm, BT: BoolElement>(
     spec: &AttnSpec,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let dt = q.dtype;
-    let [q, k, v] = [q, k, v].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, DType::F32)));
+    let [q, k, v] = [q, k, v].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, dt)));
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let device = q.device();
     let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
-    let scores = owned(prim(dense(qg, k.swap_dims(1, 2).swap_dims(2, 3))));
+    let scores = owned(product_as::<R, BT>(prim(qg), prim(k.swap_dims(1, 2)), true, DType::F32));
     let lse = Tensor::<Cube<R, BT>, 3>::empty([b, s, h], &device).into_primitive().tensor();
     let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
@@ -262,9 +267,9 @@ pub fn forward<R: Gemm, BT: BoolElement>(
         mask.segmented,
         ROW_UNITS,
     );
-    let p = t4::<Cube<R, BT>>(scores);
+    let p = cast(t4::<Cube<R, BT>>(scores), dt);
     let out = dense(p, v.swap_dims(1, 2)).reshape([b, h, s, d]).swap_dims(1, 2);
-    (prim(cast(out, dt)), lse)
+    (prim(out), lse)
 }
 
 /// `(dq, dk, dv)` in the inputs' dtypes.
@@ -278,8 +283,8 @@ pub fn backward<R: Gemm, BT: BoolElement>(
     dout: CubeTensor<R>,
     spec: &AttnSpec,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let dts = [q.dtype, k.dtype, v.dtype];
-    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, DType::F32)));
+    let (dts, dt) = ([q.dtype, k.dtype, v.dtype], q.dtype);
+    let [q, k, v, out, dout] = [q, k, v, out, dout].map(|x| t4::<Cube<R, BT>>(cast_prim::<Cube<R, BT>>(x, dt)));
     let lse = into_contiguous(cast_prim::<Cube<R, BT>>(lse, DType::F32));
     let (b, s, t, h, kvh, d) = dims(&q, &k);
     let device = q.device();
@@ -287,9 +292,9 @@ pub fn backward<R: Gemm, BT: BoolElement>(
     let group = |x: Tensor<Cube<R, BT>, 4>| x.swap_dims(1, 2).reshape([b, kvh, rep_s, d]);
     let (qg, dog) = (group(q), group(dout));
     let (kt, vt) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
-    let dsum = into_contiguous(prim((dog.clone() * group(out)).sum_dim(3)));
-    let scores = owned(prim(dense(qg.clone(), kt.clone().swap_dims(2, 3))));
-    let dp = owned(prim(dense(dog.clone(), vt.swap_dims(2, 3))));
+    let dsum = into_contiguous(prim((cast(dog.clone(), DType::F32) * cast(group(out), DType::F32)).sum_dim(3)));
+    let scores = owned(product_as::<R, BT>(prim(qg.clone()), prim(kt.clone()), true, DType::F32));
+    let dp = owned(product_as::<R, BT>(prim(dog.clone()), prim(vt), true, DType::F32));
     let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
     let n = b * h * s * t;
@@ -315,7 +320,7 @@ pub fn backward<R: Gemm, BT: BoolElement>(
         mask.window,
         mask.segmented,
     );
-    let (p, ds) = (t4::<Cube<R, BT>>(scores), t4::<Cube<R, BT>>(dp));
+    let (p, ds) = (cast(t4::<Cube<R, BT>>(scores), dt), cast(t4::<Cube<R, BT>>(dp), dt));
     let dv = dense(p.swap_dims(2, 3), dog).swap_dims(1, 2);
     let dq = dense(ds.clone(), kt).reshape([b, h, s, d]).swap_dims(1, 2);
     let dk = dense(ds.swap_dims(2, 3), qg).swap_dims(1, 2);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::element::BoolElement;
 
 use super::Gemm;
@@ -81,11 +81,14 @@ fn attn_spec(&(b, s, t, _, _, d, window, softcap, packed): &AttnCase) -> AttnSpe
     AttnSpec { mask: Arc::new(AttnMask::new(b, q, k, window)), scaling: 1.0 / (d as f64).sqrt(), softcap }
 }
 
-/// `[out, lse, dq, dk, dv]` of `B::attend_lse` and `B::attend_backward` on `(q, k, v, dout)`.
-fn attention_on<B: FrozenMatmul>(data: &[(Vec<f32>, [usize; 4]); 4], spec: &AttnSpec) -> Vec<Vec<f32>> {
+/// `[out, lse, dq, dk, dv]` of `B::attend_lse` and `B::attend_backward` on `(q, k, v, dout)` held in
+/// `dtype`, read back as f32.
+fn attention_on<B: FrozenMatmul>(data: &[(Vec<f32>, [usize; 4]); 4], spec: &AttnSpec, dtype: DType) -> Vec<Vec<f32>> {
     let device = Default::default();
     let t = |(v, s): &(Vec<f32>, [usize; 4])| {
-        Tensor::<B, 4>::from_data(TensorData::new(v.clone(), *s), &device).into_primitive().tensor()
+        crate::compute::cast(Tensor::<B, 4>::from_data(TensorData::new(v.clone(), *s), &device), dtype)
+            .into_primitive()
+            .tensor()
     };
     let back = |p| host(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(p)));
     let (out, lse) = B::attend_lse(t(&data[0]), t(&data[1]), t(&data[2]), spec);
@@ -96,25 +99,30 @@ fn attention_on<B: FrozenMatmul>(data: &[(Vec<f32>, [usize; 4]); 4], spec: &Attn
 
 /// Backend `B`'s attention (output, log-sum-exp, and the three gradients) against burn-flex's host kernel —
 /// itself checked against autodiff through transformers' formulation in `crate::ops` — within `tol` of each
-/// result's scale, on [`ATTN_CASES`].
-pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32) -> Result<(), String> {
+/// result's scale, on [`ATTN_CASES`]. With `dtype` bf16, `B` gets the inputs in bf16 and the CPU the same
+/// (bf16-rounded) values in f32: `B`'s own roundings (`P` and `dS` to bf16, the outputs) are what differs.
+pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32, dtype: DType) -> Result<(), String> {
+    let round = |v: Vec<f32>| match dtype {
+        DType::BF16 => v.into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect(),
+        _ => v,
+    };
     for (n, case) in ATTN_CASES.iter().enumerate() {
         let &(b, s, t, h, kvh, d, ..) = case;
         let spec = attn_spec(case);
         let (qs, ks) = ([b, s, h, d], [b, t, kvh, d]);
         let data = [
-            (values(qs.iter().product(), 1, 3.0), qs),
-            (values(ks.iter().product(), 2, 3.0), ks),
-            (values(ks.iter().product(), 3, 1.0), ks),
-            (values(qs.iter().product(), 4, 1.0), qs),
+            (round(values(qs.iter().product(), 1, 3.0)), qs),
+            (round(values(ks.iter().product(), 2, 3.0)), ks),
+            (round(values(ks.iter().product(), 3, 1.0)), ks),
+            (round(values(qs.iter().product(), 4, 1.0)), qs),
         ];
-        let got = attention_on::<B>(&data, &spec);
-        let want = attention_on::<FlexCpu>(&data, &spec);
+        let got = attention_on::<B>(&data, &spec, dtype);
+        let want = attention_on::<FlexCpu>(&data, &spec, DType::F32);
         for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
             let err = scaled_err(&got[i], &want[i]);
             if err.is_nan() || err >= tol {
                 return Err(format!(
-                    "attention case {n} {case:?} {what}: differs from the CPU by {err:e} of its scale"
+                    "attention ({dtype:?}) case {n} {case:?} {what}: differs from the CPU by {err:e} of its scale"
                 ));
             }
         }

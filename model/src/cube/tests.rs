@@ -205,7 +205,7 @@ fn attention_kernels_equal_cpu() {
     if !adapter() {
         return;
     }
-    attention_equals_cpu::<WgpuGpu>(1e-5).unwrap();
+    attention_equals_cpu::<WgpuGpu>(1e-5, burn::tensor::DType::F32).unwrap();
 }
 
 /// The RMSNorm kernels against the CPU.
