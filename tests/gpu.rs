@@ -66,6 +66,7 @@ macro_rules! gpu_tests {
 
 gpu_tests!(
     kernels_equal_host_dequantization,
+    dropout_equals_host,
     attention_equals_cpu,
     rms_norm_equals_cpu,
     lm_head_equals_cpu,
@@ -169,6 +170,11 @@ mod gpu {
     pub fn kernels_equal_host_dequantization() {
         let shapes = [[3, 7], [33, 130], [300, 64], [2048, 1024]];
         checks::dequant_equals_host::<CudaRuntime, u8>(&shapes, &Default::default()).unwrap();
+    }
+
+    /// The dropout-mask kernel against the host's generator, element for element.
+    pub fn dropout_equals_host() {
+        checks::dropout_equals_host::<CudaGpu>().unwrap();
     }
 
     /// The attention kernels (cuBLAS products around one softmax kernel each way) against the CPU, in f32

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use burn::tensor::activation::gelu_approximate;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -38,6 +38,12 @@ pub trait FrozenMatmul: Backend {
     /// matmul; CUDA: cuBLAS (`crate::cube::Gemm`).
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(a, b)
+    }
+
+    /// LoRA dropout's `[rows, cols]` mask for `seed` (`crate::layers::dropout`: 0 or `1 / (1 − p)`, the same
+    /// values on every backend), made where it is used. On `Autodiff`, a constant.
+    fn dropout_mask(shape: [usize; 2], p: f64, seed: u64, device: &Self::Device) -> FloatTensor<Self> {
+        crate::layers::dropout::mask_host::<Self>(shape, p, seed, device)
     }
 
     /// `(Σ −log softmax(cap(h·Eᵀ))[target] as [1], its gradient with respect to `hidden` [n, h] when `grad`)`
@@ -342,6 +348,10 @@ unary_backward!(
 );
 
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    fn dropout_mask(shape: [usize; 2], p: f64, seed: u64, device: &Self::Device) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::dropout_mask(shape, p, seed, device))
+    }
+
     /// Tracked, with both products of the backward through the inner backend's `dense_matmul` too (cuBLAS on
     /// CUDA; Burn's autodiff matmul would run Burn's). Same leading dimensions only (no broadcasting).
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {

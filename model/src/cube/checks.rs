@@ -54,6 +54,25 @@ pub fn dequant_equals_host<R: Gemm, BT: BoolElement>(shapes: &[[usize; 2]], devi
     Ok(())
 }
 
+/// Backend `B`'s dropout masks against the host's (`crate::layers::dropout`), element for element: the
+/// generator is integer arithmetic, so they must be identical; shapes with a partial last cube and more
+/// elements than one grid row of cubes, seeds with high bits set.
+pub fn dropout_equals_host<B: FrozenMatmul>() -> Result<(), String> {
+    let device = Default::default();
+    for (shape, p, seed) in [([3, 7], 0.1, 1u64), ([1000, 777], 0.05, 0xdead_beef_0123_4567), ([64, 2048], 0.5, 9)] {
+        let got =
+            host(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::dropout_mask(shape, p, seed, &device))));
+        let want = crate::layers::dropout::mask_values(shape[0] * shape[1], p, seed);
+        if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+            return Err(format!(
+                "dropout {shape:?} p {p} seed {seed:#x}: element {i} is {} on the device, {} on the host",
+                got[i], want[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `(batch, queries, keys, heads, kv heads, head dim, window, softcap, packed)`.
 type AttnCase = (usize, usize, usize, usize, usize, usize, Option<usize>, Option<f64>, bool);
 

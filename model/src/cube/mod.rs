@@ -13,6 +13,7 @@
 //! weight every call (the slow path every backend has, kept as the reference) instead of the kernels.
 //!
 //! - `geglu`, `rope`, `rms_norm`: GeGLU and RMSNorm forward and backward, RoPE, one kernel each;
+//! - `dropout`: LoRA dropout's mask, made on the device (the host's values, by a counter-based generator);
 //! - `attention`: the vendor products around one softmax kernel each way, the mask computed on the device
 //!   from positions and segments (nothing per key built on the host);
 //! - `lm_head`: the LM-head loss's chunks as two vendor products around one kernel (softcap, softmax, the
@@ -25,6 +26,7 @@
 pub mod attention;
 pub mod checks;
 pub mod dequant;
+pub mod dropout;
 pub mod geglu;
 mod launch;
 pub mod lm_head;
@@ -113,6 +115,11 @@ impl<R: Gemm, BT: BoolElement> FrozenMatmul for CubeBackend<R, f32, i32, BT> {
     /// The LM head's and attention's products: the runtime's vendor product when it has one.
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         product::<R, BT>(a, b, false)
+    }
+
+    /// LoRA dropout's mask made on the device, one kernel (`dropout`).
+    fn dropout_mask(shape: [usize; 2], p: f64, seed: u64, device: &Self::Device) -> FloatTensor<Self> {
+        dropout::mask::<R>(shape, p, seed, device)
     }
 
     /// RoPE as one kernel (`rope`); its backward is the same call with `−sin`.

@@ -23,7 +23,8 @@ use crate::quant::QuantKind;
 use crate::ModelFiles;
 
 use super::checks::{
-    attention_equals_cpu, dequant_equals_host, host, lm_head_equals_cpu, rms_norm_equals_cpu, scaled_err, values,
+    attention_equals_cpu, dequant_equals_host, dropout_equals_host, host, lm_head_equals_cpu, rms_norm_equals_cpu,
+    scaled_err, values,
 };
 
 /// Whether the wgpu runtime can run here; says why not on stderr.
@@ -249,4 +250,13 @@ fn batched_products_of_transposed_views_equal_cpu() {
         let err = scaled_err(&run::<WgpuGpu>(&a, &b, dims), &run::<FlexCpu>(&a, &b, dims));
         assert!(err < 1e-5, "{dims:?}: differs from the CPU by {err:e} of its scale");
     }
+}
+
+/// The dropout-mask kernel against the host's generator, element for element.
+#[test]
+fn dropout_kernel_equals_host() {
+    if !adapter() {
+        return;
+    }
+    dropout_equals_host::<WgpuGpu>().unwrap();
 }

@@ -4,7 +4,7 @@
 //! `A` kaiming-uniform with `a = √5` (i.e. uniform in ±1/√in), `B` zero, so a fresh adapter leaves the
 //! model unchanged. Only `A` and `B` are ever trainable; the base is a `FrozenLinear`.
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::{Rng, SeedableRng};
 
 use crate::compute::cast;
@@ -17,8 +17,9 @@ pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_pr
 /// How the adapters behave in this forward pass.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoraRuntime {
-    /// `Some(seed)` in training: dropout masks are drawn from a host RNG keyed by this seed and the layer, so
-    /// a resumed run draws the same masks as an uninterrupted one. `None`: no dropout (evaluation).
+    /// `Some(seed)` in training: dropout masks are a function of this seed, the layer and the element
+    /// (`crate::layers::dropout`), so a resumed run draws the same masks as an uninterrupted one, on any
+    /// backend. `None`: no dropout (evaluation).
     pub dropout_seed: Option<u64>,
 }
 
@@ -77,7 +78,8 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         // PEFT casts the input to the adapter's dtype (f32) and the branch's output to the base's.
         let mut x2 = cast(x.reshape([b * s, i]), ad.a.dtype());
         if let (Some(seed), true) = (rt.dropout_seed, ad.dropout > 0.0) {
-            x2 = x2.clone() * dropout_mask::<B>([b * s, i], ad.dropout, seed ^ self.key, &x2.device());
+            let mask = B::dropout_mask([b * s, i], ad.dropout, seed ^ self.key, &x2.device());
+            x2 = x2.clone() * Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(mask));
         }
         // Through the backend's dense product (cuBLAS on CUDA, forward and backward).
         let delta = dense(dense(x2, ad.a.clone().transpose()), ad.b.clone().transpose()) * ad.scale;
@@ -85,12 +87,4 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         let dt = base.dtype();
         base + cast(delta.reshape([b, s, o]), dt)
     }
-}
-
-/// Inverted dropout: kept entries scaled by `1 / (1 - p)`.
-fn dropout_mask<B: Backend>(shape: [usize; 2], p: f64, seed: u64, device: &B::Device) -> Tensor<B, 2> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let v: Vec<f32> = (0..shape[0] * shape[1]).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
-    Tensor::from_data(TensorData::new(v, shape), device)
 }
