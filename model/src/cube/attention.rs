@@ -22,6 +22,8 @@
 //! transformers' softmax), and `P` and `dS` are rounded to the inputs' dtype for the products after them,
 //! as FlashAttention and PyTorch's bf16 sdpa do. In f32 nothing is rounded. A masked score is `z + MASKED` (`crate::layers::mask`), as the additive bias makes
 //! it, so a row that sees no key gets the Burn-op version's uniform weights rather than NaN.
+use std::sync::Arc;
+
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_cubecl::element::BoolElement;
 use burn_cubecl::kernel::into_contiguous;
@@ -184,6 +186,7 @@ fn softmax_backward(
 
 /// The mask's spans on the device, and the scalars the kernels take.
 struct DeviceMask<R: Gemm> {
+    device: R::Device,
     qpos: CubeTensor<R>,
     kpos: CubeTensor<R>,
     qseg: CubeTensor<R>,
@@ -202,12 +205,21 @@ impl<R: Gemm> DeviceMask<R> {
         let seg = |s: &Option<Vec<u32>>| ints(s.as_ref().map_or(vec![0], |s| s.iter().map(|&x| x as i32).collect()));
         let segmented = (mask.q.segments.is_some() && mask.k.segments.is_some()) as u32;
         Self {
+            device: device.clone(),
             qpos: pos(&mask.q.positions),
             kpos: pos(&mask.k.positions),
             qseg: seg(&mask.q.segments),
             kseg: seg(&mask.k.segments),
             window: mask.window.map_or(0, |w| w as i32),
             segmented,
+        }
+    }
+
+    /// The mask's device copy: uploaded by the first call that needs it on `device`, kept with the mask.
+    fn of<BT: BoolElement>(mask: &AttnMask, device: &R::Device) -> Arc<Self> {
+        match mask.device_copy(|| Self::upload::<BT>(mask, device)) {
+            Some(m) if &m.device == device => m,
+            _ => Arc::new(Self::upload::<BT>(mask, device)),
         }
     }
 }
@@ -243,7 +255,7 @@ pub fn forward<R: Gemm, BT: BoolElement>(
     let qg = q.swap_dims(1, 2).reshape([b, kvh, h / kvh * s, d]);
     let scores = owned(product_as::<R, BT>(prim(qg), prim(k.swap_dims(1, 2)), true, DType::F32));
     let lse = Tensor::<Cube<R, BT>, 3>::empty([b, s, h], &device).into_primitive().tensor();
-    let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
+    let mask = DeviceMask::<R>::of::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
     let rows = b * h * s;
     let client = scores.client.clone();
@@ -295,7 +307,7 @@ pub fn backward<R: Gemm, BT: BoolElement>(
     let dsum = into_contiguous(prim((cast(dog.clone(), DType::F32) * cast(group(out), DType::F32)).sum_dim(3)));
     let scores = owned(product_as::<R, BT>(prim(qg.clone()), prim(kt.clone()), true, DType::F32));
     let dp = owned(product_as::<R, BT>(prim(dog.clone()), prim(vt), true, DType::F32));
-    let mask = DeviceMask::<R>::upload::<BT>(&spec.mask, &device);
+    let mask = DeviceMask::<R>::of::<BT>(&spec.mask, &device);
     let (scaling, cap) = scalars(spec);
     let n = b * h * s * t;
     let client = scores.client.clone();

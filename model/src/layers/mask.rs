@@ -5,6 +5,9 @@
 //! Query `i` sees key `j` when they are in the same segment (packing: examples never see each other), the key
 //! is not in the future (`pos_j <= pos_i`), and, in sliding-window layers, `pos_i - pos_j < window` — the
 //! rule transformers applies (a window of W covers the query itself and the W - 1 keys before it).
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -26,6 +29,32 @@ pub struct AttnMask {
     pub q: Span,
     pub k: Span,
     pub window: Option<usize>,
+    device: DeviceCopy,
+}
+
+/// A backend's own copy of a mask (the GPU kernels' position and segment arrays), made on first use and
+/// kept with the mask: one `Arc<AttnMask>` serves every layer of its kind in a step's forward, recompute and
+/// backward, so the copy is uploaded once a step instead of three times a layer. Not part of the mask's
+/// value: a clone starts without one, and `==` ignores it.
+#[derive(Default)]
+struct DeviceCopy(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Clone for DeviceCopy {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for DeviceCopy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for DeviceCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "DeviceCopy(made)" } else { "DeviceCopy(none)" })
+    }
 }
 
 impl AttnMask {
@@ -34,7 +63,14 @@ impl AttnMask {
             batch > 0 && q.positions.len().is_multiple_of(batch) && k.positions.len().is_multiple_of(batch),
             "mask spans"
         );
-        Self { batch, q, k, window }
+        Self { batch, q, k, window, device: DeviceCopy::default() }
+    }
+
+    /// The copy of this mask that backend code keeps as a `T`, made by `make` on first use and returned to
+    /// every later caller; `None` when a copy of another type was made first (the caller then makes its own).
+    pub fn device_copy<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<Arc<T>> {
+        let made: Arc<dyn Any + Send + Sync> = self.device.0.get_or_init(|| Arc::new(make())).clone();
+        made.downcast::<T>().ok()
     }
 
     /// Queries per row.
@@ -76,5 +112,38 @@ impl AttnMask {
             }
         }
         Tensor::from_data(TensorData::new(bias, [self.batch, 1, sq, sk]), device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask() -> AttnMask {
+        let span = Span { positions: vec![0, 1, 2], segments: None };
+        AttnMask::new(1, span.clone(), span, None)
+    }
+
+    /// The device copy is made once and shared; a copy of another type is refused, not overwritten; a clone
+    /// of the mask starts without one and still equals the original.
+    #[test]
+    fn device_copy_is_made_once_per_mask() {
+        let m = mask();
+        let mut made = 0;
+        let a = m.device_copy(|| {
+            made += 1;
+            vec![7u32]
+        });
+        let b = m.device_copy(|| {
+            made += 1;
+            vec![8u32]
+        });
+        assert_eq!(made, 1);
+        assert!(Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap()));
+        assert_eq!(*b.unwrap(), vec![7]);
+        assert!(m.device_copy(|| 1.0f32).is_none());
+        let c = m.clone();
+        assert_eq!(c, m);
+        assert_eq!(*c.device_copy(|| vec![9u32]).unwrap(), vec![9]);
     }
 }
