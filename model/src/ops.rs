@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Scalar, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
@@ -17,6 +17,7 @@ use burn_autodiff::Autodiff;
 
 use crate::compute::cast_prim;
 use crate::fused_attention::{backward_generic, forward_generic, host_dims, AttnSpec};
+use crate::layers::lora::{branch, dropped_input};
 use crate::quant::linear::{frozen_matmul_dequant, PackedWeight};
 
 /// What the model needs of a backend beyond Burn's ops: multiplying by a packed frozen weight, the fused
@@ -44,6 +45,21 @@ pub trait FrozenMatmul: Backend {
     /// values on every backend), made where it is used. On `Autodiff`, a constant.
     fn dropout_mask(shape: [usize; 2], p: f64, seed: u64, device: &Self::Device) -> FloatTensor<Self> {
         crate::layers::dropout::mask_host::<Self>(shape, p, seed, device)
+    }
+
+    /// LoRA's branch `(α/r)·dropout(x)·Aᵀ·Bᵀ` for `x` `[n, in]` (any float dtype; computed in `A`'s, f32, and
+    /// returned in `x`'s), `A` `[r, in]`, `B` `[out, r]`, `dropout` `(p, seed)` (`crate::layers::dropout`).
+    /// On `Autodiff`, with its own backward, which keeps `x` as it is (bf16 in bf16 compute: not its f32
+    /// copy, one per projection, as a composition of Burn ops would) and makes the dropout mask again
+    /// rather than keeping it; gradients as the composition's (`crate::layers::lora::branch`).
+    fn lora_delta(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> FloatTensor<Self> {
+        crate::layers::lora::branch::<Self>(x, a, b, scale, dropout).0
     }
 
     /// `(Σ −log softmax(cap(h·Eᵀ))[target] as [1], its gradient with respect to `hidden` [n, h] when `grad`)`
@@ -348,6 +364,24 @@ unary_backward!(
 );
 
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    fn lora_delta(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+        dropout: Option<(f64, u64)>,
+    ) -> FloatTensor<Self> {
+        let parents = [x.node.clone(), a.node.clone(), b.node.clone()];
+        let (xp, ap, bp) = (x.primitive, a.primitive, b.primitive);
+        match LoraBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (delta, h) = branch::<B>(xp.clone(), ap.clone(), bp.clone(), scale, dropout);
+                prep.finish((xp, ap, bp, h, scale, dropout), delta)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(branch::<B>(xp, ap, bp, scale, dropout).0),
+        }
+    }
+
     fn dropout_mask(shape: [usize; 2], p: f64, seed: u64, device: &Self::Device) -> FloatTensor<Self> {
         <Self as AutodiffBackend>::from_inner(B::dropout_mask(shape, p, seed, device))
     }
@@ -449,6 +483,48 @@ impl<B: FrozenMatmul> Backward<B, 3> for AttentionBackward {
             if let Some(p) = parent {
                 grads.register::<B>(p.id, grad);
             }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LoraBackward;
+
+impl<B: FrozenMatmul> Backward<B, 3> for LoraBackward {
+    /// `x`, `A`, `B`, `h = dropout(x)·Aᵀ`, the scale, the dropout.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64, Option<(f64, u64)>);
+
+    /// What autodiff of `branch`'s ops gives, op for op: `g = dy·scale` (f32); `dB = (hᵀ·g)ᵀ`;
+    /// `dh = g·B`; `dA = (dropout(x)ᵀ·dh)ᵀ`; `dx = cast(dropout'(dh·A))`.
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let (x, a, b, h, scale, dropout) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (dt, adt) = (x.dtype(), a.dtype());
+        let g = B::float_mul_scalar(cast_prim::<B>(dy, adt), Scalar::new(scale, &adt));
+        let [px, pa, pb] = ops.parents;
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, B::float_transpose(B::dense_matmul(B::float_transpose(h), g.clone())));
+        }
+        if px.is_none() && pa.is_none() {
+            return;
+        }
+        let dh = B::dense_matmul(g, b);
+        if let Some(p) = pa {
+            let x2 = dropped_input::<B>(x.clone(), adt, dropout);
+            grads.register::<B>(p.id, B::float_transpose(B::dense_matmul(B::float_transpose(x2), dh.clone())));
+        }
+        if let Some(p) = px {
+            let mut dx = B::dense_matmul(dh, a);
+            if let Some((prob, seed)) = dropout {
+                let shape: [usize; 2] = dx.shape().dims();
+                dx = B::float_mul(dx, B::dropout_mask(shape, prob, seed, &B::float_device(&x)));
+            }
+            grads.register::<B>(p.id, cast_prim::<B>(dx, dt));
         }
     }
 }
@@ -569,6 +645,67 @@ mod tests {
         for (name, got) in [("flex", run::<Cpu>(true)), ("ndarray", run::<NdArrayCpu>(true))] {
             for (i, what) in ["geglu", "rope", "d gate", "d up", "d x"].iter().enumerate() {
                 close(&format!("{name} {what}"), &got[i], &want[i], 2e-5);
+            }
+        }
+    }
+
+    /// LoRA's branch with its own backward equals Burn's autodiff through the composition PEFT computes
+    /// (`cast → dropout → ·Aᵀ → ·Bᵀ → ·scale → cast`), with and without dropout, for f32 and bf16 inputs:
+    /// the output and the gradients with respect to `x`, `A` and `B` bit for bit (the same ops in the same
+    /// order; only what is kept for the backward differs).
+    #[test]
+    fn lora_branch_equals_autodiff_of_the_composition() {
+        use burn::tensor::DType;
+
+        fn run(dtype: DType, dropout: Option<(f64, u64)>, fused: bool) -> Vec<Vec<f32>> {
+            type T<const D: usize> = Tensor<Autodiff<Cpu>, D>;
+            let dev = Default::default();
+            let (n, i, r, o) = (37, 24, 4, 19);
+            let x =
+                crate::compute::cast(T::<2>::from_data(TensorData::new(values(n * i, 1, 2.0), [n, i]), &dev), dtype)
+                    .require_grad();
+            let a = T::<2>::from_data(TensorData::new(values(r * i, 2, 0.5), [r, i]), &dev).require_grad();
+            let b = T::<2>::from_data(TensorData::new(values(o * r, 3, 0.5), [o, r]), &dev).require_grad();
+            let scale = 2.0;
+            let y = if fused {
+                let p = Autodiff::<Cpu>::lora_delta(
+                    x.clone().into_primitive().tensor(),
+                    a.clone().into_primitive().tensor(),
+                    b.clone().into_primitive().tensor(),
+                    scale,
+                    dropout,
+                );
+                T::<2>::from_primitive(TensorPrimitive::Float(p))
+            } else {
+                let mut x2 = crate::compute::cast(x.clone(), DType::F32);
+                if let Some((p, seed)) = dropout {
+                    let m = crate::layers::dropout::mask_values(n * i, p, seed);
+                    x2 = x2 * T::<2>::from_data(TensorData::new(m, [n, i]), &dev);
+                }
+                let d = super::dense(super::dense(x2, a.clone().transpose()), b.clone().transpose()) * scale;
+                crate::compute::cast(d, dtype)
+            };
+            let w =
+                crate::compute::cast(T::<2>::from_data(TensorData::new(values(n * o, 4, 1.0), [n, o]), &dev), dtype);
+            let grads = (y.clone() * w).sum().backward();
+            let host = |t: Tensor<Cpu, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            vec![
+                host(y.inner()),
+                host(x.grad(&grads).unwrap()),
+                host(a.grad(&grads).unwrap()),
+                host(b.grad(&grads).unwrap()),
+            ]
+        }
+        for dtype in [DType::F32, DType::BF16] {
+            for dropout in [None, Some((0.3, 11u64))] {
+                let (got, want) = (run(dtype, dropout, true), run(dtype, dropout, false));
+                for (k, what) in ["delta", "d x", "d A", "d B"].iter().enumerate() {
+                    assert_eq!(got[k], want[k], "{dtype:?} dropout {dropout:?}: {what}");
+                }
+                if dropout.is_some() {
+                    let none = run(dtype, None, true);
+                    assert_ne!(got[2], none[2], "dropout changes dA");
+                }
             }
         }
     }

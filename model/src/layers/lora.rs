@@ -4,11 +4,11 @@
 //! `A` kaiming-uniform with `a = √5` (i.e. uniform in ±1/√in), `B` zero, so a fresh adapter leaves the
 //! model unchanged. Only `A` and `B` are ever trainable; the base is a `FrozenLinear`.
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Scalar, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use rand::{Rng, SeedableRng};
 
-use crate::compute::cast;
-use crate::ops::dense;
+use crate::compute::{cast, cast_prim};
 use crate::quant::{FrozenLinear, FrozenMatmul};
 
 /// The seven projections PEFT can target in a Gemma decoder layer.
@@ -75,16 +75,56 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         let base = self.base.forward(x.clone());
         let Some(ad) = &self.adapter else { return base };
         let [b, s, i] = x.dims();
-        // PEFT casts the input to the adapter's dtype (f32) and the branch's output to the base's.
-        let mut x2 = cast(x.reshape([b * s, i]), ad.a.dtype());
-        if let (Some(seed), true) = (rt.dropout_seed, ad.dropout > 0.0) {
-            let mask = B::dropout_mask([b * s, i], ad.dropout, seed ^ self.key, &x2.device());
-            x2 = x2.clone() * Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(mask));
-        }
-        // Through the backend's dense product (cuBLAS on CUDA, forward and backward).
-        let delta = dense(dense(x2, ad.a.clone().transpose()), ad.b.clone().transpose()) * ad.scale;
+        let dropout = match (rt.dropout_seed, ad.dropout > 0.0) {
+            (Some(seed), true) => Some((ad.dropout, seed ^ self.key)),
+            _ => None,
+        };
+        let delta = B::lora_delta(
+            x.reshape([b * s, i]).into_primitive().tensor(),
+            ad.a.clone().into_primitive().tensor(),
+            ad.b.clone().into_primitive().tensor(),
+            ad.scale,
+            dropout,
+        );
+        let delta = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(delta));
         let [_, o] = delta.dims();
         let dt = base.dtype();
         base + cast(delta.reshape([b, s, o]), dt)
+    }
+}
+
+/// The branch in Burn ops (`FrozenMatmul::lora_delta`'s default, and its forward on `Autodiff`): PEFT casts
+/// the input to the adapter's dtype (f32), applies dropout, multiplies by `A` then `B` (through the backend's
+/// dense product: cuBLAS on CUDA) and scales; the result is cast back to the input's dtype. Returns it
+/// (`[n, out]`) and `h = dropout(x)·Aᵀ` (`[n, r]`, which the backward needs).
+pub(crate) fn branch<B: FrozenMatmul>(
+    x: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    scale: f64,
+    dropout: Option<(f64, u64)>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (dt, adt) = (x.dtype(), a.dtype());
+    let h = B::dense_matmul(dropped_input::<B>(x, adt, dropout), B::float_transpose(a));
+    let product = B::dense_matmul(h.clone(), B::float_transpose(b));
+    let delta = B::float_mul_scalar(product, Scalar::new(scale, &adt));
+    (cast_prim::<B>(delta, dt), h)
+}
+
+/// `dropout(cast(x, dtype))` for `x` `[n, in]`; the mask is a function of `(p, seed)`, so the backward
+/// makes it again instead of keeping it.
+pub(crate) fn dropped_input<B: FrozenMatmul>(
+    x: FloatTensor<B>,
+    dtype: DType,
+    dropout: Option<(f64, u64)>,
+) -> FloatTensor<B> {
+    let x = cast_prim::<B>(x, dtype);
+    match dropout {
+        Some((p, seed)) => {
+            let device = B::float_device(&x);
+            let shape: [usize; 2] = x.shape().dims();
+            B::float_mul(x, B::dropout_mask(shape, p, seed, &device))
+        }
+        None => x,
     }
 }
