@@ -12,7 +12,7 @@ target=${CARGO_TARGET_DIR:-target}
 anchors=${ANCHORS:-../shared/anchors}
 cargo build --release --locked --features cuda -p lapidary
 t=$(cargo test --release --locked --features cuda -p lapidary --test gpu --no-run 2>&1 \
-    | grep -o '/[^ )]*/deps/gpu-[0-9a-f]*' | tail -n 1)
+    | grep -o '[^ ()]*/deps/gpu-[0-9a-f]*' | tail -n 1)
 [ -x "$t" ] || { echo "no tests/gpu.rs binary found (got '$t')" >&2; exit 1; }
 mkdir -p .devbuild
 strip -o .devbuild/lapidary "$target/release/lapidary"
