@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::{print_json, BackendKind, Dtype, Quant};
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::params::{download, Params};
+use crate::train::params::Params;
 use crate::train::run::{peak_rss_mib, status_mib};
 use crate::train::step::train_step;
 
@@ -114,9 +114,11 @@ pub fn cpu_seconds() -> f64 {
 /// Memory as the bench measures it on each backend. CPU: the process's resident set (`VmRSS` now, `VmHWM`
 /// for the peak, which cannot be reset, so it includes the load). CUDA: the device memory CubeCL's pools hold
 /// (`lapidary_model::cube::memory`): `peak_gib` is the peak *reserved* from the driver since the warm-up, an
-/// upper bound of what tensors used; `peak_in_use_gib` the peak used by live tensors (sampled at every frozen
-/// matmul and step, the analogue of the peer's `max_memory_allocated`); `device_used_gib` the driver's
-/// `total − free` after the run (with the CUDA context, cuBLAS workspace and compiled kernels).
+/// upper bound of what tensors used; `peak_in_use_gib` the peak used by live tensors (the analogue of the
+/// peer's `max_memory_allocated`), sampled at every frozen matmul of one more step after the timed ones
+/// (each sample is a round trip to CubeCL's device thread, ~400 a step on Gemma 2B, which the timed steps
+/// should not pay; every step allocates the same) and at the end of every step; `device_used_gib` the
+/// driver's `total − free` after the run (with the CUDA context, cuBLAS workspace and compiled kernels).
 struct Memory {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     cuda: bool,
@@ -124,12 +126,24 @@ struct Memory {
 
 impl Memory {
     fn new(kind: BackendKind) -> Self {
-        let cuda = kind == BackendKind::Cuda;
+        Memory { cuda: kind == BackendKind::Cuda }
+    }
+
+    /// Whether the frozen matmuls sample the device pools (CUDA): only in the step that measures the peak.
+    fn track(&self, on: bool) {
         #[cfg(feature = "cuda")]
-        if cuda {
-            lapidary_model::cube::memory::track(true);
+        if self.cuda {
+            lapidary_model::cube::memory::track(on);
         }
-        Memory { cuda }
+        let _ = on;
+    }
+
+    /// Whether the peak needs a step of its own ([`Memory::track`]); the CPU's comes from the kernel.
+    fn tracks_in_steps(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.cuda;
+        #[cfg(not(feature = "cuda"))]
+        false
     }
 
     /// After a step: samples the device pools (CUDA).
@@ -245,12 +259,16 @@ fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
             trace.push(m);
         }
     }
-    // The last update, read back: the timed steps' device work is all done.
-    if params.len() > 0 {
-        let _ = download(&params.flat.clone().narrow(0, 0, 1));
-    }
+    // The last update done on the device: the timed steps' work is all in.
+    B::sync(&device).map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
     let dt = t.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
+    if memory.tracks_in_steps() {
+        memory.track(true);
+        step(a.warmup + a.steps)?;
+        memory.after_step();
+        memory.track(false);
+    }
     let tokens_per_s = (a.steps * a.batch * a.seq) as f64 / dt;
     let mem = memory.report();
     let peak = mem.get("peak_gib").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
