@@ -80,7 +80,7 @@ fn source(model: &str) -> Result<(GemmaConfig, Box<dyn WeightSource>)> {
 }
 
 /// Random ids in `[3, vocab)` (no special tokens), labels = inputs, one sequence per row.
-fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Batch {
+pub(crate) fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Batch {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(3..vocab as u32)).collect();
     let n = ids.len();

@@ -197,3 +197,77 @@ pub fn check_finite(step: u64, r: Result<StepStats, StepError>, last_ckpt: Optio
         }
     }
 }
+
+/// The step on a CubeCL runtime (wgpu; here Mesa's CPU Vulkan driver) against the CPU: the flat parameters
+/// as views of one device buffer, the LoRA op with dropout, gradient accumulation, clipping and AdamW on the
+/// device. Run with `cargo test --release -p lapidary --features wgpu --bin lapidary wgpu`; without a wgpu
+/// adapter it says so and passes.
+#[cfg(all(test, feature = "wgpu"))]
+mod wgpu_tests {
+    use lapidary_model::adapter::{init_lora, AdapterConfig};
+    use lapidary_model::backend::{FlexCpu, WgpuGpu};
+    use lapidary_model::layers::lora::TARGETS;
+    use lapidary_model::quant::QuantKind;
+    use lapidary_model::ModelFiles;
+
+    use super::*;
+    use crate::cmd::bench::random_batch;
+    use crate::train::optim::AdamWConfig;
+    use crate::train::params::download;
+
+    /// The tiny Gemma 2 fixture in NF4 with rank-4 LoRA (dropout 0.1) on every target, and its parameters.
+    fn setup<B: FrozenMatmul>() -> (Gemma<Autodiff<B>>, Params<B>) {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/gemma2");
+        let files = ModelFiles::open(&dir).expect("fixture model");
+        let mut model = lapidary_model::load::load_gemma::<Autodiff<B>>(
+            &files.config,
+            files.weights.as_ref(),
+            QuantKind::Nf4,
+            &Default::default(),
+        )
+        .expect("load");
+        let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
+        init_lora(&mut model, &AdapterConfig::new(4, 8.0, 0.1, &targets, false, None), 5).expect("lora");
+        let params = Params::read(&mut model);
+        (model, params)
+    }
+
+    /// Losses and gradient norms of four steps (two micro-batches each, with and without gradient
+    /// checkpointing), and the parameters after them.
+    fn run<B: FrozenMatmul>() -> (Vec<(f64, f64)>, Vec<f32>) {
+        let (mut model, mut params) = setup::<B>();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = AdamW::new(cfg, params.len(), &Default::default());
+        let vocab = model.config.vocab_size;
+        let window = [random_batch(vocab, 2, 12, 1), random_batch(vocab, 1, 20, 2)];
+        let stats = (0..4)
+            .map(|s| {
+                let r = train_step(&mut model, &mut params, &mut opt, &window, 5e-3, 1.0, s % 2 == 1, |m| {
+                    (s * 10 + m) as u64
+                });
+                let r = r.expect("finite step");
+                (r.loss, r.grad_norm)
+            })
+            .collect();
+        (stats, download(&params.flat))
+    }
+
+    #[test]
+    fn steps_on_wgpu_equal_cpu() {
+        if let Err(e) = lapidary_model::cube::wgpu::probe() {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            return;
+        }
+        let ((gs, gp), (cs, cp)) = (run::<WgpuGpu>(), run::<FlexCpu>());
+        for (i, ((gl, gn), (cl, cn))) in gs.iter().zip(&cs).enumerate() {
+            assert!((gl - cl).abs() <= 1e-5 * cl.abs(), "step {i}: loss {gl} on wgpu vs {cl} on CPU");
+            assert!((gn - cn).abs() <= 1e-4 * cn.abs(), "step {i}: gradient norm {gn} on wgpu vs {cn} on CPU");
+        }
+        let scale = cp.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = gp.iter().zip(&cp).map(|(g, c)| (g - c).abs()).fold(0f32, f32::max) / scale;
+        assert!(err < 1e-4, "parameters after four steps differ by {err:e} of their scale");
+        // The steps moved the parameters (B starts at zero), so the comparison above compares something.
+        let before = download(&setup::<FlexCpu>().1.flat);
+        assert!(before.iter().zip(&cp).any(|(a, b)| a != b));
+    }
+}
