@@ -69,22 +69,27 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         });
     }
 
+    /// This layer's dropout in this pass, `(p, seed)` (`crate::layers::dropout`), if any.
+    pub fn dropout(&self, rt: &LoraRuntime) -> Option<(f64, u64)> {
+        let p = self.adapter.as_ref().map_or(0.0, |ad| ad.dropout);
+        match rt.dropout_seed {
+            Some(seed) if p > 0.0 => Some((p, seed ^ self.key)),
+            _ => None,
+        }
+    }
+
     /// # Shapes
     /// `[batch, seq, in]` → `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
         let base = self.base.forward(x.clone());
         let Some(ad) = &self.adapter else { return base };
         let [b, s, i] = x.dims();
-        let dropout = match (rt.dropout_seed, ad.dropout > 0.0) {
-            (Some(seed), true) => Some((ad.dropout, seed ^ self.key)),
-            _ => None,
-        };
         let delta = B::lora_delta(
             x.reshape([b * s, i]).into_primitive().tensor(),
             ad.a.clone().into_primitive().tensor(),
             ad.b.clone().into_primitive().tensor(),
             ad.scale,
-            dropout,
+            self.dropout(rt),
         );
         let delta = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(delta));
         let [_, o] = delta.dims();
@@ -109,6 +114,45 @@ pub(crate) fn branch<B: FrozenMatmul>(
     let product = B::dense_matmul(h.clone(), B::float_transpose(b));
     let delta = B::float_mul_scalar(product, Scalar::new(scale, &adt));
     (cast_prim::<B>(delta, dt), h)
+}
+
+/// The gradients `[dx, dA, dB]` of [`branch`] for `dy` (`[n, out]`), those asked for in `want`, as autodiff
+/// of its ops gives them, op for op: `g = cast(dy)·scale` (f32); `dB = (hᵀ·g)ᵀ`; `dh = g·B`;
+/// `dA = (dropout(x)ᵀ·dh)ᵀ`; `dx = cast(dropout'(dh·A), dt)` (`dt`: the input's dtype). `x` is asked for only
+/// for `dA`, so that a fused caller may make it again instead of keeping it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn branch_backward<B: FrozenMatmul>(
+    x: impl FnOnce() -> FloatTensor<B>,
+    dt: DType,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    h: FloatTensor<B>,
+    scale: f64,
+    dropout: Option<(f64, u64)>,
+    dy: FloatTensor<B>,
+    want: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let adt = a.dtype();
+    let device = B::float_device(&dy);
+    let g = B::float_mul_scalar(cast_prim::<B>(dy, adt), Scalar::new(scale, &adt));
+    let db = want[2].then(|| B::float_transpose(B::dense_matmul(B::float_transpose(h), g.clone())));
+    if !want[0] && !want[1] {
+        return [None, None, db];
+    }
+    let dh = B::dense_matmul(g, b);
+    let da = want[1].then(|| {
+        let x2 = dropped_input::<B>(x(), adt, dropout);
+        B::float_transpose(B::dense_matmul(B::float_transpose(x2), dh.clone()))
+    });
+    let dx = want[0].then(|| {
+        let mut dx = B::dense_matmul(dh, a);
+        if let Some((prob, seed)) = dropout {
+            let shape: [usize; 2] = dx.shape().dims();
+            dx = B::float_mul(dx, B::dropout_mask(shape, prob, seed, &device));
+        }
+        cast_prim::<B>(dx, dt)
+    });
+    [dx, da, db]
 }
 
 /// `dropout(cast(x, dtype))` for `x` `[n, in]`; the mask is a function of `(p, seed)`, so the backward

@@ -83,6 +83,32 @@ pub enum FrozenLinear<B: Backend> {
     Packed(Arc<PackedWeight>),
 }
 
+/// A [`FrozenLinear`]'s weight on primitives, for ops that multiply by it inside their own forward and
+/// backward (`FrozenMatmul::geglu_lora_down`): dense `[in, out]`, or packed.
+#[derive(Debug, Clone)]
+pub enum FrozenWeight<B: Backend> {
+    Dense(FloatTensor<B>),
+    Packed(Arc<PackedWeight>),
+}
+
+impl<B: FrozenMatmul> FrozenWeight<B> {
+    /// `x · Wᵀ` for `x` `[n, in]`, as [`FrozenLinear::forward`] computes it.
+    pub fn matmul(&self, x: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            FrozenWeight::Dense(w) => B::float_matmul(x, w.clone()),
+            FrozenWeight::Packed(p) => B::frozen_matmul(x, p),
+        }
+    }
+
+    /// `dy · W`: the gradient of [`Self::matmul`] with respect to `x`, as autodiff of it gives it.
+    pub fn matmul_dx(&self, dy: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            FrozenWeight::Dense(w) => B::float_matmul(dy, B::float_transpose(w.clone())),
+            FrozenWeight::Packed(p) => B::frozen_matmul_dx(dy, p),
+        }
+    }
+}
+
 impl<B: FrozenMatmul> FrozenLinear<B> {
     /// `data` is row-major `[out, in]` as in the checkpoint.
     pub fn new(data: Vec<f32>, shape: [usize; 2], quant: QuantKind, device: &B::Device) -> Self {
@@ -129,6 +155,14 @@ impl<B: FrozenMatmul> FrozenLinear<B> {
         };
         let o = self.shape()[0];
         y.reshape([b, s, o])
+    }
+
+    /// The weight as a fused op's forward and backward use it, without the tensor wrapper.
+    pub fn weight(&self) -> FrozenWeight<B> {
+        match self {
+            FrozenLinear::Dense(w) => FrozenWeight::Dense(w.clone().into_primitive().tensor()),
+            FrozenLinear::Packed(p) => FrozenWeight::Packed(p.clone()),
+        }
     }
 
     /// The dense weight `[out, in]` on the host (dequantized for packed kinds).

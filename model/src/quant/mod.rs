@@ -5,5 +5,5 @@ pub mod linear;
 pub mod nf4;
 
 pub use int8::Int8Weight;
-pub use linear::{FrozenLinear, FrozenMatmul, PackedWeight, QuantKind};
+pub use linear::{FrozenLinear, FrozenMatmul, FrozenWeight, PackedWeight, QuantKind};
 pub use nf4::Nf4Weight;
