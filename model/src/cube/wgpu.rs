@@ -34,3 +34,8 @@ pub fn probe() -> Result<(), String> {
         })
         .clone()
 }
+
+/// Samples the default adapter's pools (`crate::cube::memory`), as `crate::cuda::sample_gpu0` does CUDA's.
+pub fn sample_gpu0() -> crate::cube::memory::MemoryStats {
+    crate::cube::memory::sample_now(&WgpuRuntime::client(&WgpuDevice::default()))
+}
