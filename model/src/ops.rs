@@ -17,7 +17,7 @@ use burn_autodiff::Autodiff;
 
 use crate::compute::cast_prim;
 use crate::fused_attention::{backward_generic, forward_generic, host_dims, AttnSpec};
-use crate::layers::lora::{branch, branch_backward};
+use crate::layers::lora::{branch, branch_backward, LoraPrims};
 use crate::quant::linear::{frozen_matmul_dequant, FrozenWeight, PackedWeight};
 
 /// What the model needs of a backend beyond Burn's ops: multiplying by a packed frozen weight, the fused
@@ -48,18 +48,12 @@ pub trait FrozenMatmul: Backend {
     }
 
     /// LoRA's branch `(α/r)·dropout(x)·Aᵀ·Bᵀ` for `x` `[n, in]` (any float dtype; computed in `A`'s, f32, and
-    /// returned in `x`'s), `A` `[r, in]`, `B` `[out, r]`, `dropout` `(p, seed)` (`crate::layers::dropout`).
+    /// returned in `x`'s).
     /// On `Autodiff`, with its own backward, which keeps `x` as it is (bf16 in bf16 compute: not its f32
     /// copy, one per projection, as a composition of Burn ops would) and makes the dropout mask again
     /// rather than keeping it; gradients as the composition's (`crate::layers::lora::branch`).
-    fn lora_delta(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        dropout: Option<(f64, u64)>,
-    ) -> FloatTensor<Self> {
-        crate::layers::lora::branch::<Self>(x, a, b, scale, dropout).0
+    fn lora_delta(x: FloatTensor<Self>, lora: LoraPrims<Self>) -> FloatTensor<Self> {
+        branch::<Self>(x, &lora).0
     }
 
     /// Gemma's down projection with a LoRA adapter, applied to the GeGLU: `act·Wᵀ + cast(lora_delta(act))`
@@ -68,17 +62,13 @@ pub trait FrozenMatmul: Backend {
     /// GeGLU's backward needs anyway) but not `act`, the adapter's input, which its backward makes again for
     /// `dA`: one `[n, inter]` tensor less per layer (128 MB on Gemma 2B at 4096 tokens in bf16). Values and
     /// gradients as the composition's.
-    #[allow(clippy::too_many_arguments)]
     fn geglu_lora_down(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         w: &FrozenWeight<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        dropout: Option<(f64, u64)>,
+        lora: LoraPrims<Self>,
     ) -> FloatTensor<Self> {
-        crate::layers::mlp::geglu_lora_down::<Self>(gate, up, w, a, b, scale, dropout).0
+        crate::layers::mlp::geglu_lora_down::<Self>(gate, up, w, &lora).0
     }
 
     /// `(Σ −log softmax(cap(h·Eᵀ))[target] as [1], its gradient with respect to `hidden` [n, h] when `grad`)`
@@ -383,21 +373,15 @@ unary_backward!(
 );
 
 impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
-    fn lora_delta(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        dropout: Option<(f64, u64)>,
-    ) -> FloatTensor<Self> {
-        let parents = [x.node.clone(), a.node.clone(), b.node.clone()];
-        let (xp, ap, bp) = (x.primitive, a.primitive, b.primitive);
+    fn lora_delta(x: FloatTensor<Self>, lora: LoraPrims<Self>) -> FloatTensor<Self> {
+        let parents = [x.node.clone(), lora.a.node.clone(), lora.b.node.clone()];
+        let lora = inner_lora(&lora);
         match LoraBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (delta, h) = branch::<B>(xp.clone(), ap.clone(), bp.clone(), scale, dropout);
-                prep.finish((xp, ap, bp, h, scale, dropout), delta)
+                let (delta, h) = branch::<B>(x.primitive.clone(), &lora);
+                prep.finish((x.primitive, lora, h), delta)
             }
-            OpsKind::UnTracked(prep) => prep.finish(branch::<B>(xp, ap, bp, scale, dropout).0),
+            OpsKind::UnTracked(prep) => prep.finish(branch::<B>(x.primitive, &lora).0),
         }
     }
 
@@ -405,25 +389,23 @@ impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         w: &FrozenWeight<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        dropout: Option<(f64, u64)>,
+        lora: LoraPrims<Self>,
     ) -> FloatTensor<Self> {
         // The weight is frozen: its inner tensor is all the op needs.
         let w = match w {
             FrozenWeight::Dense(t) => FrozenWeight::Dense(t.primitive.clone()),
             FrozenWeight::Packed(p) => FrozenWeight::Packed(p.clone()),
         };
-        let parents = [gate.node.clone(), up.node.clone(), a.node.clone(), b.node.clone()];
-        let (gp, upp, ap, bp) = (gate.primitive, up.primitive, a.primitive, b.primitive);
+        let parents = [gate.node.clone(), up.node.clone(), lora.a.node.clone(), lora.b.node.clone()];
+        let lora = inner_lora(&lora);
+        let (g, u) = (gate.primitive, up.primitive);
         let forward = crate::layers::mlp::geglu_lora_down::<B>;
         match GegluLoraDownBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, h) = forward(gp.clone(), upp.clone(), &w, ap.clone(), bp.clone(), scale, dropout);
-                prep.finish((gp, upp, w, ap, bp, h, scale, dropout), y)
+                let (y, h) = forward(g.clone(), u.clone(), &w, &lora);
+                prep.finish((g, u, w, lora, h), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(gp, upp, &w, ap, bp, scale, dropout).0),
+            OpsKind::UnTracked(prep) => prep.finish(forward(g, u, &w, &lora).0),
         }
     }
 
@@ -532,12 +514,18 @@ impl<B: FrozenMatmul> Backward<B, 3> for AttentionBackward {
     }
 }
 
+/// An adapter's inner tensors (its nodes stay with `lora`, for `prepare`).
+fn inner_lora<B: FrozenMatmul, C: CheckpointStrategy>(lora: &LoraPrims<Autodiff<B, C>>) -> LoraPrims<B> {
+    let (a, b) = (lora.a.primitive.clone(), lora.b.primitive.clone());
+    LoraPrims { a, b, scale: lora.scale, dropout: lora.dropout }
+}
+
 #[derive(Debug)]
 struct LoraBackward;
 
 impl<B: FrozenMatmul> Backward<B, 3> for LoraBackward {
-    /// `x`, `A`, `B`, `h = dropout(x)·Aᵀ`, the scale, the dropout.
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64, Option<(f64, u64)>);
+    /// `x`, the adapter, `h = dropout(x)·Aᵀ`.
+    type State = (FloatTensor<B>, LoraPrims<B>, FloatTensor<B>);
 
     /// `crate::layers::lora::branch_backward`.
     fn backward(
@@ -546,11 +534,11 @@ impl<B: FrozenMatmul> Backward<B, 3> for LoraBackward {
         grads: &mut Gradients,
         _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
     ) {
-        let (x, a, b, h, scale, dropout) = ops.state;
+        let (x, lora, h) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let want = ops.parents.each_ref().map(Option::is_some);
         let dt = x.dtype();
-        let dgrads = branch_backward::<B>(|| x, dt, a, b, h, scale, dropout, dy, want);
+        let dgrads = branch_backward::<B>(|| x, dt, lora, h, dy, want);
         for (parent, grad) in ops.parents.into_iter().zip(dgrads) {
             if let (Some(p), Some(g)) = (parent, grad) {
                 grads.register::<B>(p.id, g);
@@ -563,18 +551,8 @@ impl<B: FrozenMatmul> Backward<B, 3> for LoraBackward {
 struct GegluLoraDownBackward;
 
 impl<B: FrozenMatmul> Backward<B, 4> for GegluLoraDownBackward {
-    /// `gate`, `up`, the frozen weight, `A`, `B`, `h = dropout(act)·Aᵀ`, the scale, the dropout.
-    #[allow(clippy::type_complexity)]
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FrozenWeight<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        f64,
-        Option<(f64, u64)>,
-    );
+    /// `gate`, `up`, the frozen weight, the adapter, `h = dropout(act)·Aᵀ`.
+    type State = (FloatTensor<B>, FloatTensor<B>, FrozenWeight<B>, LoraPrims<B>, FloatTensor<B>);
 
     /// As autodiff of the composition: `dact = dy·W + dx` of the branch, then GeGLU's backward; `act` is
     /// made again (from `gate`, `up`) only for `dA`.
@@ -584,13 +562,13 @@ impl<B: FrozenMatmul> Backward<B, 4> for GegluLoraDownBackward {
         grads: &mut Gradients,
         _checkpointer: &mut burn_autodiff::checkpoint::base::Checkpointer,
     ) {
-        let (gate, up, w, a, b, h, scale, dropout) = ops.state;
+        let (gate, up, w, lora, h) = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let [pg, pu, pa, pb] = ops.parents;
         let need_act = pg.is_some() || pu.is_some();
         let act = || B::geglu(gate.clone(), up.clone());
         let want = [need_act, pa.is_some(), pb.is_some()];
-        let [dx, da, db] = branch_backward::<B>(act, dy.dtype(), a, b, h, scale, dropout, dy.clone(), want);
+        let [dx, da, db] = branch_backward::<B>(act, dy.dtype(), lora, h, dy.clone(), want);
         for (parent, grad) in [(pa, da), (pb, db)] {
             if let (Some(p), Some(g)) = (parent, grad) {
                 grads.register::<B>(p.id, g);
@@ -664,7 +642,7 @@ mod tests {
     use burn::tensor::{Tensor, TensorData, TensorPrimitive};
     use burn_autodiff::Autodiff;
 
-    use super::FrozenMatmul;
+    use super::{FrozenMatmul, LoraPrims};
     use crate::backend::{Cpu, NdArrayCpu};
 
     fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -746,13 +724,13 @@ mod tests {
             let b = T::<2>::from_data(TensorData::new(values(o * r, 3, 0.5), [o, r]), &dev).require_grad();
             let scale = 2.0;
             let y = if fused {
-                let p = Autodiff::<Cpu>::lora_delta(
-                    x.clone().into_primitive().tensor(),
-                    a.clone().into_primitive().tensor(),
-                    b.clone().into_primitive().tensor(),
+                let lora = LoraPrims {
+                    a: a.clone().into_primitive().tensor(),
+                    b: b.clone().into_primitive().tensor(),
                     scale,
                     dropout,
-                );
+                };
+                let p = Autodiff::<Cpu>::lora_delta(x.clone().into_primitive().tensor(), lora);
                 T::<2>::from_primitive(TensorPrimitive::Float(p))
             } else {
                 let mut x2 = crate::compute::cast(x.clone(), DType::F32);
@@ -818,13 +796,13 @@ mod tests {
                 FrozenWeight::Dense(wt.into_primitive().tensor())
             };
             let prim = |t: &T<2>| t.clone().into_primitive().tensor();
-            let scale = 2.0;
+            let lora = LoraPrims { a: prim(&a), b: prim(&b), scale: 2.0, dropout };
             let y = if fused {
-                Autodiff::<Cpu>::geglu_lora_down(prim(&gate), prim(&up), &w, prim(&a), prim(&b), scale, dropout)
+                Autodiff::<Cpu>::geglu_lora_down(prim(&gate), prim(&up), &w, lora)
             } else {
                 let act = Autodiff::<Cpu>::geglu(prim(&gate), prim(&up));
                 let base = w.matmul(act.clone());
-                let delta = Autodiff::<Cpu>::lora_delta(act, prim(&a), prim(&b), scale, dropout);
+                let delta = Autodiff::<Cpu>::lora_delta(act, lora);
                 <Autodiff<Cpu> as burn::tensor::ops::FloatTensorOps<_>>::float_add(
                     base,
                     crate::compute::cast_prim::<Autodiff<Cpu>>(delta, dtype),

@@ -33,6 +33,16 @@ pub struct LoraAdapter<B: Backend> {
     pub dropout: f64,
 }
 
+/// An adapter as the LoRA ops take it (`FrozenMatmul::lora_delta`, `geglu_lora_down`): `A` `[r, in]`, `B`
+/// `[out, r]` (f32), the scale, and this pass's dropout `(p, seed)` (`crate::layers::dropout`).
+#[derive(Debug, Clone)]
+pub struct LoraPrims<B: Backend> {
+    pub a: FloatTensor<B>,
+    pub b: FloatTensor<B>,
+    pub scale: f64,
+    pub dropout: Option<(f64, u64)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LoraLinear<B: FrozenMatmul> {
     pub base: FrozenLinear<B>,
@@ -69,28 +79,28 @@ impl<B: FrozenMatmul> LoraLinear<B> {
         });
     }
 
-    /// This layer's dropout in this pass, `(p, seed)` (`crate::layers::dropout`), if any.
-    pub fn dropout(&self, rt: &LoraRuntime) -> Option<(f64, u64)> {
-        let p = self.adapter.as_ref().map_or(0.0, |ad| ad.dropout);
-        match rt.dropout_seed {
-            Some(seed) if p > 0.0 => Some((p, seed ^ self.key)),
+    /// The adapter, if any, as the LoRA ops take it in this pass (its dropout seeded for this layer).
+    pub fn prims(&self, rt: &LoraRuntime) -> Option<LoraPrims<B>> {
+        let ad = self.adapter.as_ref()?;
+        let dropout = match rt.dropout_seed {
+            Some(seed) if ad.dropout > 0.0 => Some((ad.dropout, seed ^ self.key)),
             _ => None,
-        }
+        };
+        Some(LoraPrims {
+            a: ad.a.clone().into_primitive().tensor(),
+            b: ad.b.clone().into_primitive().tensor(),
+            scale: ad.scale,
+            dropout,
+        })
     }
 
     /// # Shapes
     /// `[batch, seq, in]` → `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
         let base = self.base.forward(x.clone());
-        let Some(ad) = &self.adapter else { return base };
+        let Some(lora) = self.prims(rt) else { return base };
         let [b, s, i] = x.dims();
-        let delta = B::lora_delta(
-            x.reshape([b * s, i]).into_primitive().tensor(),
-            ad.a.clone().into_primitive().tensor(),
-            ad.b.clone().into_primitive().tensor(),
-            ad.scale,
-            self.dropout(rt),
-        );
+        let delta = B::lora_delta(x.reshape([b * s, i]).into_primitive().tensor(), lora);
         let delta = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(delta));
         let [_, o] = delta.dims();
         let dt = base.dtype();
@@ -102,17 +112,11 @@ impl<B: FrozenMatmul> LoraLinear<B> {
 /// the input to the adapter's dtype (f32), applies dropout, multiplies by `A` then `B` (through the backend's
 /// dense product: cuBLAS on CUDA) and scales; the result is cast back to the input's dtype. Returns it
 /// (`[n, out]`) and `h = dropout(x)·Aᵀ` (`[n, r]`, which the backward needs).
-pub(crate) fn branch<B: FrozenMatmul>(
-    x: FloatTensor<B>,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
-    scale: f64,
-    dropout: Option<(f64, u64)>,
-) -> (FloatTensor<B>, FloatTensor<B>) {
-    let (dt, adt) = (x.dtype(), a.dtype());
-    let h = B::dense_matmul(dropped_input::<B>(x, adt, dropout), B::float_transpose(a));
-    let product = B::dense_matmul(h.clone(), B::float_transpose(b));
-    let delta = B::float_mul_scalar(product, Scalar::new(scale, &adt));
+pub(crate) fn branch<B: FrozenMatmul>(x: FloatTensor<B>, lora: &LoraPrims<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (dt, adt) = (x.dtype(), lora.a.dtype());
+    let h = B::dense_matmul(dropped_input::<B>(x, adt, lora.dropout), B::float_transpose(lora.a.clone()));
+    let product = B::dense_matmul(h.clone(), B::float_transpose(lora.b.clone()));
+    let delta = B::float_mul_scalar(product, Scalar::new(lora.scale, &adt));
     (cast_prim::<B>(delta, dt), h)
 }
 
@@ -120,18 +124,15 @@ pub(crate) fn branch<B: FrozenMatmul>(
 /// of its ops gives them, op for op: `g = cast(dy)·scale` (f32); `dB = (hᵀ·g)ᵀ`; `dh = g·B`;
 /// `dA = (dropout(x)ᵀ·dh)ᵀ`; `dx = cast(dropout'(dh·A), dt)` (`dt`: the input's dtype). `x` is asked for only
 /// for `dA`, so that a fused caller may make it again instead of keeping it.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn branch_backward<B: FrozenMatmul>(
     x: impl FnOnce() -> FloatTensor<B>,
     dt: DType,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
+    lora: LoraPrims<B>,
     h: FloatTensor<B>,
-    scale: f64,
-    dropout: Option<(f64, u64)>,
     dy: FloatTensor<B>,
     want: [bool; 3],
 ) -> [Option<FloatTensor<B>>; 3] {
+    let LoraPrims { a, b, scale, dropout } = lora;
     let adt = a.dtype();
     let device = B::float_device(&dy);
     let g = B::float_mul_scalar(cast_prim::<B>(dy, adt), Scalar::new(scale, &adt));

@@ -3,7 +3,7 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
 
-use super::lora::{branch, LoraLinear, LoraRuntime};
+use super::lora::{branch, LoraLinear, LoraPrims, LoraRuntime};
 use crate::compute::cast_prim;
 use crate::quant::{FrozenMatmul, FrozenWeight};
 
@@ -20,7 +20,7 @@ impl<B: FrozenMatmul> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward(x.clone(), rt);
         let up = self.up_proj.forward(x, rt);
-        let Some(ad) = &self.down_proj.adapter else {
+        let Some(lora) = self.down_proj.prims(rt) else {
             // One fused op (`crate::ops`): a single pass each way, only `gate` and `up` kept for the backward.
             let act = Tensor::from_primitive(TensorPrimitive::Float(B::geglu(
                 gate.into_primitive().tensor(),
@@ -35,10 +35,7 @@ impl<B: FrozenMatmul> Mlp<B> {
             gate.reshape([b * s, i]).into_primitive().tensor(),
             up.reshape([b * s, i]).into_primitive().tensor(),
             &self.down_proj.base.weight(),
-            ad.a.clone().into_primitive().tensor(),
-            ad.b.clone().into_primitive().tensor(),
-            ad.scale,
-            self.down_proj.dropout(rt),
+            lora,
         );
         let y = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y));
         let o = y.dims()[1];
@@ -53,14 +50,11 @@ pub(crate) fn geglu_lora_down<B: FrozenMatmul>(
     gate: FloatTensor<B>,
     up: FloatTensor<B>,
     w: &FrozenWeight<B>,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
-    scale: f64,
-    dropout: Option<(f64, u64)>,
+    lora: &LoraPrims<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let act = B::geglu(gate, up);
     let base = w.matmul(act.clone());
-    let (delta, h) = branch::<B>(act, a, b, scale, dropout);
+    let (delta, h) = branch::<B>(act, lora);
     let dt = base.dtype();
     (B::float_add(base, cast_prim::<B>(delta, dt)), h)
 }
