@@ -2,8 +2,8 @@
 # Packs what a GPU session carries (the device tool: carry [".devbuild"]), built HERE, since the GPU machine
 # has no Rust toolchain: the lapidary binary and the tests/gpu.rs binary built with --features cuda
 # (stripped and xz-compressed: ~80 MB each otherwise, over what the tool carries), the peer script, and
-# bitsandbytes for the peer. Then, on the GPU machine: `RUN_ID=... bash scripts/bench_gpu.sh check tests`,
-# `... ours peer`, `... paths mem` (see scripts/bench_gpu.sh).
+# bitsandbytes for the peer. Then, on the GPU machine, in one call (timeout_s 600):
+# `RUN_ID=... BUDGET=520 bash scripts/bench_gpu.sh check tests pairs mem` (see scripts/bench_gpu.sh).
 #
 # usage: scripts/gpu_pack.sh        env: CARGO_TARGET_DIR (default target), ANCHORS (default ../shared/anchors)
 set -euo pipefail
