@@ -235,12 +235,25 @@ mod wgpu_tests {
     /// The tests share CubeCL's pools (and the memory counters): one at a time.
     static WGPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// This test's turn on the wgpu runtime, or `None` (saying so) where there is no adapter.
+    fn wgpu_or_skip() -> Option<std::sync::MutexGuard<'static, ()>> {
+        if let Err(e) = lapidary_model::cube::wgpu::probe() {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            return None;
+        }
+        Some(WGPU.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn adamw<B: FrozenMatmul>(n: usize) -> AdamW<B> {
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        AdamW::new(cfg, n, &Default::default())
+    }
+
     /// Losses and gradient norms of four steps (two micro-batches each, with and without gradient
     /// checkpointing), and the parameters after them.
     fn run<B: FrozenMatmul>() -> (Vec<(f64, f64)>, Vec<f32>) {
         let (mut model, mut params) = setup::<B>();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = AdamW::new(cfg, params.len(), &Default::default());
+        let mut opt = adamw::<B>(params.len());
         let vocab = model.config.vocab_size;
         let window = [random_batch(vocab, 2, 12, 1), random_batch(vocab, 1, 20, 2)];
         let stats = (0..4)
@@ -257,11 +270,7 @@ mod wgpu_tests {
 
     #[test]
     fn steps_on_wgpu_equal_cpu() {
-        if let Err(e) = lapidary_model::cube::wgpu::probe() {
-            eprintln!("skipped: no wgpu adapter ({e})");
-            return;
-        }
-        let _one = WGPU.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(_one) = wgpu_or_skip() else { return };
         let ((gs, gp), (cs, cp)) = (run::<WgpuGpu>(), run::<FlexCpu>());
         for (i, ((gl, gn), (cl, cn))) in gs.iter().zip(&cs).enumerate() {
             assert!((gl - cl).abs() <= 1e-5 * cl.abs(), "step {i}: loss {gl} on wgpu vs {cl} on CPU");
@@ -283,14 +292,9 @@ mod wgpu_tests {
     fn memory_stays_flat_over_steps_on_wgpu() {
         use lapidary_model::cube::wgpu::sample_gpu0;
 
-        if let Err(e) = lapidary_model::cube::wgpu::probe() {
-            eprintln!("skipped: no wgpu adapter ({e})");
-            return;
-        }
-        let _one = WGPU.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(_one) = wgpu_or_skip() else { return };
         let (mut model, mut params) = setup::<WgpuGpu>();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = AdamW::new(cfg, params.len(), &Default::default());
+        let mut opt = adamw::<WgpuGpu>(params.len());
         let vocab = model.config.vocab_size;
         let mut after = Vec::new();
         for s in 0..40u64 {
