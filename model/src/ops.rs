@@ -649,6 +649,11 @@ mod tests {
         (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
     }
 
+    /// A tensor's values on the host, as f32.
+    fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+
     fn close(name: &str, a: &[f32], b: &[f32], tol: f32) {
         let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(err < tol, "{name}: max difference {err}");
@@ -688,7 +693,6 @@ mod tests {
             let w2 = t4(values(n, 6, 1.0), shape);
             let loss = (act.clone() * w1).sum() + (rot.clone() * w2).sum();
             let grads = loss.backward();
-            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             vec![
                 host(act.inner()),
                 host(rot.inner()),
@@ -744,7 +748,6 @@ mod tests {
             let w =
                 crate::compute::cast(T::<2>::from_data(TensorData::new(values(n * o, 4, 1.0), [n, o]), &dev), dtype);
             let grads = (y.clone() * w).sum().backward();
-            let host = |t: Tensor<Cpu, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             vec![
                 host(y.inner()),
                 host(x.grad(&grads).unwrap()),
@@ -811,7 +814,6 @@ mod tests {
             let y = T::<2>::from_primitive(TensorPrimitive::Float(y));
             let up_grad = crate::compute::cast(t2(values(n * o, 6, 1.0), [n, o]), dtype);
             let grads = (y.clone() * up_grad).sum().backward();
-            let host = |t: Tensor<Cpu, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             let mut out = vec![host(y.inner())];
             out.extend([&gate, &up, &a, &b].map(|t| host(t.grad(&grads).unwrap())));
             out
@@ -850,7 +852,6 @@ mod tests {
             };
             let w = T::<B, 4>::from_data(TensorData::new(values(n, 9, 1.0), shape), &dev);
             let grads = (y.clone() * w).sum().backward();
-            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             vec![host(y.inner()), host(x.grad(&grads).unwrap())]
         }
         for shape in [[1, 3, 5, 64], [2, 5, 3, 8]] {
@@ -931,7 +932,6 @@ mod tests {
             };
             let w = t4(values(qs.iter().product(), 4, 1.0), qs);
             let grads = (out.clone() * w).sum().backward();
-            let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             vec![
                 host(out.inner()),
                 host(q.grad(&grads).unwrap()),
