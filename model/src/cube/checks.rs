@@ -118,7 +118,8 @@ fn attention_on<B: FrozenMatmul>(data: &[(Vec<f32>, [usize; 4]); 4], spec: &Attn
 
 /// Backend `B`'s attention (output, log-sum-exp, and the three gradients) against burn-flex's host kernel —
 /// itself checked against autodiff through transformers' formulation in `crate::ops` — within `tol` of each
-/// result's scale, on [`ATTN_CASES`]. With `dtype` bf16, `B` gets the inputs in bf16 and the CPU the same
+/// result's scale, on [`ATTN_CASES`], whole and by query chunks (`super::attention::with_query_chunk`: key
+/// ranges cut per chunk, dk and dv summed over chunks). With `dtype` bf16, `B` gets the inputs in bf16 and the CPU the same
 /// (bf16-rounded) values in f32: `B`'s own roundings (`P` and `dS` to bf16, the outputs) are what differs.
 pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32, dtype: DType) -> Result<(), String> {
     let round = |v: Vec<f32>| match dtype {
@@ -135,14 +136,21 @@ pub fn attention_equals_cpu<B: FrozenMatmul>(tol: f32, dtype: DType) -> Result<(
             (round(values(ks.iter().product(), 3, 1.0)), ks),
             (round(values(qs.iter().product(), 4, 1.0)), qs),
         ];
-        let got = attention_on::<B>(&data, &spec, dtype);
         let want = attention_on::<FlexCpu>(&data, &spec, DType::F32);
-        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
-            let err = scaled_err(&got[i], &want[i]);
-            if err.is_nan() || err >= tol {
-                return Err(format!(
-                    "attention ({dtype:?}) case {n} {case:?} {what}: differs from the CPU by {err:e} of its scale"
-                ));
+        // Whole (these shapes fit one chunk), then by chunks of 64 and of 7 query positions.
+        for chunk in [None, Some(64), Some(7)] {
+            let got = match chunk {
+                None => attention_on::<B>(&data, &spec, dtype),
+                Some(c) => super::attention::with_query_chunk(c, || attention_on::<B>(&data, &spec, dtype)),
+            };
+            for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let err = scaled_err(&got[i], &want[i]);
+                if err.is_nan() || err >= tol {
+                    return Err(format!(
+                        "attention ({dtype:?}, query chunks {chunk:?}) case {n} {case:?} {what}: differs from the \
+                         CPU by {err:e} of its scale"
+                    ));
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! is not in the future (`pos_j <= pos_i`), and, in sliding-window layers, `pos_i - pos_j < window` — the
 //! rule transformers applies (a window of W covers the query itself and the W - 1 keys before it).
 use std::any::Any;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::backend::Backend;
@@ -97,6 +98,48 @@ impl AttnMask {
             }
     }
 
+    /// One range of key indices holding every key that a query in `queries` of any row sees, so a kernel
+    /// may multiply those queries by these keys only; empty when none is visible. It may hold keys the mask
+    /// hides (the kernels still apply it): per row and segment, it bounds the queries' positions by their
+    /// least and greatest, and takes every key with `pos <= greatest` (and, with a window,
+    /// `pos > least - window`). Causal attention on a row's own tokens gets exactly `0..queries.end`
+    /// (`queries.start + 1 - window..queries.end` with a window).
+    pub fn key_range(&self, queries: Range<usize>) -> Range<usize> {
+        let (sq, sk) = (self.q_len(), self.k_len());
+        let segmented = self.q.segments.is_some() && self.k.segments.is_some();
+        let seg = |ids: &Option<Vec<u32>>, at: usize| if segmented { ids.as_ref().map_or(0, |s| s[at]) } else { 0 };
+        let (mut lo, mut hi) = (sk, 0);
+        for b in 0..self.batch {
+            // (segment, least position, greatest position) of this row's queries in the range.
+            let mut bounds: Vec<(u32, usize, usize)> = Vec::new();
+            for qi in b * sq + queries.start..b * sq + queries.end {
+                let (s, p) = (seg(&self.q.segments, qi), self.q.positions[qi]);
+                match bounds.iter_mut().find(|e| e.0 == s) {
+                    Some(e) => (e.1, e.2) = (e.1.min(p), e.2.max(p)),
+                    None => bounds.push((s, p, p)),
+                }
+            }
+            let may_see = |j: usize| {
+                let (s, p) = (seg(&self.k.segments, b * sk + j), self.k.positions[b * sk + j]);
+                bounds
+                    .iter()
+                    .any(|&(bs, least, greatest)| bs == s && p <= greatest && self.window.is_none_or(|w| p + w > least))
+            };
+            // Only the first and last matter: scan in from both ends.
+            if let Some(first) = (0..lo).find(|&j| may_see(j)) {
+                lo = first;
+            }
+            if let Some(last) = (hi..sk).rev().find(|&j| may_see(j)) {
+                hi = last + 1;
+            }
+        }
+        if lo < hi {
+            lo..hi
+        } else {
+            0..0
+        }
+    }
+
     /// `[batch, 1, q_len, k_len]` additive bias (0 or `MASKED`).
     pub fn bias<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
         let (sq, sk) = (self.q_len(), self.k_len());
@@ -122,6 +165,52 @@ mod tests {
     fn mask() -> AttnMask {
         let span = Span { positions: vec![0, 1, 2], segments: None };
         AttnMask::new(1, span.clone(), span, None)
+    }
+
+    /// Every visible (query, key) pair of a query range has its key in the range `key_range` gives, on
+    /// causal, windowed, packed (positions restart per segment) and cached-key masks with two rows; and the
+    /// range is the hand-derived one where it is exact.
+    #[test]
+    fn key_range_holds_every_visible_key() {
+        let rows = |f: &dyn Fn(usize) -> usize, len: usize| (0..2 * len).map(|i| f(i % len)).collect::<Vec<_>>();
+        let plain = |len: usize| Span { positions: rows(&|i| i, len), segments: None };
+        let packed = Span {
+            positions: rows(&|i| if i < 13 { i } else { i - 13 }, 40),
+            segments: Some(rows(&|i| (i >= 13) as usize, 40).into_iter().map(|s| s as u32).collect()),
+        };
+        // Queries are the last 5 of 40 keys (a cache).
+        let cached = Span { positions: rows(&|i| 35 + i, 5), segments: None };
+        let masks = [
+            AttnMask::new(2, plain(40), plain(40), None),
+            AttnMask::new(2, plain(40), plain(40), Some(6)),
+            AttnMask::new(2, packed.clone(), packed, Some(9)),
+            AttnMask::new(2, cached, plain(40), None),
+        ];
+        for (n, m) in masks.iter().enumerate() {
+            for chunk in [1, 4, 7, 40] {
+                for i0 in (0..m.q_len()).step_by(chunk) {
+                    let qs = i0..(i0 + chunk).min(m.q_len());
+                    let r = m.key_range(qs.clone());
+                    for (b, i, j) in (0..2).flat_map(|b| qs.clone().flat_map(move |i| (0..40).map(move |j| (b, i, j))))
+                    {
+                        assert!(!m.visible(b, i, j) || r.contains(&j), "mask {n}: {i} sees {j} outside {r:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(masks[0].key_range(8..12), 0..12);
+        assert_eq!(masks[1].key_range(8..12), 3..12);
+        assert_eq!(masks[3].key_range(0..2), 0..37);
+        // Queries 10..16 straddle the first segment's end: its keys up to 12 and the second's first three.
+        assert_eq!(masks[2].key_range(10..16), 2..16);
+        // Nothing visible: keys all in the future.
+        let future = AttnMask::new(
+            1,
+            Span { positions: vec![0, 1], segments: None },
+            Span { positions: vec![5, 6], segments: None },
+            None,
+        );
+        assert_eq!(future.key_range(0..2), 0..0);
     }
 
     /// The device copy is made once and shared; a copy of another type is refused, not overwritten; a clone
