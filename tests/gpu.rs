@@ -216,8 +216,22 @@ mod gpu {
         let bt = on_gpu(&b, [k, n]).transpose().into_data(); // [n, k]
         let at = Tensor::<CudaGpu, 2>::from_data(at, &gpu);
         let bt = Tensor::<CudaGpu, 2>::from_data(bt, &gpu);
+        // Views that start inside their buffer (slices whose offset CubeCL keeps in the handle: attention's
+        // key chunks, the flat LoRA parameters): `a` as rows 32.. of a taller matrix (an offset of 32 rows),
+        // `b` as columns 16.. of a wider one (an offset, and a row stride past its row length).
+        let pad = |v: &[f32], rows: usize, cols: usize, top: usize, left: usize| {
+            let mut out = vec![9.0f32; (rows + top) * (cols + left)];
+            for r in 0..rows {
+                out[(r + top) * (cols + left) + left..(r + top + 1) * (cols + left)]
+                    .copy_from_slice(&v[r * cols..(r + 1) * cols]);
+            }
+            out
+        };
+        let a_inside = on_gpu(&pad(&a, m, k, 32, 0), [m + 32, k]).slice([32..m + 32]);
+        let b_inside = on_gpu(&pad(&b, k, n, 0, 16), [k, n + 16]).slice([0..k, 16..n + 16]);
         let cases = [
             ("a b", ag.clone(), false, bg.clone(), false),
+            ("offset views", a_inside, false, b_inside, false),
             ("a (bᵀ)ᵀ", ag.clone(), false, bt.clone(), true),
             ("(aᵀ)ᵀ b", at.clone(), true, bg.clone(), false),
             ("view a, view b", at.clone().transpose(), false, bt.clone().transpose(), false),
