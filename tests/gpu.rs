@@ -227,7 +227,7 @@ mod gpu {
             }
             out
         };
-        let a_inside = on_gpu(&pad(&a, m, k, 32, 0), [m + 32, k]).slice([32..m + 32]);
+        let a_inside = on_gpu(&pad(&a, m, k, 32, 0), [m + 32, k]).slice([32..m + 32, 0..k]);
         let b_inside = on_gpu(&pad(&b, k, n, 0, 16), [k, n + 16]).slice([0..k, 16..n + 16]);
         let cases = [
             ("a b", ag.clone(), false, bg.clone(), false),
