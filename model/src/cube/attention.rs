@@ -18,9 +18,8 @@
 //! segments). So the scores in memory are one chunk's (once forward, twice backward; at Gemma 2B 4096 x 1
 //! bf16, 0.4 GiB in the backward instead of 1.5), nothing of that size outlives the call, causal attention
 //! skips 3/8 of the products' work in four chunks (Gemma 2B at 1024 x 4 to 4096 x 1; 1/4 in two at
-//! 512 x 8; Gemma 3's 512-token windows most of it), and the host
-//! builds nothing per key. A row that sees no key at all (never in self-attention: a query sees itself)
-//! gets uniform weights over its chunk's keys.
+//! 512 x 8; Gemma 3's 512-token windows most of it), and the host builds nothing per key. A row that sees
+//! no key at all (never in self-attention: a query sees itself) gets uniform weights over its chunk's keys.
 //!
 //! Dtypes. The products take the inputs' dtype (bf16 with `--dtype bf16`: tensor cores; f32 products would
 //! be ~15× slower on a Hopper GPU, and at 4096 tokens attention is ~10 TFLOP a Gemma-2B step). `S` and `dP`
