@@ -103,6 +103,7 @@ fn backend_cuda_fails_clearly_where_it_cannot_run() {
 fn kernel_index_arithmetic_equals_host_dequantization() {
     use lapidary_model::cube::dequant::{words, INV_127};
     use lapidary_model::quant::{Int8Weight, Nf4Weight};
+    use lapidary_model::testing::values;
     for shape in [[3, 7], [5, 64], [33, 130], [300, 64]] {
         let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
         let w = Nf4Weight::quantize(&data, shape);
@@ -135,12 +136,6 @@ fn kernel_index_arithmetic_equals_host_dequantization() {
     }
 }
 
-/// Deterministic values in `[-scale, scale]`.
-#[cfg(feature = "cuda")]
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
-}
-
 /// The relative tolerance of a GPU result against the CPU's: f32 products, or TF32 ones.
 #[cfg(feature = "cuda")]
 fn tolerance() -> f64 {
@@ -154,18 +149,20 @@ fn tolerance() -> f64 {
 #[cfg(feature = "cuda")]
 mod gpu {
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
-    use lapidary_model::backend::{CudaGpu, FlexCpu};
-    use lapidary_model::compute::ComputeDtype;
-    use lapidary_model::cube::checks::{self, host, scaled_err};
+    use lapidary_model::backends::{CudaGpu, FlexCpu};
     use lapidary_model::cuda::{cublas, CudaRuntime, Math};
-    use lapidary_model::layers::lora::LoraRuntime;
-    use lapidary_model::load::load_gemma;
-    use lapidary_model::loss::shifted_targets;
+    use lapidary_model::dtype::ComputeDtype;
+    use lapidary_model::gemma::load::load_gemma;
+    use lapidary_model::gemma::loss::shifted_targets;
+    use lapidary_model::nn::lora::LoraRuntime;
     use lapidary_model::quant::QuantKind;
+    use lapidary_model::testing::cube as checks;
+    use lapidary_model::testing::{host, scaled_err};
     use lapidary_model::{ModelFiles, TokenBatch};
 
     use super::common::{read_tensor, real_model, rel};
-    use super::{cli_json, fixture_at as fixture, tolerance, values};
+    use super::{cli_json, fixture_at as fixture, tolerance};
+    use lapidary_model::testing::values;
 
     pub fn kernels_equal_host_dequantization() {
         let shapes = [[3, 7], [33, 130], [300, 64], [2048, 1024]];
@@ -309,7 +306,7 @@ mod gpu {
     }
 
     /// Logits and summed NLL of the fixture rows on backend `B`, computing in `dtype`.
-    fn logits_and_nll<B: lapidary_model::quant::FrozenMatmul>(
+    fn logits_and_nll<B: lapidary_model::GemmaBackend>(
         gen: &str,
         quant: QuantKind,
         dtype: ComputeDtype,
@@ -328,7 +325,7 @@ mod gpu {
     }
 
     pub fn logits_and_loss_equal_cpu_on_the_fixtures() {
-        // bf16 against the CPU's bf16 (itself checked against transformers' in lapidary_model::compute): the
+        // bf16 against the CPU's bf16 (itself checked against transformers' in lapidary_model::dtype): the
         // two round in different orders, so a few bf16 ulps of the logits' scale apart.
         for (dtype, tol) in [(ComputeDtype::F32, tolerance()), (ComputeDtype::Bf16, 2e-2)] {
             for gen in ["gemma1", "gemma2", "gemma3"] {

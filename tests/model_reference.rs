@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use lapidary_model::backend::Cpu;
-use lapidary_model::layers::lora::LoraRuntime;
-use lapidary_model::load::load_gemma;
+use lapidary_model::backends::Cpu;
+use lapidary_model::gemma::load::load_gemma;
+use lapidary_model::nn::lora::LoraRuntime;
 use lapidary_model::quant::{Int8Weight, Nf4Weight, QuantKind};
 use lapidary_model::{GemmaConfig, ModelFiles, TokenBatch};
 
@@ -26,7 +26,7 @@ fn reference_rows(gen: &str) -> Vec<Vec<u32>> {
     ids.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
 }
 
-fn logits_vs_transformers<B: lapidary_model::quant::FrozenMatmul>(gen: &str) -> (f64, f64) {
+fn logits_vs_transformers<B: lapidary_model::GemmaBackend>(gen: &str) -> (f64, f64) {
     let files = ModelFiles::open(&model_dir(gen)).expect("open fixture model");
     let model = load_gemma::<B>(&files.config, files.weights.as_ref(), QuantKind::None, &Default::default()).unwrap();
     let rows = reference_rows(gen);
@@ -45,8 +45,8 @@ fn logits_vs_transformers<B: lapidary_model::quant::FrozenMatmul>(gen: &str) -> 
 fn logits_match_transformers() {
     for gen in GENS {
         for (backend, (scaled, elementwise)) in [
-            ("ndarray", logits_vs_transformers::<lapidary_model::backend::NdArrayCpu>(gen)),
-            ("flex", logits_vs_transformers::<lapidary_model::backend::FlexCpu>(gen)),
+            ("ndarray", logits_vs_transformers::<lapidary_model::backends::NdArrayCpu>(gen)),
+            ("flex", logits_vs_transformers::<lapidary_model::backends::FlexCpu>(gen)),
         ] {
             eprintln!("{gen}/{backend}: max error {scaled:e} of the logit scale, {elementwise:e} elementwise");
             assert!(
@@ -229,7 +229,7 @@ fn greedy_generation_matches_transformers_and_cache_matches_recompute() {
         };
         let prompt = ids(&reference["greedy"]["prompt_ids"]);
         let want = ids(&reference["greedy"]["new_ids"]);
-        let cfg = lapidary_model::generate::SamplingConfig { max_new_tokens: want.len(), ..Default::default() };
+        let cfg = lapidary_model::gemma::generate::SamplingConfig { max_new_tokens: want.len(), ..Default::default() };
         let cached = model.generate(&prompt, &cfg);
         assert_eq!(cached, want, "{gen}: cached greedy tokens differ from transformers");
         assert_eq!(model.generate_uncached(&prompt, want.len()), cached, "{gen}: cache changes the result");
@@ -243,9 +243,9 @@ fn fresh_lora_leaves_outputs_unchanged() {
     let rows = reference_rows("gemma3");
     let batch = TokenBatch::from_rows(&rows);
     let before = model.forward(&batch, &LoraRuntime::default());
-    let targets: Vec<String> = lapidary_model::layers::lora::TARGETS.iter().map(|s| s.to_string()).collect();
-    let cfg = lapidary_model::adapter::AdapterConfig::new(8, 16.0, 0.0, &targets, false, None);
-    lapidary_model::adapter::init_lora(&mut model, &cfg, 7).unwrap();
+    let targets: Vec<String> = lapidary_model::nn::lora::TARGETS.iter().map(|s| s.to_string()).collect();
+    let cfg = lapidary_model::peft::adapter::AdapterConfig::new(8, 16.0, 0.0, &targets, false, None);
+    lapidary_model::peft::adapter::init_lora(&mut model, &cfg, 7).unwrap();
     let after = model.forward(&batch, &LoraRuntime::default());
     let diff: f32 = (before - after).abs().max().into_scalar();
     assert_eq!(diff, 0.0, "a fresh adapter changed the output");

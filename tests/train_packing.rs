@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use lapidary_data::{Batch, Batches, DataConfig};
-use lapidary_model::backend::Cpu;
-use lapidary_model::loss::shifted_targets;
+use lapidary_model::backends::Cpu;
+use lapidary_model::gemma::loss::shifted_targets;
 use lapidary_model::{ModelFiles, TokenBatch};
 
 fn token_batch(b: &Batch) -> TokenBatch {
@@ -23,7 +23,7 @@ fn token_batch(b: &Batch) -> TokenBatch {
 fn packed_loss_equals_sum_of_unpacked_losses() {
     for gen in ["gemma1", "gemma2", "gemma3"] {
         let files = ModelFiles::open(&fixture(&format!("tiny/{gen}"))).unwrap();
-        let model = lapidary_model::load::load_gemma::<Cpu>(
+        let model = lapidary_model::gemma::load::load_gemma::<Cpu>(
             &files.config,
             files.weights.as_ref(),
             Default::default(),

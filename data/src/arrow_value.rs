@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Schema};
 use serde_json::{Map, Number, Value};
 
 use crate::error::{DataError, Location, Result};
-use crate::source::{Record, Row};
+use crate::record::{Record, Row};
 
 /// Indices (into `schema`) of the known columns present, checked for supported types.
 pub(crate) fn select_columns(path: &Path, schema: &Schema, known: &[&str]) -> Result<Vec<usize>> {

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{DataError, Location, Result};
-use crate::reader_jsonl::json_kind;
-use crate::source::Row;
+use crate::record::{json_kind, Row};
 
 /// The fields any format reads; columnar readers decode only these columns.
 pub const KNOWN_FIELDS: &[&str] =

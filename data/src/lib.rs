@@ -9,8 +9,9 @@
 //!
 //! - **Reading** ([`open_dataset`], [`source::resolve`]): JSONL (line by line), Parquet (a file or a directory
 //!   of shards, by record batch, only the known columns decoded), Arrow IPC file and stream formats, and
-//!   `datasets.Dataset.save_to_disk` directories. Rows are JSON records with a [`Location`] (file and line or
-//!   row) used by every error.
+//!   `datasets.Dataset.save_to_disk` directories. Rows ([`Row`], [`RowSource`], in [`record`]) are JSON
+//!   records with a [`Location`] (file and line or row) used by every error. Modules depend one way:
+//!   `source` → `reader_*` → `arrow_value` → `record` → `error`; `format` also builds on `record`.
 //! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, alpaca, pre-tokenized;
 //!   detected per row with `auto`. See [`format`].
 //! - **Chat template** ([`chat::render_chat`], [`chat::chat_pieces`]): Gemma's, exactly.
@@ -47,6 +48,7 @@ pub mod pipeline;
 mod reader_arrow;
 mod reader_jsonl;
 mod reader_parquet;
+pub mod record;
 pub mod shuffle;
 pub mod source;
 pub mod tokenize;
@@ -60,6 +62,7 @@ pub use pipeline::{examples, Batches, DataConfig, DataPosition, Summary};
 pub use reader_arrow::ArrowReader;
 pub use reader_jsonl::JsonlReader;
 pub use reader_parquet::ParquetReader;
+pub use record::{Record, Row, RowSource};
 pub use shuffle::ShuffleBuffer;
-pub use source::{open_dataset, Record, Row, RowSource};
+pub use source::open_dataset;
 pub use tokenize::{alpaca_prompt, load_tokenizer, EncodeConfig, Encoder, Example, SpecialTokens};

@@ -22,8 +22,9 @@ use crate::batch::{Batch, PadTo};
 use crate::error::{DataError, Result};
 use crate::format::{parse_row, RowFormat};
 use crate::pack::{PackedRow, Packer};
+use crate::record::{Row, RowSource};
 use crate::shuffle::ShuffleBuffer;
-use crate::source::{open_dataset, Row, RowSource};
+use crate::source::open_dataset;
 use crate::tokenize::{EncodeConfig, Encoder, Example, SpecialTokens};
 
 /// Everything that shapes the stream of batches.

@@ -12,7 +12,7 @@ use arrow::ipc::reader::{FileReader, StreamReader};
 
 use crate::arrow_value::{batch_to_rows, select_columns};
 use crate::error::{DataError, Result};
-use crate::source::Row;
+use crate::record::Row;
 
 type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
 

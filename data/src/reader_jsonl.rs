@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Location, Result};
-use crate::source::Row;
+use crate::record::{json_kind, Row};
 
 pub struct JsonlReader {
     path: PathBuf,
@@ -64,16 +64,5 @@ impl Iterator for JsonlReader {
             }
         }
         None
-    }
-}
-
-pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }

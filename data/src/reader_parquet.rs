@@ -10,7 +10,7 @@ use parquet::arrow::ProjectionMask;
 use crate::arrow_value::select_columns;
 use crate::error::{DataError, Result};
 use crate::reader_arrow::BatchRows;
-use crate::source::Row;
+use crate::record::Row;
 
 /// Rows per record batch: small enough that a batch of long conversations stays a few MB.
 const BATCH_ROWS: usize = 256;

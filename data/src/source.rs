@@ -1,4 +1,5 @@
-//! Row sources and `open_dataset`, which picks a reader from the path.
+//! `open_dataset` and `resolve`: pick a reader from the path and chain the shards into one row source. The
+//! row types the readers share live below them in [`crate::record`], so dependencies point one way.
 //!
 //! Every reader streams: JSONL line by line, Parquet and Arrow one record batch at a time, shards one file
 //! at a time, so memory is bounded by one batch whatever the dataset size.
@@ -6,24 +7,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::error::{DataError, Location, Result};
+use crate::error::{DataError, Result};
 use crate::format::KNOWN_FIELDS;
 use crate::{reader_arrow, reader_jsonl, reader_parquet};
 
-/// One record: field name to JSON value. Arrow nulls are left out, so "null" and "absent" read the same.
-pub type Record = serde_json::Map<String, serde_json::Value>;
-
-/// A record and where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub fields: Record,
-    pub loc: Location,
-}
-
-/// A stream of rows. An `Err` for a row error (see [`DataError::is_row_error`]) may be followed by more rows;
-/// after any other error the source is finished.
-pub trait RowSource: Iterator<Item = Result<Row>> + Send {}
-impl<T: Iterator<Item = Result<Row>> + Send> RowSource for T {}
+/// Re-exported so `source::{Record, Row, RowSource}` paths keep working; they are defined in [`crate::record`].
+pub use crate::record::{Record, Row, RowSource};
 
 /// The on-disk layouts `open_dataset` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use lapidary_model::compute::ComputeDtype;
-use lapidary_model::quant::{FrozenMatmul, QuantKind};
+use lapidary_model::dtype::ComputeDtype;
+use lapidary_model::quant::QuantKind;
+use lapidary_model::GemmaBackend;
 use lapidary_model::{Gemma, ModelFiles};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -24,7 +25,7 @@ impl From<Quant> for QuantKind {
     }
 }
 
-/// What the model computes in (`lapidary_model::compute`).
+/// What the model computes in (`lapidary_model::dtype`).
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dtype {
@@ -99,20 +100,20 @@ pub struct ModelArgs {
     pub dtype: Dtype,
 }
 
-pub struct Loaded<B: FrozenMatmul> {
+pub struct Loaded<B: GemmaBackend> {
     pub files: ModelFiles,
     pub model: Gemma<B>,
 }
 
-pub fn load<B: FrozenMatmul>(args: &ModelArgs) -> Result<Loaded<B>> {
+pub fn load<B: GemmaBackend>(args: &ModelArgs) -> Result<Loaded<B>> {
     let files = ModelFiles::open(&args.model)?;
     let device = B::Device::default();
     let mut model =
-        lapidary_model::load::load_gemma::<B>(&files.config, files.weights.as_ref(), args.quant.into(), &device)
+        lapidary_model::gemma::load::load_gemma::<B>(&files.config, files.weights.as_ref(), args.quant.into(), &device)
             .with_context(|| format!("loading {}", args.model.display()))?
             .with_compute_dtype(args.dtype.into());
     if let Some(dir) = &args.adapter {
-        lapidary_model::adapter::load_adapter(&mut model, dir)
+        lapidary_model::peft::adapter::load_adapter(&mut model, dir)
             .with_context(|| format!("loading adapter {}", dir.display()))?;
     }
     Ok(Loaded { files, model })
@@ -124,11 +125,11 @@ pub fn load<B: FrozenMatmul>(args: &ModelArgs) -> Result<Loaded<B>> {
 macro_rules! dispatch {
     ($kind:expr, $f:ident, $($arg:expr),*) => {
         match $kind {
-            $crate::common::BackendKind::Ndarray => $f::<lapidary_model::backend::NdArrayCpu>($($arg),*),
-            $crate::common::BackendKind::Flex => $f::<lapidary_model::backend::FlexCpu>($($arg),*),
+            $crate::common::BackendKind::Ndarray => $f::<lapidary_model::backends::NdArrayCpu>($($arg),*),
+            $crate::common::BackendKind::Flex => $f::<lapidary_model::backends::FlexCpu>($($arg),*),
             #[cfg(feature = "cuda")]
             $crate::common::BackendKind::Cuda => {
-                $crate::common::cuda_ready().and_then(|()| $f::<lapidary_model::backend::CudaGpu>($($arg),*))
+                $crate::common::cuda_ready().and_then(|()| $f::<lapidary_model::backends::CudaGpu>($($arg),*))
             }
             #[cfg(not(feature = "cuda"))]
             $crate::common::BackendKind::Cuda => Err($crate::common::built_without_cuda()),

@@ -16,8 +16,8 @@
 //! `argmax ll / len(choice)` with `len` in characters (Unicode scalar values, Python's `len`) of the choice as
 //! written (without the delimiter); ties go to the first index (`np.argmax`).
 use anyhow::{bail, Result};
-use lapidary_model::generate::SamplingConfig;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::generate::SamplingConfig;
+use lapidary_model::GemmaBackend;
 use lapidary_model::{Gemma, TokenBatch};
 use serde_json::{json, Value};
 
@@ -90,7 +90,7 @@ pub fn exact_stop_ids(tok: &tokenizers::Tokenizer, eos: &[u32], newline: bool) -
 
 /// Greedy generation for every row, compared with its answers. `eos` are the model config's EOS ids; `data`
 /// names the file in messages.
-pub fn exact_match<B: FrozenMatmul>(
+pub fn exact_match<B: GemmaBackend>(
     model: &Gemma<B>,
     tok: &tokenizers::Tokenizer,
     eos: &[u32],
@@ -163,7 +163,7 @@ pub fn encode_pair(tok: &tokenizers::Tokenizer, context: &str, continuation: &st
 
 /// Sum of log p(continuation | context). Like lm-eval, an input longer than `max_len` keeps its last
 /// `max_len` tokens. Returns (log-likelihood, whether the input was cut).
-pub fn loglikelihood<B: FrozenMatmul>(
+pub fn loglikelihood<B: GemmaBackend>(
     model: &Gemma<B>,
     ctx: &[u32],
     cont: &[u32],
@@ -195,7 +195,7 @@ pub fn argmax(v: &[f64]) -> usize {
     best
 }
 
-pub fn choice<B: FrozenMatmul>(
+pub fn choice<B: GemmaBackend>(
     model: &Gemma<B>,
     tok: &tokenizers::Tokenizer,
     rows: &[ChoiceRow],

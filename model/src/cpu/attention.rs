@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul_serial, Mat};
 use super::math::{exp, tanh};
-use crate::layers::mask::AttnMask;
+use crate::mask::AttnMask;
 
 /// Query rows (positions × grouped heads) per block.
 const ROWS: usize = 128;

@@ -27,6 +27,7 @@ macro_rules! avx2_dispatch {
 pub mod attention;
 pub mod geglu;
 pub mod gemm;
+pub mod lm_head;
 pub mod math;
 pub mod rope;
 pub mod softmax;

@@ -1,4 +1,4 @@
-//! Attention on the CubeCL backends (`FrozenMatmul::attend_lse` / `attend_backward`): the products (two
+//! Attention on the CubeCL backends (`GemmaBackend::attend_lse` / `attend_backward`): the products (two
 //! forward, five backward) by the runtime's vendor library (cuBLAS on CUDA) on the grouped layout of
 //! `crate::fused_attention`, and everything between them one kernel each, with the mask computed inside
 //! from positions and segments.
@@ -38,12 +38,12 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
+use super::gemm::{product_as, Gemm};
 use super::launch::{arg, cube_row, reduce, row_grid, softcap, ROW_UNITS};
-use super::{product_as, Gemm};
-use crate::compute::{cast, cast_prim};
-use crate::fused_attention::{dims, prim, t4, AttnSpec};
-use crate::layers::mask::{AttnMask, MASKED};
-use crate::ops::dense;
+use crate::dtype::{cast, cast_prim};
+use crate::mask::{AttnMask, MASKED};
+use crate::ops::attention::{dims, prim, t4, AttnSpec};
+use crate::ops::kernels::dense;
 
 /// Where a row of one chunk's grouped scores `[b, kvh, rep·c, n]` sits (`c` queries from `q0` of the `s` per
 /// batch row): its query (`b·s + q0 + i`) and, since the rows of one batch are head-major

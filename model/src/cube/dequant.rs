@@ -99,7 +99,7 @@ fn upload_f32<R: Runtime>(client: &ComputeClient<R>, v: &[f32]) -> (cubecl::serv
 }
 
 impl Nf4Device {
-    pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &crate::quant::Nf4Weight) -> Self {
+    pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &crate::quant::nf4::Nf4Weight) -> Self {
         let mut tables = crate::quant::nf4::nf4_code().to_vec();
         tables.extend_from_slice(&crate::quant::nf4::dynamic_map());
         Nf4Device {
@@ -145,7 +145,7 @@ impl Nf4Device {
 pub const INV_127: f32 = 7.874015718698502e-3;
 
 impl Int8Device {
-    pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &crate::quant::Int8Weight) -> Self {
+    pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &crate::quant::int8::Int8Weight) -> Self {
         let bytes: Vec<u8> = w.cb.iter().map(|&b| b as u8).collect();
         Int8Device { shape: w.shape, cb: upload_u32(client, &words(&bytes)), scb: upload_f32(client, &w.scb) }
     }

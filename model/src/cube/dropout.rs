@@ -1,4 +1,4 @@
-//! LoRA dropout's mask as one CubeCL kernel (`FrozenMatmul::dropout_mask` on the CubeCL backends): the
+//! LoRA dropout's mask as one CubeCL kernel (`GemmaBackend::dropout_mask` on the CubeCL backends): the
 //! counter-based generator of `crate::layers::dropout`, element by element on the device, so the mask (as
 //! large as the adapter's input: `[tokens × 16384]` for Gemma 2B's `down_proj`) is neither drawn nor
 //! uploaded by the host. Same integer arithmetic, so the same values as the host's.
@@ -8,9 +8,9 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::launch::{arg, elementwise};
-use crate::layers::dropout::MaskParams;
+use crate::ops::dropout::MaskParams;
 
-/// `lowbias32`, as `crate::layers::dropout::mix` (u32 products wrap on every CubeCL target).
+/// `lowbias32`, as `crate::ops::dropout::mix` (u32 products wrap on every CubeCL target).
 #[cube]
 fn mix(x: u32) -> u32 {
     let mut x = x;

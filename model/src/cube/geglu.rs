@@ -1,4 +1,4 @@
-//! Gemma's GeGLU, `gelu_tanh(gate) · up`, and its backward as one CubeCL kernel each (`FrozenMatmul::geglu`
+//! Gemma's GeGLU, `gelu_tanh(gate) · up`, and its backward as one CubeCL kernel each (`GemmaBackend::geglu`
 //! on the CubeCL backends). Burn's ops would run ~8 kernels forward and ~20 backward over the
 //! `[tokens × intermediate]` activations, each reading and writing all of them; these read the inputs once
 //! and write the outputs once. Any float dtype in memory (the kernels are compiled for the tensors' dtype),

@@ -1,5 +1,5 @@
-//! The LM head's cross-entropy on the CubeCL backends (`FrozenMatmul::lm_head_nll_grad`): the chunks of
-//! `crate::lm_head_loss::chunked`, each as two vendor products (cuBLAS on CUDA) around one kernel.
+//! The LM head's cross-entropy on the CubeCL backends (`GemmaBackend::lm_head_nll_grad`): the chunks of
+//! `crate::ops::lm_head::chunked`, each as two vendor products (cuBLAS on CUDA) around one kernel.
 //!
 //! Per chunk of `c` rows: `Z = hc · Eᵀ` `[c, vocab]` (row-major, the table passed transposed, not copied);
 //! then [`nll_rows`], one cube per row — softcap, max, sum of exponentials, the row's `nll = lse − z[target]`
@@ -14,9 +14,9 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
+use super::gemm::{product, Gemm};
 use super::launch::{arg, cube_row, reduce, row_grid, softcap, ROW_UNITS};
-use super::{product, Gemm};
-use crate::lm_head_loss::ChunkLoss;
+use crate::ops::lm_head::ChunkLoss;
 
 /// Rows per chunk: the logits of a chunk are `rows × vocab` in the hidden states' dtype (256 MiB in f32 for
 /// Gemma's 262k vocabulary).

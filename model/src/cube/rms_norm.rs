@@ -1,4 +1,4 @@
-//! Gemma's RMSNorm and its backward as one CubeCL kernel each (`FrozenMatmul::rms_norm` on the CubeCL
+//! Gemma's RMSNorm and its backward as one CubeCL kernel each (`GemmaBackend::rms_norm` on the CubeCL
 //! backends; the definition and the Burn-op version are in `crate::layers::norm`). One cube per row of the
 //! last dimension: the row's statistics by a reduction over the cube's units, then the row written once.
 //! Burn's ops would run ~8 kernels forward and ~15 backward over `[tokens × hidden]`. Any float dtype in

@@ -1,4 +1,4 @@
-//! Rotary embedding (rotate-half layout) as one CubeCL kernel (`FrozenMatmul::rope` on the CubeCL backends):
+//! Rotary embedding (rotate-half layout) as one CubeCL kernel (`GemmaBackend::rope` on the CubeCL backends):
 //! `out = x·cos + rotate_half(x)·sin`, `rotate_half(x) = [−x₂, x₁]` over the halves of each head's `d`
 //! values, with `cos`/`sin` `[b, s, 1, d]` broadcast over the heads. Burn's ops would slice, negate,
 //! concatenate, multiply twice and add. The backward is the same kernel with `−sin` (`crate::ops`). Any float

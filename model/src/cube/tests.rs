@@ -1,5 +1,5 @@
 //! The CubeCL code on the wgpu runtime against the CPU backend: the NF4/int8, GeGLU, RoPE and attention
-//! kernels (the shared checks of `super::checks`, which `tests/gpu.rs` runs on CUDA), logits and losses on
+//! kernels (the shared checks of `crate::testing::cube`, which `tests/gpu.rs` runs on CUDA), logits and losses on
 //! the tiny Gemma 1/2/3 fixtures, and LoRA gradients through the whole model (frozen products by the
 //! kernels' dense weights, the kernels' backwards, the chunked LM-head loss in Burn ops).
 //!
@@ -13,19 +13,19 @@ use std::path::PathBuf;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 
-use crate::adapter::{init_lora, linears_mut, AdapterConfig};
-use crate::backend::{FlexCpu, WgpuGpu};
-use crate::decoder::TokenBatch;
-use crate::layers::lora::{LoraRuntime, TARGETS};
-use crate::loss::shifted_targets;
-use crate::ops::FrozenMatmul;
+use crate::backends::{FlexCpu, WgpuGpu};
+use crate::gemma::load::load_gemma;
+use crate::gemma::loss::shifted_targets;
+use crate::gemma::model::{linears_mut, TokenBatch};
+use crate::io::files::ModelFiles;
+use crate::nn::lora::{LoraRuntime, TARGETS};
+use crate::ops::gemma_backend::GemmaBackend;
+use crate::peft::adapter::{init_lora, AdapterConfig};
 use crate::quant::QuantKind;
-use crate::ModelFiles;
-
-use super::checks::{
-    attention_equals_cpu, dequant_equals_host, dropout_equals_host, host, lm_head_equals_cpu, rms_norm_equals_cpu,
-    scaled_err, values,
+use crate::testing::cube::{
+    attention_equals_cpu, dequant_equals_host, dropout_equals_host, lm_head_equals_cpu, rms_norm_equals_cpu,
 };
+use crate::testing::{host, scaled_err, values};
 
 /// Whether the wgpu runtime can run here; says why not on stderr.
 fn adapter() -> bool {
@@ -114,10 +114,9 @@ fn fixture_batch() -> TokenBatch {
 }
 
 /// Logits and summed NLL of the fixture batch on backend `B`.
-fn logits_and_nll<B: FrozenMatmul>(arch: &str, quant: QuantKind) -> (Vec<f32>, f64) {
+fn logits_and_nll<B: GemmaBackend>(arch: &str, quant: QuantKind) -> (Vec<f32>, f64) {
     let files = ModelFiles::open(&fixture(arch)).expect("fixture model");
-    let model =
-        crate::load::load_gemma::<B>(&files.config, files.weights.as_ref(), quant, &Default::default()).expect("load");
+    let model = load_gemma::<B>(&files.config, files.weights.as_ref(), quant, &Default::default()).expect("load");
     let tokens = fixture_batch();
     let logits = host(model.forward(&tokens, &LoraRuntime::default()));
     let labels: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
@@ -146,12 +145,11 @@ fn logits_and_loss_equal_cpu_on_the_fixtures() {
 type LoraGrads = Vec<(Vec<f32>, Vec<f32>)>;
 
 /// The summed NLL of the fixture batch and every LoRA factor's gradient on `Autodiff<B>`.
-fn lora_gradients<B: FrozenMatmul>(arch: &str) -> (f32, LoraGrads) {
+fn lora_gradients<B: GemmaBackend>(arch: &str) -> (f32, LoraGrads) {
     let files = ModelFiles::open(&fixture(arch)).expect("fixture model");
     let device = Default::default();
     let mut model =
-        crate::load::load_gemma::<Autodiff<B>>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device)
-            .expect("load");
+        load_gemma::<Autodiff<B>>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device).expect("load");
     let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
     init_lora(&mut model, &AdapterConfig::new(4, 8.0, 0.0, &targets, false, None), 3).expect("lora");
     // A and B set by hand (the random init draws from each backend's generator), B nonzero so that A has a
@@ -239,7 +237,7 @@ fn batched_products_of_transposed_views_equal_cpu() {
         [(2, 300, 600, 16), (4, 64, 600, 16), (4, 300, 600, 8), (2, 300, 1200, 16), (1, 16, 2048, 640)]
     {
         let (a, b) = (values(batch * k * m, 1, 1.0), values(batch * k * n, 2, 1.0));
-        fn run<B: FrozenMatmul>(a: &[f32], b: &[f32], [batch, m, k, n]: [usize; 4]) -> Vec<f32> {
+        fn run<B: GemmaBackend>(a: &[f32], b: &[f32], [batch, m, k, n]: [usize; 4]) -> Vec<f32> {
             let device = Default::default();
             let a = Tensor::<B, 3>::from_data(TensorData::new(a.to_vec(), [batch, k, m]), &device).swap_dims(1, 2);
             let b = Tensor::<B, 3>::from_data(TensorData::new(b.to_vec(), [batch, k, n]), &device);

@@ -18,7 +18,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::client::ComputeClient;
 
 use super::dequant::{Int8Device, Nf4Device};
-use crate::quant::linear::PackedWeight;
+use crate::quant::PackedWeight;
 
 #[derive(Debug)]
 enum OnDevice {

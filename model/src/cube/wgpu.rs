@@ -1,4 +1,4 @@
-//! The wgpu runtime (Vulkan, Metal, DirectX) as a `crate::cube` backend (`crate::backend::WgpuGpu`, feature
+//! The wgpu runtime (Vulkan, Metal, DirectX) as a `crate::cube` backend (`crate::backends::WgpuGpu`, feature
 //! `wgpu`), with Burn's matmul for the products. On a machine without a GPU, Mesa's CPU Vulkan driver
 //! (lavapipe: `apt install mesa-vulkan-drivers`) runs it, slowly but faithfully, which is how the CubeCL
 //! kernels are tested there (`crate::cube::tests`).
@@ -9,7 +9,7 @@ use cubecl::Runtime;
 
 use burn_cubecl::kernel::matmul::MatmulStrategy;
 
-use super::Gemm;
+use super::gemm::{quietly, Gemm};
 
 impl Gemm for WgpuRuntime {
     /// Burn's default (non-autotuned) kernel: on Mesa's lavapipe some of the kernels autotune may pick
@@ -27,7 +27,7 @@ pub fn probe() -> Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
-            super::quietly(|| {
+            quietly(|| {
                 WgpuRuntime::client(&WgpuDevice::default());
             })
             .map_err(|e| format!("no wgpu adapter ({e}); on a machine without a GPU, install Mesa's lavapipe"))
@@ -36,6 +36,6 @@ pub fn probe() -> Result<(), String> {
 }
 
 /// Samples the default adapter's pools (`crate::cube::memory`), as `crate::cuda::sample_gpu0` does CUDA's.
-pub fn sample_gpu0() -> crate::cube::memory::MemoryStats {
-    crate::cube::memory::sample_now(&WgpuRuntime::client(&WgpuDevice::default()))
+pub fn sample_gpu0() -> super::memory::MemoryStats {
+    super::memory::sample_now(&WgpuRuntime::client(&WgpuDevice::default()))
 }

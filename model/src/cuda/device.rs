@@ -52,7 +52,7 @@ pub fn probe() -> Result<DeviceInfo, CudaUnavailable> {
 /// [`probe_uncached`], with any panic from the driver bindings turned into an error and its message kept off
 /// stderr (nothing else runs yet when the CLI probes).
 fn probe_quietly() -> Result<DeviceInfo, CudaUnavailable> {
-    crate::cube::quietly(probe_uncached).unwrap_or_else(|msg| Err(CudaUnavailable::Panicked(msg)))
+    crate::cube::gemm::quietly(probe_uncached).unwrap_or_else(|msg| Err(CudaUnavailable::Panicked(msg)))
 }
 
 fn probe_uncached() -> Result<DeviceInfo, CudaUnavailable> {

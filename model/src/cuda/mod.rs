@@ -1,4 +1,4 @@
-//! The CUDA backend (`crate::backend::CudaGpu`, feature `cuda`): Burn's `CubeBackend` on the CUDA runtime,
+//! The CUDA backend (`crate::backends::CudaGpu`, feature `cuda`): Burn's `CubeBackend` on the CUDA runtime,
 //! with QLoRA's frozen matmul as every CubeCL backend does it (`crate::cube`: device NF4/int8 kernels,
 //! packed weights resident, dense weights transient) and the product itself through cuBLAS:
 //!
@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 
-use crate::cube::Gemm;
+use crate::cube::gemm::Gemm;
 
 pub use cubecl::cuda::{CudaDevice, CudaRuntime};
 pub use cublas::Math;

@@ -1,9 +1,10 @@
-//! Frozen-base quantization: NF4 and int8 storage, and the frozen linear that multiplies by them.
+//! How the frozen base is stored: NF4 (bitsandbytes' 4-bit NormalFloat with double quantization) and int8
+//! (`LLM.int8()`'s row-wise absmax), packed on the host. Storage only; multiplying by them is `crate::ops`.
 mod dynamic_map;
 pub mod int8;
-pub mod linear;
 pub mod nf4;
+pub mod packed;
 
 pub use int8::Int8Weight;
-pub use linear::{FrozenLinear, FrozenMatmul, FrozenWeight, PackedWeight, QuantKind};
 pub use nf4::Nf4Weight;
+pub use packed::{PackedWeight, QuantKind};

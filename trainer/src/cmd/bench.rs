@@ -10,10 +10,11 @@ use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use clap::Args;
 use lapidary_data::Batch;
-use lapidary_model::adapter::{init_lora, AdapterConfig};
-use lapidary_model::layers::lora::TARGETS;
-use lapidary_model::quant::FrozenMatmul;
-use lapidary_model::{shapes, GemmaConfig, ModelFiles, WeightSource};
+use lapidary_model::io::shapes;
+use lapidary_model::nn::lora::TARGETS;
+use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
+use lapidary_model::GemmaBackend;
+use lapidary_model::{GemmaConfig, ModelFiles, WeightSource};
 use rand::{Rng, SeedableRng};
 
 use crate::common::{print_json, BackendKind, Dtype, Quant};
@@ -213,14 +214,15 @@ fn device_name(kind: BackendKind) -> String {
     format!("cpu x{}", rayon::current_num_threads())
 }
 
-fn go<B: FrozenMatmul>(a: &BenchArgs) -> Result<()> {
+fn go<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let memory = Memory::new(a.backend);
     let (config, weights) = source(&a.model)?;
     let device = B::Device::default();
-    let mut model = lapidary_model::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
-        .with_context(|| format!("loading {}", a.model))?
-        .with_compute_dtype(a.dtype.into());
+    let mut model =
+        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
+            .with_context(|| format!("loading {}", a.model))?
+            .with_compute_dtype(a.dtype.into());
     drop(weights);
     let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
     let lora = AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None);

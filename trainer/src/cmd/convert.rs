@@ -1,13 +1,13 @@
 //! `lapidary convert`: a GGUF file → a directory transformers loads (config.json, model.safetensors,
 //! tokenizer.json, tokenizer_config.json, generation_config.json). Weights are written in f32 (dequantized),
 //! under transformers' names, with Gemma norms back in transformers' `w` convention. The writing is shared
-//! with `lapidary merge` (`lapidary_model::merge::HfDirWriter`, `side_files`).
+//! with `lapidary merge` (`lapidary_model::io::hf_dir::HfDirWriter`, `side_files`).
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use lapidary_model::merge::{side_files, HfDirWriter, OutDtype, MAX_SHARD_BYTES};
-use lapidary_model::source::is_gguf;
+use lapidary_model::io::files::is_gguf;
+use lapidary_model::io::hf_dir::{side_files, HfDirWriter, OutDtype, MAX_SHARD_BYTES};
 use lapidary_model::WeightSource;
 
 #[derive(Debug, Args)]
@@ -29,7 +29,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if a.out.exists() && !a.overwrite {
         bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
     }
-    let gguf = lapidary_model::gguf::GgufModel::open(&a.model)?;
+    let gguf = lapidary_model::io::gguf::GgufModel::open(&a.model)?;
     let config = gguf.config_json()?;
     // Check it is a config we can read before writing anything.
     lapidary_model::GemmaConfig::from_json(&config, &a.model)?;

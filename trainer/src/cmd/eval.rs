@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use lapidary_model::loss::shifted_targets;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::loss::shifted_targets;
+use lapidary_model::GemmaBackend;
 use lapidary_model::TokenBatch;
 use serde_json::{json, Value};
 
@@ -77,7 +77,7 @@ pub struct EvalResult {
     pub truncated: usize,
 }
 
-pub fn eval_rows<B: FrozenMatmul>(
+pub fn eval_rows<B: GemmaBackend>(
     model: &lapidary_model::Gemma<B>,
     rows: &[Vec<u32>],
     max_len: Option<usize>,
@@ -110,7 +110,7 @@ enum Rows {
 }
 
 /// Runs the metric on one model: (summary JSON, per-row JSON, text line).
-fn evaluate<B: FrozenMatmul>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Result<(Value, Vec<Value>, String)> {
+fn evaluate<B: GemmaBackend>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Result<(Value, Vec<Value>, String)> {
     let loaded = load::<B>(model)?;
     let start = std::time::Instant::now();
     let (mut summary, per_row, line) = match rows {
@@ -198,7 +198,7 @@ fn headline(metric: Metric) -> &'static [&'static str] {
     }
 }
 
-fn run_on<B: FrozenMatmul>(a: EvalArgs) -> Result<()> {
+fn run_on<B: GemmaBackend>(a: EvalArgs) -> Result<()> {
     if a.max_seq_len.is_some_and(|m| m < 2) {
         bail!("--max-seq-len must be at least 2");
     }

@@ -1,8 +1,8 @@
 //! `lapidary generate`: greedy by default; sampling with temperature / top-k / top-p and a seed.
 use anyhow::{bail, Result};
 use clap::Args;
-use lapidary_model::generate::SamplingConfig;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::generate::SamplingConfig;
+use lapidary_model::GemmaBackend;
 use serde_json::json;
 
 use crate::common::{encode, load, ModelArgs};
@@ -43,7 +43,7 @@ pub fn stop_ids_for(eos: &[u32], tok: &tokenizers::Tokenizer) -> Vec<u32> {
     ids
 }
 
-fn run_on<B: FrozenMatmul>(a: GenerateArgs) -> Result<()> {
+fn run_on<B: GemmaBackend>(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }

@@ -1,8 +1,8 @@
 //! `lapidary inspect`: what the model is and where its memory goes.
 use anyhow::Result;
 use clap::Args;
-use lapidary_model::adapter::linears;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::linears;
+use lapidary_model::GemmaBackend;
 use serde_json::json;
 
 use crate::common::{load, ModelArgs};
@@ -15,7 +15,7 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-fn run_on<B: FrozenMatmul>(a: InspectArgs) -> Result<()> {
+fn run_on<B: GemmaBackend>(a: InspectArgs) -> Result<()> {
     let loaded = load::<B>(&a.model)?;
     let m = &loaded.model;
     let c = &m.config;

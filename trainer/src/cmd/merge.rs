@@ -1,7 +1,7 @@
 //! `lapidary merge`: LoRA adapter(s) folded into the base weights, written as a directory transformers loads
 //! as it is (config.json, model.safetensors or shards + index, tokenizer files, generation_config.json).
 //!
-//! Several adapters are combined with PEFT's `add_weighted_adapter` semantics (see `lapidary_model::merge`).
+//! Several adapters are combined with PEFT's `add_weighted_adapter` semantics (see `lapidary_model::peft::merge`).
 //! Every merge checks itself before the directory gets its real name: the written model, read back from disk,
 //! and the base plus the (combined) adapter evaluated in f32 on a few fixed probe texts must give the same
 //! mean loss within a dtype-dependent tolerance (see [`tolerance`]).
@@ -9,11 +9,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lapidary_model::merge::{
-    combine, config_with_dtype, read_adapter, set_adapters, side_files, source_config, BaseKind, BaseView, HfDirWriter,
-    MergePlan, Method, OutDtype, MAX_SHARD_BYTES,
+use lapidary_model::io::hf_dir::{
+    config_with_dtype, side_files, source_config, HfDirWriter, OutDtype, MAX_SHARD_BYTES,
 };
-use lapidary_model::quant::{FrozenMatmul, QuantKind};
+use lapidary_model::peft::merge::{combine, read_adapter, set_adapters, BaseKind, BaseView, MergePlan, Method};
+use lapidary_model::quant::QuantKind;
+use lapidary_model::GemmaBackend;
 use lapidary_model::ModelFiles;
 use serde_json::json;
 
@@ -79,7 +80,7 @@ pub fn tolerance(dtype: OutDtype) -> f64 {
     }
 }
 
-fn run_on<B: FrozenMatmul>(a: MergeArgs) -> Result<()> {
+fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     if a.out.exists() && !a.overwrite {
         bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
     }
@@ -97,7 +98,7 @@ fn run_on<B: FrozenMatmul>(a: MergeArgs) -> Result<()> {
     let device = B::Device::default();
 
     // The reference: the base as the merge sees it (rounded to the output dtype) plus the adapter(s) in f32.
-    let mut model = lapidary_model::load::load_gemma::<B>(&files.config, &view, QuantKind::None, &device)
+    let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, &view, QuantKind::None, &device)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let adapters = a
         .adapter
@@ -126,9 +127,13 @@ fn run_on<B: FrozenMatmul>(a: MergeArgs) -> Result<()> {
 
     // The check: the directory as written, read back.
     let written = ModelFiles::open(&w.tmp)?;
-    let merged_model =
-        lapidary_model::load::load_gemma::<B>(&written.config, written.weights.as_ref(), QuantKind::None, &device)
-            .with_context(|| format!("reading back {}", w.tmp.display()))?;
+    let merged_model = lapidary_model::gemma::load::load_gemma::<B>(
+        &written.config,
+        written.weights.as_ref(),
+        QuantKind::None,
+        &device,
+    )
+    .with_context(|| format!("reading back {}", w.tmp.display()))?;
     let merged = eval_rows(&merged_model, &probe, None).loss;
     let diff = (merged - reference).abs();
     let tol = tolerance(dtype);

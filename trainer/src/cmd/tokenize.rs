@@ -17,7 +17,7 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
-    let tok = lapidary_model::source::load_tokenizer(&a.model)?;
+    let tok = lapidary_model::io::files::load_tokenizer(&a.model)?;
     let ids = crate::common::encode(&tok, &a.text)?;
     if a.json {
         crate::common::print_json(&json!({ "ids": ids }));

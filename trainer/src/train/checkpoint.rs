@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use lapidary_data::DataPosition;
-use lapidary_model::adapter::AdapterConfig;
+use lapidary_model::peft::adapter::AdapterConfig;
 use serde::{Deserialize, Serialize};
 
 use burn::tensor::backend::Backend;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lapidary_data::RowFormat;
-use lapidary_model::layers::lora::TARGETS;
+use lapidary_model::nn::lora::TARGETS;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use lapidary_data::{Batch, Batches};
-use lapidary_model::quant::FrozenMatmul;
 use lapidary_model::Gemma;
+use lapidary_model::GemmaBackend;
 
 use super::config::{EvalMetric, Recipe};
 use super::step::eval_loss;
@@ -92,7 +92,7 @@ impl EvalSet {
     }
 
     /// Every asked-for metric on `model` (dropout off); a non-finite loss is an error naming the step.
-    pub fn run<B: FrozenMatmul>(&self, model: &Gemma<B>, step: u64) -> Result<Scores> {
+    pub fn run<B: GemmaBackend>(&self, model: &Gemma<B>, step: u64) -> Result<Scores> {
         let mut s = Scores::default();
         if let Some(batches) = &self.loss {
             let (loss, n) = eval_loss(model, batches);

@@ -87,7 +87,7 @@ impl Metrics {
                 }
             }
         }
-        lapidary_model::adapter::write_atomic(&path, text.as_bytes())?;
+        lapidary_model::io::atomic::write_atomic(&path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

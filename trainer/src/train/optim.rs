@@ -146,13 +146,13 @@ pub fn write_f32_safetensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let data = safetensors::tensor::serialize(views, Some(meta)).context("serialising safetensors")?;
-    lapidary_model::adapter::write_atomic(path, &data)?;
+    lapidary_model::io::atomic::write_atomic(path, &data)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use lapidary_model::backend::Cpu;
+    use lapidary_model::backends::Cpu;
 
     use super::*;
     use crate::train::params::{Param, Params};

@@ -12,10 +12,11 @@ use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use lapidary_model::adapter::{linears_mut, peft_key, AdapterConfig};
-use lapidary_model::layers::lora::LoraAdapter;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::linears_mut;
+use lapidary_model::nn::lora::LoraAdapter;
+use lapidary_model::peft::adapter::{peft_key, AdapterConfig};
 use lapidary_model::Gemma;
+use lapidary_model::GemmaBackend;
 
 use super::optim::{read_f32, write_f32_safetensors};
 
@@ -57,7 +58,7 @@ pub struct Params<B: Backend> {
 }
 
 /// Every adapter of the model with its PEFT module path (`layers.3.mlp.up_proj`), in a fixed order.
-pub fn adapters_mut<B: FrozenMatmul>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraAdapter<B>)> {
+pub fn adapters_mut<B: GemmaBackend>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraAdapter<B>)> {
     linears_mut(model).into_iter().filter_map(|(module, lin)| lin.adapter.as_mut().map(|ad| (module, ad))).collect()
 }
 
@@ -74,7 +75,7 @@ fn layout(shapes: impl IntoIterator<Item = (String, [usize; 2])>) -> Vec<Slot> {
         .collect()
 }
 
-impl<B: FrozenMatmul> Params<B> {
+impl<B: GemmaBackend> Params<B> {
     /// The adapters' current values, gathered on the device.
     pub fn read(model: &mut Gemma<Autodiff<B>>) -> Self {
         let mut shapes = Vec::new();
@@ -150,7 +151,7 @@ pub fn write_adapter(params: &[Param], cfg: &AdapterConfig, dir: &Path) -> Resul
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)?;
     let json = serde_json::to_vec_pretty(cfg)?;
-    lapidary_model::adapter::write_atomic(&dir.join("adapter_config.json"), &json)?;
+    lapidary_model::io::atomic::write_atomic(&dir.join("adapter_config.json"), &json)?;
     Ok(())
 }
 

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapidary_data::{Batch, Batches};
-use lapidary_model::adapter::{init_lora, AdapterConfig};
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
+use lapidary_model::GemmaBackend;
 use lapidary_model::ModelFiles;
 
 use super::checkpoint::{self, dropout_seed, RngState, TrainState};
@@ -40,7 +40,7 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<()> {
     crate::dispatch!(backend, run_on, recipe, opts)
 }
 
-fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
+fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
     let (t, out) = (&recipe.train, recipe.output.dir.as_path());
     let resume_from = check_output(out, opts)?;
 
@@ -54,7 +54,7 @@ fn run_on<B: FrozenMatmul>(recipe: &Recipe, opts: &Options) -> Result<()> {
     let device = Default::default();
     let quant: Quant = recipe.model.quant.into();
     let mut model =
-        lapidary_model::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
+        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
             .with_context(|| format!("loading {}", recipe.model.path.display()))?
             .with_compute_dtype(recipe.model.compute_dtype.into());
     drop(weights);

@@ -11,9 +11,9 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 use lapidary_data::Batch;
-use lapidary_model::layers::lora::LoraRuntime;
-use lapidary_model::loss::shifted_targets;
-use lapidary_model::quant::FrozenMatmul;
+use lapidary_model::gemma::loss::shifted_targets;
+use lapidary_model::nn::lora::LoraRuntime;
+use lapidary_model::GemmaBackend;
 use lapidary_model::{Gemma, TokenBatch};
 
 use super::optim::{clip_grad_norm, AdamW};
@@ -62,8 +62,8 @@ impl std::fmt::Display for StepError {
 /// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches, as one flat
 /// tensor laid out as `params` (on the device: nothing is read back but each micro-batch's `Σ nll`); also
 /// returns `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks. With `gc`, activations are
-/// recomputed layer by layer in the backward instead of kept (`lapidary_model::checkpointing`); same gradients.
-pub fn window_grads<B: FrozenMatmul>(
+/// recomputed layer by layer in the backward instead of kept (`lapidary_model::gemma::recompute`); same gradients.
+pub fn window_grads<B: GemmaBackend>(
     model: &mut Gemma<Autodiff<B>>,
     params: &Params<B>,
     window: &[Batch],
@@ -133,7 +133,7 @@ pub fn window_grads<B: FrozenMatmul>(
 /// updated if the loss or the gradient norm is not finite. The model keeps plain (untracked) views of the
 /// parameters between steps, so evaluation builds no graph.
 #[allow(clippy::too_many_arguments)] // each is a per-step setting the caller owns; a struct would only rename them
-pub fn train_step<B: FrozenMatmul>(
+pub fn train_step<B: GemmaBackend>(
     model: &mut Gemma<Autodiff<B>>,
     params: &mut Params<B>,
     opt: &mut AdamW<B>,
@@ -168,7 +168,7 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 
 /// Mean NLL per target over `batches` with dropout off (what `lapidary eval` computes for `tokens` rows).
 /// Returns `(loss, targets)`.
-pub fn eval_loss<B: FrozenMatmul>(model: &Gemma<B>, batches: &[Batch]) -> (f64, usize) {
+pub fn eval_loss<B: GemmaBackend>(model: &Gemma<B>, batches: &[Batch]) -> (f64, usize) {
     let (mut nll, mut n) = (0f64, 0usize);
     for b in batches {
         let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
@@ -204,9 +204,9 @@ pub fn check_finite(step: u64, r: Result<StepStats, StepError>, last_ckpt: Optio
 /// adapter it says so and passes.
 #[cfg(all(test, feature = "wgpu"))]
 mod wgpu_tests {
-    use lapidary_model::adapter::{init_lora, AdapterConfig};
-    use lapidary_model::backend::{FlexCpu, WgpuGpu};
-    use lapidary_model::layers::lora::TARGETS;
+    use lapidary_model::backends::{FlexCpu, WgpuGpu};
+    use lapidary_model::nn::lora::TARGETS;
+    use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
     use lapidary_model::quant::QuantKind;
     use lapidary_model::ModelFiles;
 
@@ -216,10 +216,10 @@ mod wgpu_tests {
     use crate::train::params::download;
 
     /// The tiny Gemma 2 fixture in NF4 with rank-4 LoRA (dropout 0.1) on every target, and its parameters.
-    fn setup<B: FrozenMatmul>() -> (Gemma<Autodiff<B>>, Params<B>) {
+    fn setup<B: GemmaBackend>() -> (Gemma<Autodiff<B>>, Params<B>) {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/gemma2");
         let files = ModelFiles::open(&dir).expect("fixture model");
-        let mut model = lapidary_model::load::load_gemma::<Autodiff<B>>(
+        let mut model = lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(
             &files.config,
             files.weights.as_ref(),
             QuantKind::Nf4,
@@ -244,14 +244,14 @@ mod wgpu_tests {
         Some(WGPU.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn adamw<B: FrozenMatmul>(n: usize) -> AdamW<B> {
+    fn adamw<B: GemmaBackend>(n: usize) -> AdamW<B> {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
         AdamW::new(cfg, n, &Default::default())
     }
 
     /// Losses and gradient norms of four steps (two micro-batches each, with and without gradient
     /// checkpointing), and the parameters after them.
-    fn run<B: FrozenMatmul>() -> (Vec<(f64, f64)>, Vec<f32>) {
+    fn run<B: GemmaBackend>() -> (Vec<(f64, f64)>, Vec<f32>) {
         let (mut model, mut params) = setup::<B>();
         let mut opt = adamw::<B>(params.len());
         let vocab = model.config.vocab_size;

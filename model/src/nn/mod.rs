@@ -1,0 +1,10 @@
+//! Gemma's layers, in the order data flows through them: the frozen linear and the LoRA layer over it,
+//! RMSNorm, RoPE tables, self-attention with its KV cache, the GeGLU MLP. Generic over
+//! `crate::ops::GemmaBackend`; the arithmetic is the backend's ops.
+pub mod attention;
+pub mod kv_cache;
+pub mod linear;
+pub mod lora;
+pub mod mlp;
+pub mod norm;
+pub mod rope;

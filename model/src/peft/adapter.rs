@@ -1,0 +1,228 @@
+//! LoRA adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors` with PEFT's key names
+//! (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, `[r, in]`; `lora_B.weight`, `[out, r]`).
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::gemma::model::{linears, linears_mut, Gemma};
+use crate::io::atomic::write_atomic;
+use crate::io::safetensors::to_f32;
+use crate::nn::lora::{lora_scale, LoraAdapter, TARGETS};
+use crate::ops::gemma_backend::GemmaBackend;
+
+/// The fields of PEFT's `adapter_config.json` we read and write (PEFT ignores none of them; we ignore the rest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdapterConfig {
+    #[serde(default = "lora_type")]
+    pub peft_type: String,
+    /// PEFT writes `null` when `LoraConfig` was given no task type; read that as CAUSAL_LM.
+    #[serde(default = "causal_lm", deserialize_with = "null_as_causal_lm")]
+    pub task_type: String,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: TargetModules,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default = "none_bias")]
+    pub bias: String,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn lora_type() -> String {
+    "LORA".into()
+}
+fn causal_lm() -> String {
+    "CAUSAL_LM".into()
+}
+fn null_as_causal_lm<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(causal_lm))
+}
+fn none_bias() -> String {
+    "none".into()
+}
+
+/// PEFT writes `target_modules` as a list (or a regex string, which we don't support).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TargetModules {
+    List(Vec<String>),
+    Regex(String),
+}
+
+impl AdapterConfig {
+    pub fn new(r: usize, alpha: f64, dropout: f64, targets: &[String], rslora: bool, base: Option<String>) -> Self {
+        let mut t = targets.to_vec();
+        t.sort();
+        Self {
+            peft_type: lora_type(),
+            task_type: causal_lm(),
+            r,
+            lora_alpha: alpha,
+            lora_dropout: dropout,
+            target_modules: TargetModules::List(t),
+            use_rslora: rslora,
+            base_model_name_or_path: base,
+            bias: none_bias(),
+            fan_in_fan_out: false,
+            inference_mode: true,
+        }
+    }
+    pub fn scale(&self) -> f64 {
+        lora_scale(self.r, self.lora_alpha, self.use_rslora)
+    }
+}
+
+pub const PEFT_PREFIX: &str = "base_model.model.model.layers";
+
+/// PEFT's key for one matrix (`lora_A` or `lora_B`) of one module (`layers.3.mlp.up_proj`).
+pub fn peft_key(module: &str, ab: &str) -> String {
+    format!("base_model.model.model.{module}.{ab}.weight")
+}
+
+fn short(module: &str) -> &str {
+    module.rsplit('.').next().unwrap_or(module)
+}
+
+/// Adds fresh adapters (PEFT's default init) to the targeted projections.
+pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, seed: u64) -> Result<()> {
+    let targets = match &cfg.target_modules {
+        TargetModules::List(l) => l.clone(),
+        TargetModules::Regex(r) => {
+            return Err(ModelError::Other(format!(
+                "regex target_modules `{r}` are not supported; list the projections"
+            )))
+        }
+    };
+    for t in &targets {
+        if !TARGETS.contains(&t.as_str()) {
+            return Err(ModelError::Other(format!(
+                "unknown LoRA target `{t}` (expected some of {})",
+                TARGETS.join(", ")
+            )));
+        }
+    }
+    let device = model.device.clone();
+    for (module, lin) in linears_mut(model) {
+        if targets.iter().any(|t| t == short(&module)) {
+            lin.init_adapter(cfg.r, cfg.scale(), cfg.lora_dropout, seed, &device);
+        }
+    }
+    Ok(())
+}
+
+/// Loads a PEFT adapter directory onto the model (replacing any adapter it had).
+pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result<AdapterConfig> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let cfg: AdapterConfig = serde_json::from_str(&text)
+        .map_err(|e| ModelError::format(&cfg_path, format!("not a PEFT LoRA adapter config: {e}")))?;
+    if cfg.peft_type != "LORA" {
+        return Err(ModelError::Config {
+            path: cfg_path,
+            key: "peft_type".into(),
+            msg: format!("`{}` is not LORA", cfg.peft_type),
+        });
+    }
+    let st_path = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&st_path).map_err(|e| ModelError::io(&st_path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ModelError::format(&st_path, format!("not a valid safetensors file: {e}")))?;
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let data = to_f32(&st_path, &name, view.dtype(), view.data())?;
+        tensors.insert(name, (view.shape().to_vec(), data));
+    }
+    let device = model.device.clone();
+    let scale = cfg.scale();
+    let mut used = 0;
+    for (module, lin) in linears_mut(model) {
+        lin.adapter = None;
+        let key = |ab: &str| peft_key(&module, ab);
+        let (Some(a), Some(b)) = (tensors.get(&key("lora_A")), tensors.get(&key("lora_B"))) else { continue };
+        let [out, inp] = lin.base.shape();
+        for (name, t, want) in [(key("lora_A"), a, [cfg.r, inp]), (key("lora_B"), b, [out, cfg.r])] {
+            if t.0 != want {
+                return Err(ModelError::Shape {
+                    path: st_path.clone(),
+                    name,
+                    expected: want.to_vec(),
+                    actual: t.0.clone(),
+                });
+            }
+        }
+        lin.adapter = Some(LoraAdapter {
+            a: Tensor::from_data(TensorData::new(a.1.clone(), [cfg.r, inp]), &device),
+            b: Tensor::from_data(TensorData::new(b.1.clone(), [out, cfg.r]), &device),
+            scale,
+            dropout: cfg.lora_dropout,
+        });
+        used += 2;
+    }
+    if used == 0 || used != tensors.len() {
+        let unknown: Vec<&String> = tensors.keys().filter(|k| !k.starts_with(PEFT_PREFIX)).take(3).collect();
+        return Err(ModelError::format(
+            &st_path,
+            format!(
+                "{} of its {} tensors match this model's layers (is it an adapter for another model?){}",
+                used,
+                tensors.len(),
+                if unknown.is_empty() { String::new() } else { format!("; unexpected keys such as {unknown:?}") }
+            ),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// Writes the model's adapters as PEFT does, each file to a temporary name then renamed.
+pub fn save_adapter<B: GemmaBackend>(model: &Gemma<B>, cfg: &AdapterConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (module, lin) in linears(model) {
+        let Some(ad) = &lin.adapter else { continue };
+        for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
+            let shape = t.dims().to_vec();
+            let v: Vec<f32> = t.to_data().convert::<f32>().to_vec().unwrap_or_default();
+            data.push((peft_key(&module, ab), shape, bytemuck::cast_slice(&v).to_vec()));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map_err(|e| ModelError::Other(format!("adapter tensor {n}: {e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| ModelError::Other(format!("serializing adapter: {e}")))?;
+    write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| ModelError::Other(e.to_string()))?;
+    write_atomic(&dir.join("adapter_config.json"), &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_config_with_null_task_type_reads() {
+        let json = r#"{"peft_type": "LORA", "task_type": null, "r": 4, "lora_alpha": 8,
+                       "target_modules": ["q_proj", "v_proj"], "use_rslora": true}"#;
+        let cfg: AdapterConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.task_type, "CAUSAL_LM");
+        // rsLoRA: alpha / sqrt(r) = 8 / 2.
+        assert_eq!(cfg.scale(), 4.0);
+    }
+}

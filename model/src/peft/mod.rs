@@ -1,0 +1,5 @@
+//! PEFT's formats and operations on adapters: reading and writing LoRA adapters (`adapter`), and folding
+//! them into the base, or combining several, as PEFT's `merge_and_unload` / `add_weighted_adapter` do
+//! (`merge`).
+pub mod adapter;
+pub mod merge;

@@ -1,0 +1,25 @@
+//! Helpers the tests share, in the library's tests and in the workspace's (feature `testing`, which only
+//! the test builds turn on): deterministic values, host copies of tensors, a scale-relative error, and the
+//! CubeCL kernels' checks against the CPU (`cube`), which the wgpu tests and tests/gpu.rs both run.
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+#[cfg(feature = "cube")]
+pub mod cube;
+
+/// Deterministic values in `[-scale, scale]`.
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+}
+
+/// Largest |a − b| over the largest |b|.
+pub fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}
+
+/// A tensor's values as f32 on the host.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+}
