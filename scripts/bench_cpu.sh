@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# CPU training benchmark: `lapidary bench` and the peer (../shared/anchors/hf_qlora_bench.py --device cpu:
-# transformers + PEFT, `--quant nf4` through bitsandbytes' CPU path, `--quant none` plain f32) on the same
-# shapes, one after the other in the same run, on an otherwise idle machine. Every result is appended as a
-# JSON line to docs/bench/cpu.jsonl; scripts/bench_table.py then rewrites the tables in docs/benchmarks.md.
+# CPU training benchmark: `lapidary bench` and transformers + PEFT (scripts/peers/hf_qlora_bench.py --device cpu:
+# `--quant nf4` through bitsandbytes' CPU path, `--quant none` plain f32) on the same shapes, one after the
+# other in the same run, on an otherwise idle machine. Every result is appended as a JSON line to
+# docs/bench/cpu.jsonl; scripts/bench_table.py then rewrites the tables in docs/benchmarks.md.
 #
 # usage: scripts/bench_cpu.sh [PART...]   PART: train270 train2b scaling infer (default: all four)
 # env:   PYTHON   a python with torch, transformers, peft, bitsandbytes (default python3)
-#        ANCHOR   the peer script (default ../shared/anchors/hf_qlora_bench.py)
+#        ANCHOR   the transformers + PEFT + bitsandbytes script, from the repository root
+#                 (default scripts/peers/hf_qlora_bench.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-anchor=${ANCHOR:-../shared/anchors/hf_qlora_bench.py}
+anchor=${ANCHOR:-scripts/peers/hf_qlora_bench.py}
 out=docs/bench/cpu.jsonl
 parts=${*:-train270 train2b scaling infer}
 cargo build --release -q -p lapidary
@@ -25,15 +26,16 @@ peer() { # case model seq batch steps quant
   local r; r=$("$py" "$anchor" --device cpu --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant "$6" 2>/dev/null | tail -n 1) || true
   case $r in
     "{"*) ;;
-    *) echo "peer failed: $2 seq $3 batch $4 quant $6" >&2
+    *) echo "hf_qlora_bench.py failed: $2 seq $3 batch $4 quant $6" >&2
        r="{\"system\": \"hf-peft-bnb\", \"model\": \"$2\", \"seq\": $3, \"batch\": $4, \"quant\": \"$6\", \"failed\": true}" ;;
   esac
   tag "$r" "$1" | tee -a "$out"
 }
 for p in $parts; do
   case $p in
-    train270)  # the headline shape: Gemma 3 270M, seq 256 x batch 4; ours and the peer's two settings are
-               # interleaved twice, since this machine's speed drifts (the table takes each one's best)
+    train270)  # the headline shape: Gemma 3 270M, seq 256 x batch 4; ours and the two transformers + PEFT
+               # settings (nf4, none) are interleaved twice, since this machine's speed drifts (the table
+               # takes each one's best)
       for rep in 1 2; do
         ours train270 gemma3-270m 256 4 3
         peer train270 gemma3-270m 256 4 3 nf4

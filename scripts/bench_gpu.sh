@@ -1,35 +1,38 @@
 #!/usr/bin/env bash
-# GPU training benchmark (issue 7): `lapidary bench --backend cuda` and the peer (../shared/anchors/
-# hf_qlora_bench.py: transformers + PEFT + bitsandbytes, NF4 double quant, bf16 compute, sdpa) on the Gemma-2B
-# shape, one after the other in the same GPU session. Every result is appended as a JSON line to
-# docs/bench/gpu.jsonl (and copied to $OUT when the device tool runs it); scripts/bench_table.py renders them.
+# GPU training benchmark: `lapidary bench --backend cuda` and transformers + PEFT + bitsandbytes
+# (scripts/peers/hf_qlora_bench.py: NF4 double quant, bf16 compute, sdpa) on the Gemma-2B shape, one after the
+# other in the same GPU session. Every result is appended as a JSON line to docs/bench/gpu.jsonl (and to
+# $OUT/gpu.jsonl when OUT names a folder to bring back); scripts/bench_table.py renders them.
 #
 # It builds nothing (the GPU machine has no Rust toolchain). Here, once: `bash scripts/gpu_pack.sh` (the cuda
-# binaries stripped and xz-compressed into .devbuild, ~10 MB each, the peer script, bitsandbytes);
-# then on the GPU machine (the device tool: carry [".devbuild"]), one part or a few per call (10 min each):
+# binaries stripped and xz-compressed into .devbuild, ~10 MB each, scripts/peers/hf_qlora_bench.py, bitsandbytes);
+# then on the GPU machine (a copy of this working tree plus the ignored .devbuild), one part or a few per call
+# (10 min each):
 #   bash scripts/bench_gpu.sh check tests          # the GPU, the libraries, every backend path; tests/gpu.rs
 #   CASES="512x8:gc 1024x4:gc" bash scripts/bench_gpu.sh ours peer
-# or everything in one call that stops starting runs after BUDGET seconds (a session has ~15 device minutes):
-#   RUN_ID=R BUDGET=520 bash scripts/bench_gpu.sh check tests pairs mem     # device timeout_s 600
+# or everything in one call that stops starting runs after BUDGET seconds (for ~15 minutes of GPU time):
+#   RUN_ID=R BUDGET=520 bash scripts/bench_gpu.sh check tests pairs mem     # a call of at most 600 s
 #
 # usage: scripts/bench_gpu.sh [PART...]   PART: check tests ours peer pairs paths mem (default: ours peer)
 #   check  nvidia-smi, where cuBLAS/NVRTC/CUPTI/CUDA come from, a 270M-shape step with each switch of
 #          lapidary_model::cuda (cuBLAS on CubeCL's stream / with host waits, f32 / TF32 / Burn's matmul;
 #          device / host dequantization): the losses should agree
 #   tests  the carried tests/gpu.rs binary (TESTBIN, default .devbuild/gpu-tests[.xz])
-#   ours   lapidary on each case of CASES;  peer  the peer on each case of CASES
-#   pairs  for each case of CASES, lapidary then the peer (a cut-short run still has comparable pairs)
+#   ours   lapidary on each case of CASES;  peer  transformers + PEFT + bitsandbytes on each case of CASES
+#   pairs  for each case of CASES, lapidary then transformers + PEFT + bitsandbytes (a cut-short run still has
+#          comparable pairs)
 #   paths  lapidary on the first case with LAPIDARY_CUBLAS_STREAM=sync, LAPIDARY_CUBLAS=0, =tf32,
 #          LAPIDARY_DEQUANT=host and in f32 (what each buys)
 #   mem    lapidary on the first case for MEM_STEPS steps, memory every 10 (`--mem-trace`): flat or growing?
 # env:   BIN     the lapidary binary built with --features cuda (default .devbuild/lapidary, or that .xz)
 #        PYTHON  a python with torch, transformers, peft (default python3; the GPU machine's has them)
-#        ANCHOR  the peer script (default .devbuild/hf_qlora_bench.py, else ../shared/anchors/hf_qlora_bench.py)
-#        BNB     a folder holding bitsandbytes (fetch_bnb.sh's DIR/site; default .devbuild/bnb/site)
-#        CASES   SEQxBATCH[:gc] ... (default: the issue's five: 512x8:gc 1024x4:gc 2048x2:gc 4096x1:gc 1024x4)
+#        ANCHOR  the transformers + PEFT + bitsandbytes script, from the repository root (default
+#                .devbuild/hf_qlora_bench.py, else scripts/peers/hf_qlora_bench.py)
+#        BNB     a folder holding bitsandbytes (scripts/peers/fetch_bnb.sh's DIR/site; default .devbuild/bnb/site)
+#        CASES   SEQxBATCH[:gc] ... (default: the benchmark's five: 512x8:gc 1024x4:gc 2048x2:gc 4096x1:gc 1024x4)
 #        MODEL   published shape (default gemma-2b);  WARMUP, STEPS (default 2, 5);  MEM_STEPS (default 200)
-#        DTYPE   what ours computes in (default bf16, as the peer on a GPU: bnb_4bit_compute_dtype=bfloat16)
-#        LIMIT   seconds one run of ours or the peer may take before it is killed and recorded as failed
+#        DTYPE   what ours computes in (default bf16, as hf_qlora_bench.py on a GPU: bnb_4bit_compute_dtype=bfloat16)
+#        LIMIT   seconds one run of ours or hf_qlora_bench.py may take before it is killed and recorded as failed
 #                (default 240; `check` runs get 60; `mem` gets MEM_LIMIT, default 300): a hang must not eat a
 #                whole device call
 #        BUDGET  seconds after the start past which no further run begins (default: no limit); runs skipped
@@ -41,7 +44,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 bin=${BIN:-.devbuild/lapidary}
 anchor=${ANCHOR:-.devbuild/hf_qlora_bench.py}
-[ -f "$anchor" ] || anchor=../shared/anchors/hf_qlora_bench.py
+[ -f "$anchor" ] || anchor=scripts/peers/hf_qlora_bench.py
 bnb=${BNB:-.devbuild/bnb/site}
 model=${MODEL:-gemma-2b}
 cases=${CASES:-512x8:gc 1024x4:gc 2048x2:gc 4096x1:gc 1024x4}
@@ -61,8 +64,8 @@ out=docs/bench/gpu.jsonl
 parts=${*:-ours peer}
 run_id=${RUN_ID:-$(date -u +%Y-%m-%dT%H:%MZ)}
 testbin=${TESTBIN:-.devbuild/gpu-tests}
-unxz() { # FILE.xz -> an executable copy in /tmp, printed
-  local dst; dst=/tmp/$(basename "$1" .xz)
+unxz() { # FILE.xz -> an executable copy in a fresh temporary folder, printed
+  local dst; dst=$(mktemp -d)/$(basename "$1" .xz)
   "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$dst"
   chmod +x "$dst"; echo "$dst"
 }
@@ -112,7 +115,7 @@ peer() { # case
       --steps "$steps" $(flags "$case") | tail -n 1) || true
   case $r in
     "{"*) ;;
-    *) echo "peer failed: $case" >&2
+    *) echo "hf_qlora_bench.py failed: $case" >&2
        r="{\"system\": \"hf-peft-bnb\", \"model\": \"$model\", \"case_flags\": \"$case\", \"failed\": true}" ;;
   esac
   tag "$r" "$case" | tee -a "${results[@]}"

@@ -16,8 +16,8 @@ for i in 1 2 3 4 5 6 7 8; do printf '{"text": "%s %s"}\n' "$para" "$para" >> "$t
 prompt="Write a short story about a lighthouse keeper."
 ours_eval=$(./target/release/lapidary eval --model "$model" --data "$tmp/rows.jsonl" --json)
 ours_gen=$(./target/release/lapidary generate --model "$model" --prompt "$prompt" --max-new-tokens 64 --json)
-peer=$("$py" scripts/bench_infer_peer.py "$model" "$tmp/rows.jsonl" "$prompt" 64 2>/dev/null | tail -n 1)
-"$py" - "$ours_eval" "$ours_gen" "$peer" "$json" <<'PY'
+hf=$("$py" scripts/bench_infer_transformers.py "$model" "$tmp/rows.jsonl" "$prompt" 64 2>/dev/null | tail -n 1)
+"$py" - "$ours_eval" "$ours_gen" "$hf" "$json" <<'PY'
 import json, sys
 e, g, p = (json.loads(a) for a in sys.argv[1:4])
 if sys.argv[4] == "--json":

@@ -38,44 +38,45 @@ def best_of_repeats(rows):
 def train_table(rows, title):
     rows = best_of_repeats(rows)
     ours = [r for r in rows if r["system"] == "lapidary"]
-    peers = [r for r in rows if r["system"] != "lapidary"]
+    refs = [r for r in rows if r["system"] != "lapidary"]  # transformers + PEFT (+ bitsandbytes)
     main = [r for r in ours if r["backend"] == "flex" and not r["gc"]]
-    if not main or not peers:
+    if not main or not refs:
         return []
     o = main[-1]
-    best = max(peers, key=lambda r: r["tokens_per_s"])
-    lean = min(peers, key=lambda r: r["peak_gib"])
+    best = max(refs, key=lambda r: r["tokens_per_s"])
+    lean = min(refs, key=lambda r: r["peak_gib"])
     out = [f"### {title}", "",
            f"Run {o['run']}, `{o['device']}`; seq {o['seq']} x batch {o['batch']}, LoRA r={o['rank']} on all seven "
            f"projections, AdamW; {o['warmup']} warm-up + {o['steps']} timed steps per measurement; where a "
            f"setting was measured more than once (interleaved with the others), the fastest is shown.", "",
            "| system | base | tokens/s | peak resident GiB | last loss |", "|---|---|---|---|---|"]
-    for r in ours + peers:
+    for r in ours + refs:
         if r["system"] == "lapidary":
             name = f"lapidary ({r['backend']}" + (", --gc" if r["gc"] else "") + ")"
         else:
             name = "transformers + PEFT" + (" + bitsandbytes" if r["quant"] == "nf4" else "")
         out.append(f"| {name} | {r['quant']} | {r['tokens_per_s']:.1f} | {r['peak_gib']:.2f} | {r['loss']} |")
-    out += ["", f"lapidary (flex, no --gc) against the peer: "
-                f"**tokens/s {o['tokens_per_s'] / best['tokens_per_s']:.2f}x** the peer's best "
-                f"({best['quant']}); **peak memory {o['peak_gib'] / lean['peak_gib']:.2f}x** the peer's lowest "
+    out += ["", f"lapidary (flex, no --gc) against transformers + PEFT: "
+                f"**tokens/s {o['tokens_per_s'] / best['tokens_per_s']:.2f}x** its best "
+                f"({best['quant']}); **peak memory {o['peak_gib'] / lean['peak_gib']:.2f}x** its lowest "
                 f"({lean['quant']}).", ""]
     return out
 
 
 def scaling_table(rows):
     ours = {r["seq"]: r for r in rows if r["system"] == "lapidary"}
-    peer = {r["seq"]: r for r in rows if r["system"] != "lapidary"}
-    seqs = sorted(set(ours) & set(peer))
+    ref = {r["seq"]: r for r in rows if r["system"] != "lapidary"}  # transformers + PEFT + bitsandbytes
+    seqs = sorted(set(ours) & set(ref))
     if not seqs:
         return []
     r0 = ours[seqs[0]]
     out = ["### Cost against sequence length: Gemma 3 270M shape, batch 1", "",
            f"Run {r0['run']}, `{r0['device']}`; lapidary nf4 against transformers + PEFT + bitsandbytes nf4.", "",
-           "| seq | lapidary tokens/s | peer tokens/s | ratio | lapidary s/step | peer s/step | lapidary GiB | peer GiB |",
+           "| seq | lapidary tokens/s | transformers tokens/s | ratio | lapidary s/step | transformers s/step "
+           "| lapidary GiB | transformers GiB |",
            "|---|---|---|---|---|---|---|---|"]
     for s in seqs:
-        o, p = ours[s], peer[s]
+        o, p = ours[s], ref[s]
         out.append(f"| {s} | {o['tokens_per_s']:.1f} | {p['tokens_per_s']:.1f} | "
                    f"{o['tokens_per_s'] / p['tokens_per_s']:.2f}x | {s / o['tokens_per_s']:.2f} | "
                    f"{s / p['tokens_per_s']:.2f} | {o['peak_gib']:.2f} | {p['peak_gib']:.2f} |")
@@ -138,7 +139,7 @@ def main():
 # GPU: lapidary --backend cuda against transformers + PEFT + bitsandbytes (scripts/bench_gpu.sh).
 
 GPU_BEGIN, GPU_END = "<!-- bench_gpu:begin -->", "<!-- bench_gpu:end -->"
-GPU_CASES = ["512x8:gc", "1024x4:gc", "2048x2:gc", "4096x1:gc", "1024x4"]  # the issue's shapes, in its order
+GPU_CASES = ["512x8:gc", "1024x4:gc", "2048x2:gc", "4096x1:gc", "1024x4"]  # the GPU benchmark's shapes, in order
 
 
 def newest_of(rows, pred):
@@ -151,9 +152,10 @@ def newest_of(rows, pred):
 
 
 def gpu_shapes_table(rows):
-    """Per case: the newest plain lapidary row (no switches, no memory trace) and the newest peer row."""
-    out = ["| seq x batch | gc | lapidary tokens/s | peer tokens/s | speed ratio (goal >= 3) | lapidary peak GiB "
-           "(in use) | peer peak GiB | memory ratio (goal <= 0.25) | runs |",
+    """Per case: the newest plain lapidary row (no switches, no memory trace) and the newest transformers + PEFT +
+    bitsandbytes row."""
+    out = ["| seq x batch | gc | lapidary tokens/s | transformers tokens/s | speed ratio (goal >= 3) | lapidary peak "
+           "GiB (in use) | transformers peak GiB | memory ratio (goal <= 0.25) | runs |",
            "|---|---|---|---|---|---|---|---|---|"]
     cases = GPU_CASES + sorted({r["case"] for r in rows} - set(GPU_CASES))
     for case in cases:
@@ -219,7 +221,7 @@ def render_gpu(src, doc):
             "Regenerate with `scripts/bench_gpu.sh` on a GPU machine, then "
             "`python scripts/bench_table.py --gpu docs/bench/gpu.jsonl docs/benchmarks.md` "
             "(raw results: `docs/bench/gpu.jsonl`). lapidary's peak is the device memory its pools reserved "
-            "(in use by tensors in brackets); the peer's is `torch.cuda.max_memory_allocated`.", ""]
+            "(in use by tensors in brackets); transformers' is `torch.cuda.max_memory_allocated`.", ""]
     body += gpu_shapes_table(rows) + gpu_paths_table(rows) + gpu_mem_trace(rows)
     splice(doc, GPU_BEGIN, GPU_END, body, at_end=True)
 

@@ -8,10 +8,11 @@ rows tokenized with BOS (the tokenizer's post-processor), `input_ids` rows as gi
 all predicted tokens of all rows. Writes tests/fixtures/train/peft_check.json, which tests/train_peft.rs
 compares with `lapidary eval --adapter` (no Python needed there).
 
-The adapter itself comes from a real training run (regenerate it, then rerun this script):
+The adapter itself comes from a real training run (regenerate it from the repository root, then rerun this
+script; runs/ is ignored by git):
 
-    cargo run --release -p lapidary -- train configs/tiny-test.toml --set output.dir=/tmp/peft-run --overwrite
-    rm -rf tests/fixtures/train/adapter && cp -r /tmp/peft-run/adapter tests/fixtures/train/adapter
+    cargo run --release -p lapidary -- train configs/tiny-test.toml --set output.dir=runs/peft-check --overwrite
+    rm -rf tests/fixtures/train/adapter && cp -r runs/peft-check/adapter tests/fixtures/train/adapter
     python scripts/check_peft.py
 """
 

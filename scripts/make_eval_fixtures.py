@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the fixtures of `lapidary eval --metric choice|exact_match` (tests/eval_metrics.rs).
 
-    /root/lapvenv/bin/python scripts/make_eval_fixtures.py
+    python scripts/make_eval_fixtures.py    # from the repository root, any Python with scripts/requirements.txt
 
 Uses the tiny random Gemma 3 of tests/fixtures/tiny/gemma3 (CPU, float32, eager attention) and writes
 tests/fixtures/eval/:

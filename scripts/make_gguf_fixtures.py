@@ -394,6 +394,16 @@ HF_TENSORS = [
 ]
 
 
+def repo_relative_name(hf_config):
+    """transformers records the folder the GGUF was loaded from as `_name_or_path`, an absolute path of this
+    machine: store it relative to the repository (`.cache/models`), or as the folder's name outside it."""
+    p = hf_config.get("_name_or_path")
+    if p and os.path.isabs(p):
+        path = Path(p).resolve()
+        hf_config["_name_or_path"] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+    return hf_config
+
+
 def real_reference(gguf_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, AutoConfig
@@ -413,7 +423,7 @@ def real_reference(gguf_path):
         "notes": "transformers loaded the GGUF with dtype=float32, attn_implementation=eager; tokenizer ids with "
                  "add_special_tokens=True; eval loss = sum of next-token NLL over all predicted tokens of all rows "
                  "(each row alone, with BOS) / their count; greedy = generate(do_sample=False, max_new_tokens=16).",
-        "hf_config": json.loads(cfg.to_json_string(use_diff=False)),
+        "hf_config": repo_relative_name(json.loads(cfg.to_json_string(use_diff=False))),
         "tokenizer": tokenizer_record(tok, TRICKY),
         "tokenizer_digest": merges_digest(tok),
         "tensors": {n: sample_tensor(sd[n]) for n in HF_TENSORS},

@@ -81,6 +81,15 @@ def make_adapter(name, r, alpha, targets, seed):
     for f in ("README.md",):
         if os.path.exists(os.path.join(path, f)):
             os.remove(os.path.join(path, f))
+    # PEFT records the base as it was loaded, an absolute path of this machine: store it relative to the repository.
+    cfg = os.path.join(path, "adapter_config.json")
+    with open(cfg, encoding="utf-8") as f:
+        text = f.read()
+    recorded = json.loads(text).get("base_model_name_or_path")
+    if recorded and os.path.isabs(recorded):
+        text = text.replace(json.dumps(recorded), json.dumps(os.path.relpath(BASE, ROOT)))
+        with open(cfg, "w", encoding="utf-8") as f:
+            f.write(text)
     return path
 
 

@@ -1,7 +1,7 @@
 //! Dependencies between modules point one way: in each crate (model/, data/, trainer/), no file-module reaches
 //! itself through the paths it uses (`use`, and paths in code: `crate::…`, `super::…`, `self::…`, `child::…`). A file is
 //! one module (`a/b.rs` and `a/b/mod.rs` are `a::b`; `lib.rs` and `main.rs` are the crate root). Inline
-//! `#[cfg(test)] mod … { }` blocks are modules of their own that nothing imports, so their paths are not the
+//! `#[cfg(test)] mod … { }` blocks (any `cfg` naming `test`) are modules of their own that nothing imports, so their paths are not the
 //! file's; comments are not code. A path counts as a dependency on the deepest module it names: a
 //! re-export in `a/mod.rs` is an edge `a → a::b`, so a child must name its siblings (`super::b::X`), not the
 //! parent's re-export (`super::X`).
@@ -96,13 +96,18 @@ fn code_of(text: &str) -> String {
 fn strip_test_modules(code: &str) -> String {
     let mut out = String::with_capacity(code.len());
     let mut rest = code;
-    while let Some(at) = rest.find("#[cfg(test)]") {
-        let after = &rest[at + "#[cfg(test)]".len()..];
+    while let Some(at) = rest.find("#[cfg(") {
+        // The attribute, `#[cfg(...)]`, and whether it names `test` (`test`, `all(test, ...)`).
+        let attr_end = rest[at..].find(")]").map_or(rest.len(), |e| at + e + 2);
+        let attr = &rest[at..attr_end];
+        let names_test = attr.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == "test");
+        let after = &rest[attr_end..];
         let trimmed = after.trim_start();
-        let is_inline_mod = (trimmed.starts_with("mod ") || trimmed.starts_with("pub mod "))
+        let is_inline_mod = names_test
+            && (trimmed.starts_with("mod ") || trimmed.starts_with("pub mod "))
             && trimmed.find('{').is_some_and(|brace| trimmed.find(';').is_none_or(|semi| brace < semi));
         if !is_inline_mod {
-            out.push_str(&rest[..at + "#[cfg(test)]".len()]);
+            out.push_str(&rest[..attr_end]);
             rest = after;
             continue;
         }
@@ -412,7 +417,7 @@ fn the_checker_sees_cycles_and_only_cycles() {
     write("a/src/y.rs", "// crate::x::inner is mentioned in a comment only\npub fn f() -> u8 { 1 }\n");
     write("b/src/lib.rs", "pub mod p;\npub mod q;\n");
     write("b/src/p.rs", "pub fn f() { let _ = crate::q::g(); }\n#[cfg(test)]\nmod tests {\n    use crate::q;\n}\n");
-    write("b/src/q.rs", "pub fn g() {}\n#[cfg(test)]\nmod tests {\n    use crate::p::f;\n}\n");
+    write("b/src/q.rs", "pub fn g() {}\n#[cfg(all(test, feature = \"x\"))]\nmod tests {\n    use crate::p::f;\n}\n");
     write("c/src/lib.rs", "pub mod p;\npub mod q;\n");
     write("c/src/p.rs", "pub fn f() { crate::q::g() }\n");
     write("c/src/q.rs", "use crate::{p::{self}, z};\npub fn g() {}\n");

@@ -5,8 +5,8 @@
 //! samples at every frozen matmul (seven per layer in the forward and again in the backward), the bench after
 //! every step: the true peak can fall between two samples, by at most the activations of one projection.
 //!
-//! For comparison with the peer (`torch.cuda.max_memory_allocated`, the peak of its allocator's live
-//! tensors), `peak_in_use` is the like-for-like number and `peak_reserved` the conservative one; the driver's
+//! For comparison with PyTorch (`torch.cuda.max_memory_allocated`, the peak of its allocator's live
+//! tensors, what transformers + PEFT + bitsandbytes report), `peak_in_use` is the like-for-like number and `peak_reserved` the conservative one; the driver's
 //! view on CUDA (`crate::cuda::device_used_bytes`, `total − free`) also counts the CUDA context, cuBLAS's workspace and the
 //! NVRTC-compiled modules.
 //!

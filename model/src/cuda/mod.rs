@@ -2,7 +2,7 @@
 //! with QLoRA's frozen matmul as every CubeCL backend does it (`crate::cube`: device NF4/int8 kernels,
 //! packed weights resident, dense weights transient) and the product itself through cuBLAS:
 //!
-//! - `cublas`: cuBLAS on the buffers Burn allocated (issue 7 measured Burn's CubeCL matmul at 38–95 TFLOP/s
+//! - `cublas`: cuBLAS on the buffers Burn allocated (Burn's CubeCL matmul measured 38–95 TFLOP/s
 //!   in bf16 on an H100, cuBLAS at ~790);
 //! - `device`: finding the GPU without a panic when there is none, and the driver's view of its memory.
 //!

@@ -1,8 +1,8 @@
 //! Published Gemma shapes with random weights, for benchmarks: the speed and memory of a training step depend
 //! on the shapes, not on the values, so `lapidary bench --model gemma-2b` measures a 2B model without its
 //! (undownloadable here) weights. The configs are those of the published checkpoints, in transformers 4.x's
-//! `config.json` dialect, read by the same parser as real checkpoints; `../shared/anchors/hf_qlora_bench.py`
-//! builds the peer's models from the same numbers.
+//! `config.json` dialect, read by the same parser as real checkpoints; scripts/peers/hf_qlora_bench.py
+//! (transformers + PEFT + bitsandbytes) builds its models from the same numbers.
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};

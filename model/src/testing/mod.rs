@@ -23,3 +23,20 @@ pub fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
 pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
 }
+
+/// Whether the wgpu tests can run here: a wgpu adapter exists (Mesa's lavapipe on a machine without a GPU).
+/// Without one they are skipped, saying why on stderr, unless `LAPIDARY_REQUIRE_WGPU` is set (as
+/// `scripts/test.sh` sets it): then a missing adapter fails the test instead of skipping it silently.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_or_skip() -> bool {
+    match crate::cube::wgpu::probe() {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("LAPIDARY_REQUIRE_WGPU").is_some() => {
+            panic!("LAPIDARY_REQUIRE_WGPU is set but {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            false
+        }
+    }
+}

@@ -1,8 +1,8 @@
-"""The peer for inference speed: transformers on CPU (f32) loading the same GGUF lapidary reads.
+"""The reference for inference speed: transformers on CPU (f32) loading the same GGUF lapidary reads.
 
 Prints one JSON object: eval tokens/s (each row alone, as `lapidary eval` does; loss included as a sanity
 check) and greedy generation tokens/s (`generate(do_sample=False)` with the KV cache).
-usage: python scripts/bench_infer_peer.py MODEL.gguf ROWS.jsonl PROMPT NEW_TOKENS
+usage: python scripts/bench_infer_transformers.py MODEL.gguf ROWS.jsonl PROMPT NEW_TOKENS
 """
 import json
 import os
