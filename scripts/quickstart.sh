@@ -21,6 +21,8 @@ elapsed() { printf '%dm%02ds' $(((SECONDS - start) / 60)) $(((SECONDS - start) %
 
 echo "== fetching the model (cached after the first run)"
 model=$(bash scripts/fetch_model.sh)
+# Relative to the repository when it is inside it (the default cache), so the output names no machine path.
+model=$(python3 -c 'import os, sys; p = os.path.relpath(sys.argv[1]); print(sys.argv[1] if p.startswith("..") else p)' "$model")
 echo "== building"
 cargo build --release -q -p lapidary
 bin=./target/release/lapidary

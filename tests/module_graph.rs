@@ -1,8 +1,8 @@
 //! Dependencies between modules point one way: in each crate (model/, data/, trainer/), no file-module reaches
-//! itself through the paths it uses (`use`, and paths in code: `crate::…`, `super::…`, `self::…`, `child::…`). A file is
-//! one module (`a/b.rs` and `a/b/mod.rs` are `a::b`; `lib.rs` and `main.rs` are the crate root). Inline
-//! `#[cfg(test)] mod … { }` blocks (any `cfg` naming `test`) are modules of their own that nothing imports, so their paths are not the
-//! file's; comments are not code. A path counts as a dependency on the deepest module it names: a
+//! itself through the paths it uses (`use`, and paths in code: `crate::…`, `super::…`, `self::…`, `child::…`).
+//! A file is one module (`a/b.rs` and `a/b/mod.rs` are `a::b`; `lib.rs` and `main.rs` are the crate root).
+//! Inline `#[cfg(test)] mod … { }` blocks (any `cfg` naming `test`) are modules of their own that nothing
+//! imports, so their paths are not the file's; comments are not code. A path counts as a dependency on the deepest module it names: a
 //! re-export in `a/mod.rs` is an edge `a → a::b`, so a child must name its siblings (`super::b::X`), not the
 //! parent's re-export (`super::X`).
 //!
@@ -210,8 +210,7 @@ fn expand_use(tree: &str) -> Vec<Vec<String>> {
     match tree.find('{') {
         None => vec![tree.split("::").filter(|s| !s.is_empty() && *s != "*").map(String::from).collect()],
         Some(open) => {
-            let prefix: Vec<String> =
-                tree[..open].split("::").filter(|s| !s.is_empty()).map(String::from).collect();
+            let prefix: Vec<String> = tree[..open].split("::").filter(|s| !s.is_empty()).map(String::from).collect();
             let inner = &tree[open + 1..tree.len() - 1];
             split_top(inner)
                 .into_iter()
@@ -266,11 +265,16 @@ fn resolve(from: &str, path: &[String], known: &BTreeMap<String, PathBuf>) -> Op
     Some(best)
 }
 
+/// module → (module it depends on → where, `file:line`).
+type Edges = BTreeMap<String, BTreeMap<String, String>>;
+/// A strongly connected component's modules, and one cycle through them as (`a -> b`, where) edges.
+type Cycle = (Vec<String>, Vec<(String, String)>);
+
 /// Each non-trivial strongly connected component, as one cycle through it with the edges' locations.
-fn cycles(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<(Vec<String>, Vec<(String, String)>)> {
+fn cycles(edges: &Edges) -> Vec<Cycle> {
     // Tarjan's algorithm, recursive: module graphs are small.
     struct T<'a> {
-        edges: &'a BTreeMap<String, BTreeMap<String, String>>,
+        edges: &'a Edges,
         index: BTreeMap<&'a str, usize>,
         low: BTreeMap<&'a str, usize>,
         stack: Vec<&'a str>,
@@ -364,7 +368,7 @@ fn cycles(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<(Vec<String
 fn check_crate(root: &Path, src: &str) -> Vec<String> {
     let dir = root.join(src);
     let known = modules(&dir);
-    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut edges: Edges = BTreeMap::new();
     for (module, file) in &known {
         let code = code_of(&fs::read_to_string(file).unwrap());
         let entry = edges.entry(module.clone()).or_default();
@@ -381,7 +385,12 @@ fn check_crate(root: &Path, src: &str) -> Vec<String> {
         .into_iter()
         .map(|(members, cycle)| {
             let lines: Vec<String> = cycle.iter().map(|(edge, at)| format!("    {edge}  ({at})")).collect();
-            format!("{src}: {} modules reach each other ({}); one cycle:\n{}", members.len(), members.join(", "), lines.join("\n"))
+            format!(
+                "{src}: {} modules reach each other ({}); one cycle:\n{}",
+                members.len(),
+                members.join(", "),
+                lines.join("\n")
+            )
         })
         .collect()
 }

@@ -1,4 +1,4 @@
-//! Times the host LM-head loss + gradient (`lm_head_loss::nll_grad_host_tiled`) at the 270M shape for
+//! Times the host LM-head loss + gradient (`cpu::lm_head::nll_grad_host_tiled`) at the 270M shape for
 //! several (rows, tile) choices, each twice (this machine's speed drifts by up to 2x over minutes).
 //! usage: cargo run --release -p lapidary-model --example lm_head
 use std::time::Instant;

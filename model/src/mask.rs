@@ -1,5 +1,5 @@
 //! Which keys each query may attend to, from positions and segments — described, not materialised, so the
-//! fused attention (`crate::fused_attention`) can skip masked key tiles without ever building the
+//! fused attention (`crate::ops::attention`) can skip masked key tiles without ever building the
 //! `[seq × keys]` bias; the Burn-op path builds the additive bias from the same description.
 //!
 //! Query `i` sees key `j` when they are in the same segment (packing: examples never see each other), the key

@@ -1,4 +1,5 @@
-//! What several subcommands share: model arguments, backend choice, loading a model with its adapter.
+//! What several subcommands share: model arguments, backend choice (and `dispatch!`, which runs a function
+//! on the chosen one), loading a model with its adapter, tokenizing, generation stop ids, JSON output.
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -120,8 +121,8 @@ pub fn load<B: GemmaBackend>(args: &ModelArgs) -> Result<Loaded<B>> {
 }
 
 /// Runs `$f::<Backend>($args)` for the backend chosen in `$kind` (`$f` returns `anyhow::Result`). `cuda`
-/// first checks that a GPU is there, and in a binary built without the feature is an error.
-#[macro_export]
+/// first checks that a GPU is there, and in a binary built without the feature is an error. Crate-local:
+/// callers name it `crate::common::dispatch!`.
 macro_rules! dispatch {
     ($kind:expr, $f:ident, $($arg:expr),*) => {
         match $kind {
@@ -136,11 +137,22 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 /// Token ids with BOS added as transformers adds it (the tokenizer's post-processor).
 pub fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
     Ok(enc.get_ids().to_vec())
+}
+
+/// Ids that end a generation: the config's EOS ids (`eos`) plus `<end_of_turn>` when the vocabulary has it
+/// (`lapidary generate` and the exact-match metric).
+pub fn stop_ids_for(eos: &[u32], tok: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids = eos.to_vec();
+    if let Some(id) = tok.token_to_id("<end_of_turn>") {
+        ids.push(id);
+    }
+    ids
 }
 
 pub fn print_json(v: &serde_json::Value) {

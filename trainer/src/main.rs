@@ -2,12 +2,20 @@
 //!
 //! Every subcommand validates its arguments, runs, and on failure prints one `error:` message naming the
 //! file, line, key or tensor at fault and exits with status 1 (2 for command-line usage errors, from clap).
+//!
+//! The modules, each depending only on those below it (no module imports one that imports it back):
+//!
+//! - `cmd`: one file per subcommand: its arguments, checks and output; nothing outside `cmd` imports it.
+//! - `train`: fine-tuning a LoRA adapter from a recipe (the loop, the optimizer, checkpoints, metrics).
+//! - `eval`: what `lapidary eval`, `lapidary merge`'s check and the trainer measure (loss, exact_match,
+//!   choice) and the eval rows they read.
+//! - `common`: what several subcommands share: model arguments and loading, the backend and `dispatch!`,
+//!   tokenizing, JSON output.
 use clap::{Parser, Subcommand};
 
 mod cmd;
 mod common;
-mod eval_data;
-mod metrics_eval;
+mod eval;
 mod train;
 
 #[derive(Parser)]

@@ -1,6 +1,6 @@
 //! One row of the LM-head cross-entropy over one tile of the vocabulary, online: the running max and sum of
 //! the softmax, and (for the gradient) `exp(z − m)` times the softcap's derivative for Gemma 2, from which
-//! the caller assembles `d loss / d logits = softmax(z) − onehot(target)` (`crate::lm_head_loss`).
+//! the caller assembles `d loss / d logits = softmax(z) − onehot(target)` (`crate::cpu::lm_head`).
 //!
 //! Over a 262k-word vocabulary this touches a megabyte per row, so it is written to vectorise: the
 //! reductions keep eight lanes, `exp` is a branch-free polynomial (Cephes' `expf`, ~1 ulp) instead of the

@@ -1,9 +1,9 @@
 //! Attention on the CubeCL backends (`GemmaBackend::attend_lse` / `attend_backward`): the products (two
 //! forward, five backward) by the runtime's vendor library (cuBLAS on CUDA) on the grouped layout of
-//! `crate::fused_attention`, and everything between them one kernel each, with the mask computed inside
+//! `crate::ops::attention`, and everything between them one kernel each, with the mask computed inside
 //! from positions and segments.
 //!
-//! The Burn-op version (`fused_attention::forward_generic`) builds the `[batch, 1, seq, keys]` additive bias
+//! The Burn-op version (`crate::ops::attention::forward_generic`) builds the `[batch, 1, seq, keys]` additive bias
 //! on the host and uploads it every call, then runs ~8 kernels over the `[batch, heads, seq, keys]` scores
 //! forward and ~15 backward, each reading and writing all of them. Here:
 //! - forward: `S = q·kᵀ` (one batched product, f32 out), then [`softmax_rows`] — one cube per row of `S`:
@@ -26,7 +26,7 @@
 //! come out of the product as its f32 accumulator, the kernels work in f32 (as the Burn-op version and
 //! transformers' softmax), and `P` and `dS` are rounded to the inputs' dtype for the products after them,
 //! as FlashAttention and PyTorch's bf16 sdpa do. In f32 nothing is rounded. `dk` and `dv` of several chunks
-//! are summed in f32 and rounded once. A masked score is `z + MASKED` (`crate::layers::mask`), as the
+//! are summed in f32 and rounded once. A masked score is `z + MASKED` (`crate::mask`), as the
 //! additive bias makes it, so a row that sees no key gets uniform weights rather than NaN.
 use std::ops::Range;
 use std::sync::Arc;

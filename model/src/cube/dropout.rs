@@ -1,5 +1,5 @@
 //! LoRA dropout's mask as one CubeCL kernel (`GemmaBackend::dropout_mask` on the CubeCL backends): the
-//! counter-based generator of `crate::layers::dropout`, element by element on the device, so the mask (as
+//! counter-based generator of `crate::ops::dropout`, element by element on the device, so the mask (as
 //! large as the adapter's input: `[tokens × 16384]` for Gemma 2B's `down_proj`) is neither drawn nor
 //! uploaded by the host. Same integer arithmetic, so the same values as the host's.
 use burn::tensor::{DType, Shape};

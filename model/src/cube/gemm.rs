@@ -55,7 +55,7 @@ pub(crate) fn product_as<R: Gemm, BT: BoolElement>(
     let b = if transpose_b { CubeBackend::<R, f32, i32, BT>::float_transpose(b) } else { b };
     // Burn 0.21's matmul on wgpu returns wrong values for some batched products whose left operand is a
     // transposed view (e.g. `[2, 600, 300]ᵀ · [2, 600, 16]`, off by ~30% of the scale, while k = 1200 or
-    // one batch is right; `tests::batched_products_of_transposed_views_equal_cpu`): batched operands go
+    // one batch is right; `cube::tests::batched_products_of_transposed_views_equal_cpu`): batched operands go
     // in contiguous.
     let (a, b) = if a.meta.shape().num_dims() > 2 { (into_contiguous(a), into_contiguous(b)) } else { (a, b) };
     let dtype = a.dtype;

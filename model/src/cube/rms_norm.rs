@@ -1,5 +1,5 @@
 //! Gemma's RMSNorm and its backward as one CubeCL kernel each (`GemmaBackend::rms_norm` on the CubeCL
-//! backends; the definition and the Burn-op version are in `crate::layers::norm`). One cube per row of the
+//! backends; the definition and the Burn-op version are in `crate::ops::norm`). One cube per row of the
 //! last dimension: the row's statistics by a reduction over the cube's units, then the row written once.
 //! Burn's ops would run ~8 kernels forward and ~15 backward over `[tokens × hidden]`. Any float dtype in
 //! memory for `x` (bf16 activations), f32 arithmetic inside and for the scale.

@@ -15,7 +15,7 @@ impl Gemm for WgpuRuntime {
     /// Burn's default (non-autotuned) kernel: on Mesa's lavapipe some of the kernels autotune may pick
     /// return wrong batched products (seen on 2026-12-02: `[2, 600, 300]ᵀ · [2, 600, 16]` off by 29% of
     /// the scale even with contiguous operands, where another machine's autotune had picked a right one;
-    /// `tests::batched_products_of_transposed_views_equal_cpu`). Only the tests run this runtime.
+    /// `cube::tests::batched_products_of_transposed_views_equal_cpu`). Only the tests run this runtime.
     fn burn_matmul_strategy() -> MatmulStrategy {
         MatmulStrategy::Cube
     }

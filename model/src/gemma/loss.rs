@@ -1,5 +1,5 @@
 //! Causal-LM loss: the summed next-token negative log-likelihood over the target positions, computed through
-//! the (tied) LM head by the fused op of `crate::lm_head_loss`, so `[tokens × vocab]` logits never exist.
+//! the (tied) LM head by the fused op `GemmaBackend::lm_head_nll` (`crate::ops::lm_head`), so `[tokens × vocab]` logits never exist.
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::gemma::model::{Gemma, TokenBatch};
@@ -24,7 +24,7 @@ pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<(usize, 
 
 impl<B: GemmaBackend> Gemma<B> {
     /// Sum of `-log p(target)` over `targets`, from final hidden states `[batch, seq, hidden]`, through the
-    /// fused LM-head loss (`crate::lm_head_loss`): no `[tokens × vocab]` logits are kept. Returns a `[1]`
+    /// fused LM-head loss (`crate::ops::lm_head`): no `[tokens × vocab]` logits are kept. Returns a `[1]`
     /// tensor, differentiable with respect to `hidden` on an autodiff backend.
     pub fn nll_sum(&self, hidden: Tensor<B, 3>, targets: &[(usize, u32)]) -> Tensor<B, 1> {
         let [b, s, h] = hidden.dims();

@@ -37,7 +37,7 @@ pub fn dequant_equals_host<R: Gemm, BT: BoolElement>(shapes: &[[usize; 2]], devi
     Ok(())
 }
 
-/// Backend `B`'s dropout masks against the host's (`crate::layers::dropout`), element for element: the
+/// Backend `B`'s dropout masks against the host's (`crate::ops::dropout`), element for element: the
 /// generator is integer arithmetic, so they must be identical; shapes with a partial last cube and more
 /// elements than one grid row of cubes, seeds with high bits set.
 pub fn dropout_equals_host<B: GemmaBackend>() -> Result<(), String> {

@@ -1,26 +1,26 @@
 //! `lapidary bench`: times real QLoRA training steps (forward, backward, AdamW) on a real checkpoint or on
-//! random weights of a published shape, the setup `../shared/anchors/hf_qlora_bench.py` times for the peer:
-//! LoRA r=16, alpha=32, no dropout, on all seven projections; labels = inputs; AdamW at 2e-4.
+//! random weights of a published shape, the setup scripts/peers/hf_qlora_bench.py times for transformers +
+//! PEFT + bitsandbytes: LoRA r=16, alpha=32, no dropout, on all seven projections; labels = inputs; AdamW at
+//! 2e-4.
 //! Reports tokens/s over the timed steps and peak memory: on CPU the process's peak resident set, on CUDA the
-//! device memory CubeCL's pools hold (see `Memory`); the peer reports the same two.
+//! device memory CubeCL's pools hold (see `Memory`); hf_qlora_bench.py reports the same two.
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use clap::Args;
-use lapidary_data::Batch;
 use lapidary_model::io::shapes;
 use lapidary_model::nn::lora::TARGETS;
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
 use lapidary_model::GemmaBackend;
 use lapidary_model::{GemmaConfig, ModelFiles, WeightSource};
-use rand::{Rng, SeedableRng};
 
 use crate::common::{print_json, BackendKind, Dtype, Quant};
+use crate::train::batch::random_batch;
+use crate::train::memory::{peak_rss_mib, status_mib};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::Params;
-use crate::train::run::{peak_rss_mib, status_mib};
 use crate::train::step::train_step;
 
 #[derive(Debug, Args)]
@@ -47,7 +47,7 @@ pub struct BenchArgs {
     pub gc: bool,
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
-    /// What the model computes in (the peer's `--dtype`; QLoRA on GPUs computes in bf16).
+    /// What the model computes in (hf_qlora_bench.py's `--dtype`; QLoRA on GPUs computes in bf16).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
     /// Record memory every N timed steps (0: never), as `mem_trace` in the JSON and a line on stderr each
@@ -63,7 +63,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.seq < 2 || a.batch == 0 || a.steps == 0 {
         bail!("--seq must be at least 2, --batch and --steps at least 1");
     }
-    crate::dispatch!(a.backend, go, &a)
+    crate::common::dispatch!(a.backend, go, &a)
 }
 
 /// The config and weights `--model` names.
@@ -78,23 +78,6 @@ fn source(model: &str) -> Result<(GemmaConfig, Box<dyn WeightSource>)> {
     }
     let files = ModelFiles::open(&path)?;
     Ok((files.config, files.weights))
-}
-
-/// Random ids in `[3, vocab)` (no special tokens), labels = inputs, one sequence per row.
-pub(crate) fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Batch {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.random_range(3..vocab as u32)).collect();
-    let n = ids.len();
-    Batch {
-        labels: ids.iter().map(|&i| i as i64).collect(),
-        input_ids: ids,
-        position_ids: (0..batch).flat_map(|_| 0..seq as u32).collect(),
-        segment_ids: vec![1; n],
-        batch,
-        seq_len: seq,
-        n_targets: batch * (seq - 1),
-        n_tokens: n,
-    }
 }
 
 /// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`: with other jobs
@@ -115,8 +98,8 @@ pub fn cpu_seconds() -> f64 {
 /// Memory as the bench measures it on each backend. CPU: the process's resident set (`VmRSS` now, `VmHWM`
 /// for the peak, which cannot be reset, so it includes the load). CUDA: the device memory CubeCL's pools hold
 /// (`lapidary_model::cube::memory`): `peak_gib` is the peak *reserved* from the driver since the warm-up, an
-/// upper bound of what tensors used; `peak_in_use_gib` the peak used by live tensors (the analogue of the
-/// peer's `max_memory_allocated`), sampled at every frozen matmul of one more step after the timed ones
+/// upper bound of what tensors used; `peak_in_use_gib` the peak used by live tensors (the analogue of
+/// torch's `max_memory_allocated`), sampled at every frozen matmul of one more step after the timed ones
 /// (each sample is a round trip to CubeCL's device thread, ~400 a step on Gemma 2B, which the timed steps
 /// should not pay; every step allocates the same) and at the end of every step; `device_used_gib` the
 /// driver's `total − free` after the run (with the CUDA context, cuBLAS workspace and compiled kernels).
@@ -155,7 +138,7 @@ impl Memory {
         }
     }
 
-    /// After the warm-up: the peaks count from here (CUDA; the peer does the same).
+    /// After the warm-up: the peaks count from here (CUDA; hf_qlora_bench.py does the same).
     fn reset_peaks(&self) {
         #[cfg(feature = "cuda")]
         if self.cuda {
@@ -191,7 +174,7 @@ impl Memory {
             );
             return out;
         }
-        // VmHWM, what `ru_maxrss` reports to the peer; NaN off Linux.
+        // VmHWM, what `ru_maxrss` reports to hf_qlora_bench.py; NaN off Linux.
         out.insert("peak_gib".into(), round(peak_rss_mib().map_or(f64::NAN, |m| m / 1024.0), 2).into());
         out
     }

@@ -1,18 +1,21 @@
 //! `lapidary eval`: mean next-token NLL over all predicted tokens of all rows (each row on its own), or a task
-//! metric (`--metric exact_match | choice`, see `crate::metrics_eval`); `--compare` runs base and base +
-//! adapter side by side.
+//! metric (`--metric exact_match | choice`); `--compare` runs base and base + adapter side by side.
+//!
+//! This file is the command: its arguments, their checks, the text / JSON / `--predictions` output and the
+//! `--compare` difference. What is measured, and how, is `crate::eval` ([`crate::eval::loss`],
+//! [`crate::eval::task_metrics`]), the code the trainer's evals run too.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use lapidary_model::gemma::loss::shifted_targets;
 use lapidary_model::GemmaBackend;
-use lapidary_model::TokenBatch;
 use serde_json::{json, Value};
 
-use crate::common::{load, ModelArgs};
-use crate::metrics_eval::{ExactOptions, MatchRule};
+use crate::common::{load, print_json, ModelArgs};
+use crate::eval::loss::eval_file;
+use crate::eval::rows::{read_choice_rows, read_exact_rows, ChoiceRow, ExactRow};
+use crate::eval::task_metrics::{choice, exact_match, ExactOptions, MatchRule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Metric {
@@ -70,43 +73,11 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-pub struct EvalResult {
-    pub loss: f64,
-    pub tokens: usize,
-    pub examples: usize,
-    pub truncated: usize,
-}
-
-pub fn eval_rows<B: GemmaBackend>(
-    model: &lapidary_model::Gemma<B>,
-    rows: &[Vec<u32>],
-    max_len: Option<usize>,
-) -> EvalResult {
-    let (mut nll, mut tokens, mut truncated) = (0f64, 0usize, 0usize);
-    for row in rows {
-        let mut row = row.clone();
-        if let Some(m) = max_len {
-            if row.len() > m {
-                row.truncate(m);
-                truncated += 1;
-            }
-        }
-        if row.len() < 2 {
-            continue;
-        }
-        let labels: Vec<i64> = row.iter().map(|&t| t as i64).collect();
-        let targets = shifted_targets(&labels, 1, row.len());
-        nll += model.eval_nll(&TokenBatch::from_rows(&[row]), &targets);
-        tokens += targets.len();
-    }
-    EvalResult { loss: nll / tokens.max(1) as f64, tokens, examples: rows.len(), truncated }
-}
-
 /// The rows of one metric, read and checked before any model is loaded.
 enum Rows {
     Loss(PathBuf),
-    Exact(Vec<crate::eval_data::ExactRow>),
-    Choice(Vec<crate::eval_data::ChoiceRow>),
+    Exact(Vec<ExactRow>),
+    Choice(Vec<ChoiceRow>),
 }
 
 /// Runs the metric on one model: (summary JSON, per-row JSON, text line).
@@ -115,14 +86,7 @@ fn evaluate<B: GemmaBackend>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Re
     let start = std::time::Instant::now();
     let (mut summary, per_row, line) = match rows {
         Rows::Loss(path) => {
-            let rows = crate::eval_data::read_rows(path, &loaded.files.tokenizer)?;
-            let r = eval_rows(&loaded.model, &rows, a.max_seq_len);
-            if r.tokens == 0 {
-                bail!("{}: no row has two or more tokens, so there is nothing to predict", path.display());
-            }
-            if !r.loss.is_finite() {
-                bail!("the loss is {} (not finite): the weights or the adapter are broken", r.loss);
-            }
+            let r = eval_file(&loaded.model, &loaded.files.tokenizer, path, a.max_seq_len)?;
             let line = format!(
                 "loss {:.6}  perplexity {:.4}  ({} predicted tokens, {} examples{})",
                 r.loss,
@@ -146,7 +110,7 @@ fn evaluate<B: GemmaBackend>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Re
                 rule: a.match_rule,
             };
             let (tok, eos) = (&loaded.files.tokenizer, &loaded.files.config.eos_token_ids);
-            let r = crate::metrics_eval::exact_match(&loaded.model, tok, eos, rows, &opt, &a.data)?;
+            let r = exact_match(&loaded.model, tok, eos, rows, &opt, &a.data)?;
             let line = format!(
                 "exact_match accuracy {:.4}  ({} of {} correct, match = {})",
                 r.summary["accuracy"].as_f64().unwrap_or(0.0),
@@ -157,14 +121,7 @@ fn evaluate<B: GemmaBackend>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Re
             (r.summary, r.rows, line)
         }
         Rows::Choice(rows) => {
-            let r = crate::metrics_eval::choice(
-                &loaded.model,
-                &loaded.files.tokenizer,
-                rows,
-                &a.target_delimiter,
-                a.max_seq_len,
-                &a.data,
-            )?;
+            let r = choice(&loaded.model, &loaded.files.tokenizer, rows, &a.target_delimiter, a.max_seq_len, &a.data)?;
             let line = format!(
                 "choice acc {:.4}  acc_norm {:.4}  ({} examples)",
                 r.summary["acc"].as_f64().unwrap_or(0.0),
@@ -213,8 +170,8 @@ fn run_on<B: GemmaBackend>(a: EvalArgs) -> Result<()> {
     }
     let rows = match a.metric {
         Metric::Loss => Rows::Loss(a.data.clone()),
-        Metric::ExactMatch => Rows::Exact(crate::eval_data::read_exact_rows(&a.data)?),
-        Metric::Choice => Rows::Choice(crate::eval_data::read_choice_rows(&a.data)?),
+        Metric::ExactMatch => Rows::Exact(read_exact_rows(&a.data)?),
+        Metric::Choice => Rows::Choice(read_choice_rows(&a.data)?),
     };
     if !a.compare {
         let (summary, per_row, line) = evaluate::<B>(&a, &a.model, &rows)?;
@@ -222,7 +179,7 @@ fn run_on<B: GemmaBackend>(a: EvalArgs) -> Result<()> {
             write_predictions(p, &per_row)?;
         }
         if a.json {
-            crate::common::print_json(&summary);
+            print_json(&summary);
         } else {
             println!("{line}");
         }
@@ -253,7 +210,7 @@ fn run_on<B: GemmaBackend>(a: EvalArgs) -> Result<()> {
         Metric::Choice => "choice",
     };
     if a.json {
-        crate::common::print_json(&json!({
+        print_json(&json!({
             "metric": metric, "base": base, "adapter": tuned, "difference": Value::Object(diff),
         }));
     } else {
@@ -266,5 +223,5 @@ fn run_on<B: GemmaBackend>(a: EvalArgs) -> Result<()> {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    crate::dispatch!(a.model.backend, run_on, a)
+    crate::common::dispatch!(a.model.backend, run_on, a)
 }

@@ -5,7 +5,7 @@ use lapidary_model::gemma::generate::SamplingConfig;
 use lapidary_model::GemmaBackend;
 use serde_json::json;
 
-use crate::common::{encode, load, ModelArgs};
+use crate::common::{encode, load, stop_ids_for, ModelArgs};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -32,15 +32,6 @@ pub struct GenerateArgs {
 /// EOS ids of the config plus `<end_of_turn>` when the vocabulary has it.
 pub fn stop_ids(files: &lapidary_model::ModelFiles) -> Vec<u32> {
     stop_ids_for(&files.config.eos_token_ids, &files.tokenizer)
-}
-
-/// [`stop_ids`] from the config's EOS ids and the tokenizer.
-pub fn stop_ids_for(eos: &[u32], tok: &tokenizers::Tokenizer) -> Vec<u32> {
-    let mut ids = eos.to_vec();
-    if let Some(id) = tok.token_to_id("<end_of_turn>") {
-        ids.push(id);
-    }
-    ids
 }
 
 fn run_on<B: GemmaBackend>(a: GenerateArgs) -> Result<()> {
@@ -77,5 +68,5 @@ fn run_on<B: GemmaBackend>(a: GenerateArgs) -> Result<()> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    crate::dispatch!(a.model.backend, run_on, a)
+    crate::common::dispatch!(a.model.backend, run_on, a)
 }

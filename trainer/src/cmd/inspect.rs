@@ -62,5 +62,5 @@ fn run_on<B: GemmaBackend>(a: InspectArgs) -> Result<()> {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    crate::dispatch!(a.model.backend, run_on, a)
+    crate::common::dispatch!(a.model.backend, run_on, a)
 }

@@ -18,8 +18,8 @@ use lapidary_model::GemmaBackend;
 use lapidary_model::ModelFiles;
 use serde_json::json;
 
-use crate::cmd::eval::eval_rows;
 use crate::common::BackendKind;
+use crate::eval::loss::eval_rows;
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
@@ -183,5 +183,5 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
-    crate::dispatch!(a.backend, run_on, a)
+    crate::common::dispatch!(a.backend, run_on, a)
 }

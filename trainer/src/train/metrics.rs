@@ -39,7 +39,7 @@ pub enum Row {
 
 impl Row {
     /// The eval row of `scores` at `step`.
-    pub fn eval(step: u64, s: &super::eval::Scores) -> Self {
+    pub fn eval(step: u64, s: &crate::eval::during_training::Scores) -> Self {
         Row::Eval {
             step,
             eval_loss: s.loss,

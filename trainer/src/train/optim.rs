@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 
 use super::params::{download, split, upload, Slot};
+use super::tensor_file::{read_f32, write_f32_safetensors};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -120,34 +121,6 @@ pub fn global_norm<B: Backend>(g: &Tensor<B, 1>) -> f64 {
     }
     let sq: f32 = (g.clone() * g.clone()).sum().into_scalar().elem();
     (sq as f64).sqrt()
-}
-
-pub fn read_f32(st: &safetensors::SafeTensors, path: &Path, name: &str, shape: [usize; 2]) -> Result<Vec<f32>> {
-    let t = st.tensor(name).with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
-    if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
-        bail!("{}: tensor `{name}` is {:?} {:?}, expected F32 {:?}", path.display(), t.dtype(), t.shape(), shape);
-    }
-    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
-pub fn write_f32_safetensors(
-    path: &Path,
-    tensors: &[(String, [usize; 2], &[f32])],
-    meta: HashMap<String, String>,
-) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
-                .map_err(|e| anyhow::anyhow!("tensor {n}: {e}"))?;
-            Ok((n.clone(), v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::tensor::serialize(views, Some(meta)).context("serialising safetensors")?;
-    lapidary_model::io::atomic::write_atomic(path, &data)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use lapidary_model::peft::adapter::{peft_key, AdapterConfig};
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
-use super::optim::{read_f32, write_f32_safetensors};
+use super::tensor_file::{read_f32, write_f32_safetensors};
 
 /// One trainable matrix on the host: a LoRA `A` or `B`, named by its PEFT key.
 #[derive(Debug, Clone, PartialEq)]

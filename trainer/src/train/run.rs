@@ -1,6 +1,13 @@
-//! The training run, top to bottom: check the output directory and the data, load the model, add (or
-//! restore) the adapter, then for each step: lr → maybe eval → micro-batches → clip → AdamW → log → maybe
-//! checkpoint. At the end: a last eval, a last checkpoint and `OUT/adapter/`.
+//! The training run, step by step:
+//!
+//! 1. [`check_output`] and [`setup`]: the output directory, the model files, the training and eval data are
+//!    checked, the model is loaded and gets a fresh adapter; nothing is written yet.
+//! 2. [`resume`] (with `--resume`: the parameters, AdamW's moments, the counters and the data position from
+//!    the newest checkpoint) or [`fresh`].
+//! 3. [`Run::begin`]: the output directory becomes the run's (`OUT/config.toml`, `OUT/metrics.jsonl`).
+//! 4. [`Run::train`], the loop; each step: lr → maybe eval → micro-batches → clip → AdamW → log → maybe
+//!    checkpoint. Ctrl-C and `--stop-after` checkpoint and stop.
+//! 5. [`Run::finish`]: a last eval, a last checkpoint, `OUT/adapter/` and the summary.
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,17 +20,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lapidary_data::{Batch, Batches};
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
 use lapidary_model::GemmaBackend;
-use lapidary_model::ModelFiles;
+use lapidary_model::{Gemma, ModelFiles};
 
 use super::checkpoint::{self, dropout_seed, RngState, TrainState};
 use super::config::Recipe;
-use super::eval::{EvalSet, Scores};
+use super::memory::peak_rss_mib;
 use super::metrics::{Metrics, Row};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
-use super::step::{check_finite, train_step};
+use super::step::{check_finite, train_step, StepStats};
 use crate::common::{BackendKind, Quant};
+use crate::eval::during_training::{EvalSet, Scores};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -37,13 +45,46 @@ pub struct Options {
 
 pub fn run(recipe: &Recipe, opts: &Options) -> Result<()> {
     let backend: BackendKind = recipe.train.backend.into();
-    crate::dispatch!(backend, run_on, recipe, opts)
+    crate::common::dispatch!(backend, run_on, recipe, opts)
 }
 
+/// The run on backend `B` (the steps of the module docs).
 fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
-    let (t, out) = (&recipe.train, recipe.output.dir.as_path());
-    let resume_from = check_output(out, opts)?;
+    let resume_from = check_output(&recipe.output.dir, opts)?;
+    let mut setup = setup::<B>(recipe)?;
+    let start = match &resume_from {
+        Some((_, dir)) => resume(recipe, dir, &mut setup)?,
+        None => fresh(recipe, &setup)?,
+    };
+    let mut run = Run::begin(recipe, opts, setup, start, resume_from.map(|(s, _)| s))?;
+    match run.train()? {
+        Ended::Stopped => Ok(()),
+        Ended::Done => run.finish(),
+    }
+}
 
+/// What [`setup`] reads and builds, before anything is written.
+struct Setup<B: GemmaBackend> {
+    /// The model with its adapter: freshly initialised; [`resume`] puts a checkpoint's values in.
+    model: Gemma<Autodiff<B>>,
+    params: Params<B>,
+    device: B::Device,
+    tokenizer: tokenizers::Tokenizer,
+    /// The model's decoder layers (for the opening line).
+    layers: usize,
+    /// Optimizer steps planned ([`plan_steps`]).
+    total_steps: u64,
+    eval_set: Option<EvalSet>,
+    adapter_cfg: AdapterConfig,
+    opt_cfg: AdamWConfig,
+    /// The resolved recipe, written to `OUT/config.toml` and into every checkpoint.
+    recipe_toml: String,
+}
+
+/// Opens the model files, checks the training data (counting the steps) and reads the eval set, then loads
+/// the model (quantized as the recipe says) and adds a freshly initialised LoRA adapter.
+fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
+    let t = &recipe.train;
     // Model files and data are checked before anything is written.
     let files =
         ModelFiles::open(&recipe.model.path).with_context(|| format!("model.path {}", recipe.model.path.display()))?;
@@ -51,7 +92,7 @@ fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
     let total_steps = plan_steps(recipe, &tokenizer)?;
     let eval_set = EvalSet::load(recipe, &tokenizer, &model_config.eos_token_ids)?;
 
-    let device = Default::default();
+    let device = B::Device::default();
     let quant: Quant = recipe.model.quant.into();
     let mut model =
         lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
@@ -68,47 +109,71 @@ fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
         Some(recipe.model.path.display().to_string()),
     );
     init_lora(&mut model, &adapter_cfg, t.seed)?;
-    let mut params = Params::read(&mut model);
+    let params = Params::read(&mut model);
     let opt_cfg =
         AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay };
     let recipe_toml = recipe.to_toml()?;
+    Ok(Setup {
+        model,
+        params,
+        device,
+        tokenizer,
+        layers: model_config.num_hidden_layers,
+        total_steps,
+        eval_set,
+        adapter_cfg,
+        opt_cfg,
+        recipe_toml,
+    })
+}
 
-    let (mut opt, mut state, mut batches) = match &resume_from {
-        Some((_, dir)) => {
-            let old_path = dir.join("config.toml");
-            let old_text = std::fs::read_to_string(&old_path)
-                .with_context(|| format!("{}: cannot resume from this checkpoint", old_path.display()))?;
-            let old = Recipe::parse(&old_text, &old_path, &[])?;
-            if let Some(key) = recipe.resume_mismatch(&old) {
-                bail!(
-                    "--resume: `{key}` differs from the run in {} ({}); resume with the same recipe or start a new \
-                     output.dir",
-                    out.display(),
-                    dir.join("config.toml").display()
-                );
-            }
-            let ck = checkpoint::load(dir, &params, opt_cfg, &device)?;
-            params = ck.params;
-            params.write(&mut model, false);
-            let batches = Batches::resume(&recipe.data.train, tokenizer.clone(), recipe.train_data(), &ck.state.data)
-                .with_context(|| format!("training data {}", recipe.data.train.display()))?;
-            (ck.opt, ck.state, batches)
-        }
-        None => {
-            let batches = Batches::new(&recipe.data.train, tokenizer.clone(), recipe.train_data())?;
-            let state = TrainState {
-                step: 0,
-                data: batches.position(),
-                rng: RngState { seed: t.seed },
-                tokens_seen: 0,
-                train_seconds: 0.0,
-            };
-            (AdamW::new(opt_cfg, params.len(), &device), state, batches)
-        }
+/// Where the loop starts: the optimizer, the counters and the training data.
+struct Start<B: GemmaBackend> {
+    opt: AdamW<B>,
+    state: TrainState,
+    batches: Batches,
+}
+
+/// A new run: zero moments, step 0, the data from its beginning.
+fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>) -> Result<Start<B>> {
+    let batches = Batches::new(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data())?;
+    let state = TrainState {
+        step: 0,
+        data: batches.position(),
+        rng: RngState { seed: recipe.train.seed },
+        tokens_seen: 0,
+        train_seconds: 0.0,
     };
+    Ok(Start { opt: AdamW::new(setup.opt_cfg, setup.params.len(), &setup.device), state, batches })
+}
 
-    // From here on the output directory is ours.
-    if opts.overwrite {
+/// Continues from checkpoint `dir`, whose recipe must agree with this one ([`Recipe::resume_mismatch`]): the
+/// parameters (put into the model too), AdamW's moments, the counters and the data position.
+fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) -> Result<Start<B>> {
+    let old_path = dir.join("config.toml");
+    let old_text = std::fs::read_to_string(&old_path)
+        .with_context(|| format!("{}: cannot resume from this checkpoint", old_path.display()))?;
+    let old = Recipe::parse(&old_text, &old_path, &[])?;
+    if let Some(key) = recipe.resume_mismatch(&old) {
+        bail!(
+            "--resume: `{key}` differs from the run in {} ({}); resume with the same recipe or start a new \
+             output.dir",
+            recipe.output.dir.display(),
+            dir.join("config.toml").display()
+        );
+    }
+    let ck = checkpoint::load(dir, &setup.params, setup.opt_cfg, &setup.device)?;
+    setup.params = ck.params;
+    setup.params.write(&mut setup.model, false);
+    let batches = Batches::resume(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
+        .with_context(|| format!("training data {}", recipe.data.train.display()))?;
+    Ok(Start { opt: ck.opt, state: ck.state, batches })
+}
+
+/// Makes the output directory the run's: with `--overwrite` the earlier run's checkpoints and adapter go;
+/// then `OUT/config.toml` (the run's first write).
+fn take_output(out: &Path, recipe_toml: &str, overwrite: bool) -> Result<()> {
+    if overwrite {
         for p in ["checkpoints", "adapter"] {
             let p = out.join(p);
             if p.exists() {
@@ -117,165 +182,268 @@ fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("output.dir {}: cannot create", out.display()))?;
-    std::fs::write(out.join("config.toml"), &recipe_toml)
+    std::fs::write(out.join("config.toml"), recipe_toml)
         .with_context(|| format!("{}: cannot write", out.join("config.toml").display()))?;
-    let mut metrics = Metrics::open(out, resume_from.as_ref().map(|(s, _)| *s))?;
+    Ok(())
+}
 
+/// A flag Ctrl-C sets (the loop then checkpoints and stops); a second Ctrl-C kills at once.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C kills at once.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
         });
     }
+    stop
+}
 
-    let n_params = params.len();
-    let schedule = Schedule { kind: t.scheduler, lr: t.lr, warmup: t.warmup_steps, total: total_steps };
-    let pb = progress(total_steps, state.step);
-    let say = |pb: &ProgressBar, msg: String| {
-        if pb.is_hidden() {
-            eprintln!("{msg}");
-        } else {
-            pb.println(msg);
-        }
-    };
-    say(
-        &pb,
-        format!(
+/// How [`Run::train`] ended.
+enum Ended {
+    /// All planned steps done, or the data ran out: [`Run::finish`] follows.
+    Done,
+    /// Stopped early (Ctrl-C, `--stop-after`) after a checkpoint; the run continues with `--resume`.
+    Stopped,
+}
+
+/// A run under way: what the loop reads and updates.
+struct Run<'a, B: GemmaBackend> {
+    recipe: &'a Recipe,
+    opts: &'a Options,
+    out: &'a Path,
+    model: Gemma<Autodiff<B>>,
+    params: Params<B>,
+    opt: AdamW<B>,
+    state: TrainState,
+    batches: Batches,
+    eval_set: Option<EvalSet>,
+    adapter_cfg: AdapterConfig,
+    recipe_toml: String,
+    total_steps: u64,
+    schedule: Schedule,
+    metrics: Metrics,
+    pb: ProgressBar,
+    stop: Arc<AtomicBool>,
+    /// The step of the newest checkpoint written.
+    last_ckpt: Option<u64>,
+    /// The newest evaluation and train loss, for the summary.
+    last_eval: Option<Scores>,
+    last_loss: Option<f64>,
+}
+
+impl<'a, B: GemmaBackend> Run<'a, B> {
+    /// Takes the output directory ([`take_output`]), opens `OUT/metrics.jsonl` (kept up to `resumed_at`),
+    /// installs the Ctrl-C handler and says what is trained.
+    fn begin(
+        recipe: &'a Recipe,
+        opts: &'a Options,
+        setup: Setup<B>,
+        start: Start<B>,
+        resumed_at: Option<u64>,
+    ) -> Result<Self> {
+        let (t, out) = (&recipe.train, recipe.output.dir.as_path());
+        // From here on the output directory is ours.
+        take_output(out, &setup.recipe_toml, opts.overwrite)?;
+        let metrics = Metrics::open(out, resumed_at)?;
+        let stop = stop_on_ctrl_c();
+
+        let n_params = setup.params.len();
+        let total_steps = setup.total_steps;
+        let schedule = Schedule { kind: t.scheduler, lr: t.lr, warmup: t.warmup_steps, total: total_steps };
+        let pb = progress(total_steps, start.state.step);
+        let run = Run {
+            recipe,
+            opts,
+            out,
+            model: setup.model,
+            params: setup.params,
+            opt: start.opt,
+            state: start.state,
+            batches: start.batches,
+            eval_set: setup.eval_set,
+            adapter_cfg: setup.adapter_cfg,
+            recipe_toml: setup.recipe_toml,
+            total_steps,
+            schedule,
+            metrics,
+            pb,
+            stop,
+            last_ckpt: resumed_at,
+            last_eval: None,
+            last_loss: None,
+        };
+        run.say(format!(
             "training {} ({} layers, quant {:?}) with {} LoRA parameters for {} steps{}",
             recipe.model.path.display(),
-            model_config.num_hidden_layers,
+            setup.layers,
             recipe.model.quant,
             n_params,
             total_steps,
-            match &resume_from {
-                Some((s, _)) => format!(", resuming at step {s}"),
+            match resumed_at {
+                Some(s) => format!(", resuming at step {s}"),
                 None => String::new(),
             }
-        ),
-    );
+        ));
+        Ok(run)
+    }
 
-    let evaluate =
-        |model: &lapidary_model::Gemma<Autodiff<B>>, step: u64, metrics: &mut Metrics| -> Result<Option<Scores>> {
-            let Some(set) = &eval_set else { return Ok(None) };
-            let scores = set.run(model, step)?;
-            metrics.log(Row::eval(step, &scores))?;
-            Ok(Some(scores))
-        };
-    let save =
-        |state: &TrainState, params: &Params<B>, opt: &AdamW<B>, metrics: &Metrics, pb: &ProgressBar| -> Result<()> {
-            checkpoint::save(out, state, params, opt, &adapter_cfg, &recipe_toml, t.keep_checkpoints)?;
-            if let Err(e) = metrics.plot(out) {
-                say(pb, format!("warning: loss.png not drawn: {e}"));
+    /// The optimizer steps, until `total_steps`, the end of the data, or a stop (Ctrl-C, `--stop-after`),
+    /// which checkpoints first.
+    fn train(&mut self) -> Result<Ended> {
+        let (recipe, total_steps) = (self.recipe, self.total_steps);
+        let t = &recipe.train;
+        while self.state.step < total_steps {
+            let step = self.state.step;
+            let lr = self.schedule.lr_at(step);
+            if step == 0 || (t.eval_every > 0 && step.is_multiple_of(t.eval_every)) {
+                if let Some(s) = self.evaluate(step)? {
+                    self.say(format!("step {step}: {}", s.line()));
+                    self.last_eval = Some(s);
+                }
             }
-            Ok(())
-        };
-
-    let mut last_ckpt = resume_from.as_ref().map(|(s, _)| *s);
-    let mut last_eval = None;
-    let mut last_loss = None;
-    while state.step < total_steps {
-        let step = state.step;
-        let lr = schedule.lr_at(step);
-        if step == 0 || (t.eval_every > 0 && step % t.eval_every == 0) {
-            if let Some(s) = evaluate(&model, step, &mut metrics)? {
-                say(&pb, format!("step {step}: {}", s.line()));
-                last_eval = Some(s);
+            let window = next_window(&mut self.batches, t.grad_accum)
+                .with_context(|| format!("training data {}", recipe.data.train.display()))?;
+            if window.is_empty() {
+                break; // the epochs ran out a little before the planned step count
+            }
+            let t0 = Instant::now();
+            let seed = t.seed;
+            let gc = t.gradient_checkpointing;
+            let r = train_step(
+                &mut self.model,
+                &mut self.params,
+                &mut self.opt,
+                &window,
+                lr,
+                t.max_grad_norm,
+                gc,
+                |micro| dropout_seed(seed, step, micro),
+            );
+            let stats = check_finite(step + 1, r, self.last_ckpt)?;
+            let dt = t0.elapsed().as_secs_f64();
+            self.state.step = step + 1;
+            self.state.data = self.batches.position();
+            self.state.tokens_seen += stats.tokens as u64;
+            self.state.train_seconds += dt;
+            self.report_step(lr, &stats, dt)?;
+            let stopping =
+                self.stop.load(Ordering::SeqCst) || self.opts.stop_after.is_some_and(|n| self.state.step >= n);
+            if stopping || (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) {
+                self.save()?;
+                self.last_ckpt = Some(self.state.step);
+            }
+            if stopping && self.state.step < total_steps {
+                self.pb.abandon();
+                eprintln!(
+                    "stopped after step {} of {total_steps}; checkpoint saved in {}. Continue with: lapidary train \
+                     CONFIG --resume",
+                    self.state.step,
+                    checkpoint::checkpoints_dir(self.out).join(format!("step-{}", self.state.step)).display()
+                );
+                return Ok(Ended::Stopped);
             }
         }
-        let window = next_window(&mut batches, t.grad_accum)
-            .with_context(|| format!("training data {}", recipe.data.train.display()))?;
-        if window.is_empty() {
-            break; // the epochs ran out a little before the planned step count
-        }
-        let t0 = Instant::now();
-        let seed = t.seed;
-        let gc = t.gradient_checkpointing;
-        let r = train_step(&mut model, &mut params, &mut opt, &window, lr, t.max_grad_norm, gc, |micro| {
-            dropout_seed(seed, step, micro)
-        });
-        let stats = check_finite(step + 1, r, last_ckpt)?;
-        let dt = t0.elapsed().as_secs_f64();
-        state.step = step + 1;
-        state.data = batches.position();
-        state.tokens_seen += stats.tokens as u64;
-        state.train_seconds += dt;
+        Ok(Ended::Done)
+    }
+
+    /// The step just taken (now `state.step`) in `OUT/metrics.jsonl` and on the progress bar (a line on stderr
+    /// without one).
+    fn report_step(&mut self, lr: f64, stats: &StepStats, dt: f64) -> Result<()> {
         let tps = stats.tokens as f64 / dt.max(1e-9);
-        metrics.log(Row::Train {
-            step: state.step,
+        self.metrics.log(Row::Train {
+            step: self.state.step,
             loss: stats.loss,
             lr,
             grad_norm: stats.grad_norm,
             tokens: stats.tokens,
             tokens_per_s: tps,
         })?;
-        last_loss = Some(stats.loss);
-        pb.set_position(state.step);
-        pb.set_message(format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s", stats.loss));
-        if pb.is_hidden() {
+        self.last_loss = Some(stats.loss);
+        self.pb.set_position(self.state.step);
+        self.pb.set_message(format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s", stats.loss));
+        if self.pb.is_hidden() {
             eprintln!(
-                "step {}/{total_steps}: loss {:.4}  lr {lr:.3e}  grad_norm {:.3}  {tps:.0} tok/s",
-                state.step, stats.loss, stats.grad_norm
+                "step {}/{}: loss {:.4}  lr {lr:.3e}  grad_norm {:.3}  {tps:.0} tok/s",
+                self.state.step, self.total_steps, stats.loss, stats.grad_norm
             );
         }
-        let stopping = stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| state.step >= n);
-        if stopping || (t.save_every > 0 && state.step % t.save_every == 0) {
-            save(&state, &params, &opt, &metrics, &pb)?;
-            last_ckpt = Some(state.step);
+        Ok(())
+    }
+
+    /// A last evaluation, a last checkpoint (unless the last step has one), `OUT/adapter/`, and the summary:
+    /// a line on stderr, one JSON object on stdout.
+    fn finish(mut self) -> Result<()> {
+        let out = self.out;
+        if let Some(s) = self.evaluate(self.state.step)? {
+            self.last_eval = Some(s);
         }
-        if stopping && state.step < total_steps {
-            pb.abandon();
-            eprintln!(
-                "stopped after step {} of {total_steps}; checkpoint saved in {}. Continue with: lapidary train \
-                 CONFIG --resume",
-                state.step,
-                checkpoint::checkpoints_dir(out).join(format!("step-{}", state.step)).display()
-            );
-            return Ok(());
+        if self.last_ckpt != Some(self.state.step) {
+            self.save()?;
+        } else if let Err(e) = self.metrics.plot(out) {
+            self.say(format!("warning: loss.png not drawn: {e}"));
+        }
+        write_final_adapter(out, &self.params.to_host(), &self.adapter_cfg)?;
+        self.pb.finish_and_clear();
+        let state = &self.state;
+        let tps = state.tokens_seen as f64 / state.train_seconds.max(1e-9);
+        let eval = self.last_eval.unwrap_or_default();
+        eprintln!(
+            "done: {} steps, train loss {}, {}, {tps:.0} tokens/s; adapter in {}",
+            state.step,
+            self.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            if self.last_eval.is_some() { eval.line() } else { "no eval set".to_string() },
+            out.join("adapter").display()
+        );
+        let mut summary = serde_json::json!({
+            "steps": state.step,
+            "train_loss": self.last_loss,
+            "eval_loss": eval.loss,
+            "tokens": state.tokens_seen,
+            "train_seconds": state.train_seconds,
+            "tokens_per_s": tps,
+            "peak_rss_mib": peak_rss_mib(),
+            "adapter": out.join("adapter"),
+        });
+        if let Some((acc, _, _)) = eval.exact_match {
+            summary["eval_exact_match"] = serde_json::json!(acc);
+        }
+        if let Some((acc, norm)) = eval.choice {
+            summary["eval_acc"] = serde_json::json!(acc);
+            summary["eval_acc_norm"] = serde_json::json!(norm);
+        }
+        crate::common::print_json(&summary);
+        Ok(())
+    }
+
+    /// A line above the progress bar (on stderr when there is no bar).
+    fn say(&self, msg: String) {
+        if self.pb.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.pb.println(msg);
         }
     }
 
-    if let Some(s) = evaluate(&model, state.step, &mut metrics)? {
-        last_eval = Some(s);
+    /// The eval set's metrics at `step`, logged to `OUT/metrics.jsonl`; `None` when the recipe has no eval set.
+    fn evaluate(&mut self, step: u64) -> Result<Option<Scores>> {
+        let Some(set) = &self.eval_set else { return Ok(None) };
+        let scores = set.run(&self.model, step)?;
+        self.metrics.log(Row::eval(step, &scores))?;
+        Ok(Some(scores))
     }
-    if last_ckpt != Some(state.step) {
-        save(&state, &params, &opt, &metrics, &pb)?;
-    } else if let Err(e) = metrics.plot(out) {
-        say(&pb, format!("warning: loss.png not drawn: {e}"));
+
+    /// A checkpoint of the run as it is, and `OUT/loss.png` redrawn (failing to draw only warns).
+    fn save(&self) -> Result<()> {
+        let keep = self.recipe.train.keep_checkpoints;
+        checkpoint::save(self.out, &self.state, &self.params, &self.opt, &self.adapter_cfg, &self.recipe_toml, keep)?;
+        if let Err(e) = self.metrics.plot(self.out) {
+            self.say(format!("warning: loss.png not drawn: {e}"));
+        }
+        Ok(())
     }
-    write_final_adapter(out, &params.to_host(), &adapter_cfg)?;
-    pb.finish_and_clear();
-    let tps = state.tokens_seen as f64 / state.train_seconds.max(1e-9);
-    let eval = last_eval.unwrap_or_default();
-    eprintln!(
-        "done: {} steps, train loss {}, {}, {tps:.0} tokens/s; adapter in {}",
-        state.step,
-        last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        if last_eval.is_some() { eval.line() } else { "no eval set".to_string() },
-        out.join("adapter").display()
-    );
-    let mut summary = serde_json::json!({
-        "steps": state.step,
-        "train_loss": last_loss,
-        "eval_loss": eval.loss,
-        "tokens": state.tokens_seen,
-        "train_seconds": state.train_seconds,
-        "tokens_per_s": tps,
-        "peak_rss_mib": peak_rss_mib(),
-        "adapter": out.join("adapter"),
-    });
-    if let Some((acc, _, _)) = eval.exact_match {
-        summary["eval_exact_match"] = serde_json::json!(acc);
-    }
-    if let Some((acc, norm)) = eval.choice {
-        summary["eval_acc"] = serde_json::json!(acc);
-        summary["eval_acc_norm"] = serde_json::json!(norm);
-    }
-    crate::common::print_json(&summary);
-    Ok(())
 }
 
 /// Refuses to touch an earlier run unless asked; returns the checkpoint to resume from. Writes nothing.
@@ -377,16 +545,4 @@ fn progress(total: u64, start: u64) -> ProgressBar {
     }
     pb.reset_eta();
     pb
-}
-
-/// Peak resident memory of this process (`VmHWM`), in MiB; `None` off Linux.
-pub fn peak_rss_mib() -> Option<f64> {
-    status_mib("VmHWM:")
-}
-
-/// A memory field of `/proc/self/status` (`VmHWM:`, `VmRSS:`, ...) in MiB; `None` off Linux.
-pub fn status_mib(field: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb / 1024.0)
 }

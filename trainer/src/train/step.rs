@@ -1,4 +1,4 @@
-//! One optimizer step over a gradient-accumulation window, and the eval loss.
+//! One optimizer step over a gradient-accumulation window.
 //!
 //! The loss of the window is `Σ nll / N`, with `N` the number of targets in the *whole window*: each
 //! micro-batch backpropagates `nll_sum / N`, so the accumulated gradient is that of one big batch, and
@@ -13,22 +13,12 @@ use burn::tensor::{ElementConversion, Tensor};
 use lapidary_data::Batch;
 use lapidary_model::gemma::loss::shifted_targets;
 use lapidary_model::nn::lora::LoraRuntime;
+use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
-use lapidary_model::{Gemma, TokenBatch};
 
+use super::batch::token_batch;
 use super::optim::{clip_grad_norm, AdamW};
 use super::params::{adapters_mut, Params};
-
-/// A data batch as the model takes it: positions restart per packed example, segments keep examples apart.
-pub fn token_batch(b: &Batch) -> TokenBatch {
-    TokenBatch {
-        ids: b.input_ids.clone(),
-        batch: b.batch,
-        seq: b.seq_len,
-        positions: b.position_ids.iter().map(|&p| p as usize).collect(),
-        segments: Some(b.segment_ids.clone()),
-    }
-}
 
 /// `Σ n_targets` of a window: the loss normaliser.
 pub fn window_targets(window: &[Batch]) -> usize {
@@ -166,21 +156,6 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     v as f64
 }
 
-/// Mean NLL per target over `batches` with dropout off (what `lapidary eval` computes for `tokens` rows).
-/// Returns `(loss, targets)`.
-pub fn eval_loss<B: GemmaBackend>(model: &Gemma<B>, batches: &[Batch]) -> (f64, usize) {
-    let (mut nll, mut n) = (0f64, 0usize);
-    for b in batches {
-        let targets = shifted_targets(&b.labels, b.batch, b.seq_len);
-        if targets.is_empty() {
-            continue;
-        }
-        nll += model.eval_nll(&token_batch(b), &targets);
-        n += targets.len();
-    }
-    (nll / n.max(1) as f64, n)
-}
-
 /// Stops with a message if a step produced a non-finite value.
 pub fn check_finite(step: u64, r: Result<StepStats, StepError>, last_ckpt: Option<u64>) -> Result<StepStats> {
     match r {
@@ -211,7 +186,7 @@ mod wgpu_tests {
     use lapidary_model::ModelFiles;
 
     use super::*;
-    use crate::cmd::bench::random_batch;
+    use crate::train::batch::random_batch;
     use crate::train::optim::AdamWConfig;
     use crate::train::params::download;
 
@@ -237,8 +212,7 @@ mod wgpu_tests {
 
     /// This test's turn on the wgpu runtime, or `None` (saying so) where there is no adapter.
     fn wgpu_or_skip() -> Option<std::sync::MutexGuard<'static, ()>> {
-        if let Err(e) = lapidary_model::cube::wgpu::probe() {
-            eprintln!("skipped: no wgpu adapter ({e})");
+        if !lapidary_model::testing::wgpu_or_skip() {
             return None;
         }
         Some(WGPU.lock().unwrap_or_else(|e| e.into_inner()))
@@ -284,7 +258,7 @@ mod wgpu_tests {
         assert!(before.iter().zip(&cp).any(|(a, b)| a != b));
     }
 
-    /// Device memory stays flat over a run (issue 7 asks for 200+ steps on the GPU; the pools' bookkeeping
+    /// Device memory stays flat over a run (the GPU benchmark runs 200+ steps on CUDA; the pools' bookkeeping
     /// is CubeCL's on every runtime, and every cache of ours — packed weights, masks, kernels — would show
     /// here as growth): after a warm-up, what live tensors hold after a step is the same at every step
     /// (the parameters, AdamW's moments, the weights), and the pools reserve nothing more.

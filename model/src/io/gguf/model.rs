@@ -180,7 +180,7 @@ impl GgufModel {
             .ok_or_else(|| ModelError::MissingTensor { path: self.file.path().to_path_buf(), name: name.to_owned() })
     }
 
-    /// The tokenizer transformers builds for this file (see [`crate::gguf_tokenizer`]).
+    /// The tokenizer transformers builds for this file (see `super::tokenizer`).
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         crate::io::gguf::tokenizer::tokenizer_from_gguf(&self.file)
     }

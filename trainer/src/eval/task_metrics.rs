@@ -21,8 +21,8 @@ use lapidary_model::GemmaBackend;
 use lapidary_model::{Gemma, TokenBatch};
 use serde_json::{json, Value};
 
-use crate::common::encode;
-use crate::eval_data::{ChoiceRow, ExactRow, Prompt};
+use super::rows::{ChoiceRow, ExactRow, Prompt};
+use crate::common::{encode, stop_ids_for};
 
 /// How a normalised generation is compared with a normalised answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,7 +77,7 @@ pub struct MetricResult {
 /// Ids that end a generation: the config's EOS ids (`eos`), `<end_of_turn>` and, with `newline`, every token
 /// whose text has a newline.
 pub fn exact_stop_ids(tok: &tokenizers::Tokenizer, eos: &[u32], newline: bool) -> Vec<u32> {
-    let mut ids = crate::cmd::generate::stop_ids_for(eos, tok);
+    let mut ids = stop_ids_for(eos, tok);
     if newline {
         for id in 0..tok.get_vocab_size(true) as u32 {
             if tok.id_to_token(id).is_some_and(|t| t.contains('\n') || t == "<0x0A>" || t == "<0x0D>") {

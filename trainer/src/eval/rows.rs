@@ -1,5 +1,5 @@
-//! The rows `lapidary eval` reads, one JSON object a line (blank lines skipped); every error names the file
-//! and line.
+//! The rows `lapidary eval` (and the trainer's eval, for `exact_match` and `choice`) reads, one JSON object a
+//! line (blank lines skipped); every error names the file and line.
 //!
 //! - `--metric loss`: `text` (tokenized, BOS added) or `input_ids`.
 //! - `--metric exact_match`: `prompt` (a string) or `messages` (a chat ending on a user turn), and `answer`

@@ -1,6 +1,6 @@
 //! The trainer's evaluations: at step 0, every `eval_every` steps and at the end, each metric of
 //! `train.eval_metrics` is measured on `data.eval` with the implementation `lapidary eval` uses
-//! (`crate::metrics_eval`), so a logged value equals what `lapidary eval` gives for the same adapter.
+//! ([`super::task_metrics`]), so a logged value equals what `lapidary eval` gives for the same adapter.
 //!
 //! - `loss`: the rows read as training rows (same format, `max_seq_len`, `completion_only`), mean NLL per target.
 //! - `exact_match`: `{"prompt" | "messages", "answer"}` rows; greedy generation of at most
@@ -18,10 +18,10 @@ use lapidary_data::{Batch, Batches};
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
-use super::config::{EvalMetric, Recipe};
-use super::step::eval_loss;
-use crate::eval_data::{read_choice_rows, read_exact_rows, ChoiceRow, ExactRow};
-use crate::metrics_eval::{choice, exact_match, ExactOptions, MatchRule};
+use super::loss::eval_loss;
+use super::rows::{read_choice_rows, read_exact_rows, ChoiceRow, ExactRow};
+use super::task_metrics::{choice, exact_match, ExactOptions, MatchRule};
+use crate::train::config::{EvalMetric, Recipe};
 
 /// The eval set, read and checked before the model is loaded.
 pub struct EvalSet {
