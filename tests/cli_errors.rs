@@ -107,3 +107,18 @@ fn bad_jsonl_rows() {
     let err = lapidary_fails(&eval_args(model.to_str().unwrap(), "/nonexistent/data.jsonl"));
     assert!(err.contains("/nonexistent/data.jsonl"), "{err}");
 }
+
+/// `--quant gguf` keeps a GGUF file's blocks; a safetensors directory has none: a clear error naming the
+/// model and the tensor, with the option that works.
+#[test]
+fn quant_gguf_on_a_safetensors_model() {
+    let (dir, data) = (fixture("tiny/gemma3"), fixture("tiny/gemma3/eval.jsonl"));
+    let mut args = eval_args(dir.to_str().unwrap(), data.to_str().unwrap());
+    args.extend(["--quant", "gguf"]);
+    let err = lapidary_fails(&args);
+    assert!(
+        err.contains("tiny/gemma3") && err.contains("q_proj") && err.contains("--quant gguf needs a .gguf"),
+        "{err}"
+    );
+    assert!(err.contains("--quant nf4"), "{err}");
+}

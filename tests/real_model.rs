@@ -55,3 +55,45 @@ fn cli_tokenize_matches_transformers() {
         assert_eq!(got["ids"], case["ids"], "{text:?}");
     }
 }
+
+/// `--quant gguf` keeps the file's own blocks (Q5_0, Q4_K, Q6_K, ... as the file mixes them) and multiplies by
+/// their dequantization: the same values `--quant none` holds in f32, so the loss agrees to summation order
+/// and greedy generation is token for token transformers' (which loads the same file).
+#[test]
+fn gguf_blocks_give_the_dequantized_models_loss_and_tokens() {
+    let Some(model) = real_model() else { return };
+    let (m, data) = (model.to_str().unwrap(), fixture("gemma3_270m/eval.jsonl"));
+    let eval = |quant: &str| {
+        lapidary_json(&["eval", "--model", m, "--data", data.to_str().unwrap(), "--quant", quant, "--json"])["loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let (blocks, dense) = (eval("gguf"), eval("none"));
+    assert!(rel(blocks, dense) < 1e-5, "--quant gguf loss {blocks} vs --quant none {dense}");
+    for case in reference()["greedy"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let n = case["new_ids"].as_array().unwrap().len().to_string();
+        let args = ["generate", "--model", m, "--prompt", prompt, "--max-new-tokens", &n, "--quant", "gguf", "--json"];
+        let got = lapidary_json(&args);
+        assert_eq!(got["text"].as_str().unwrap(), case["new_text"].as_str().unwrap(), "prompt {prompt:?}");
+    }
+}
+
+/// With `--quant gguf` the projections take exactly the bytes their tensors take in the file (the tensor
+/// table llama.cpp wrote), not f32 copies.
+#[test]
+fn gguf_blocks_are_resident_as_the_files_bytes() {
+    let Some(model) = real_model() else { return };
+    let file = lapidary_model::io::gguf::GgufFile::open(&model).unwrap();
+    let projections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+    let file_bytes: usize = file
+        .tensors()
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && projections.iter().any(|p| t.name.ends_with(&format!(".{p}.weight"))))
+        .map(|t| file.tensor_bytes(&t.name).unwrap().len())
+        .sum();
+    let got = lapidary_json(&["inspect", "--model", model.to_str().unwrap(), "--quant", "gguf", "--json"]);
+    assert_eq!(got["resident_bytes"]["linear"].as_u64().unwrap() as usize, file_bytes);
+    let dense = got["parameters"]["linear"].as_u64().unwrap() as usize * 4;
+    assert!(file_bytes * 5 < dense, "{file_bytes} bytes of blocks for {dense} bytes of f32: not quantized?");
+}

@@ -14,6 +14,8 @@ pub enum Quant {
     None,
     Nf4,
     Int8,
+    /// A `.gguf` model's projections in the file's own blocks (Q4_K, Q5_0, Q8_0, ...), dequantized per product.
+    Gguf,
 }
 
 impl From<Quant> for QuantKind {
@@ -22,6 +24,7 @@ impl From<Quant> for QuantKind {
             Quant::None => QuantKind::None,
             Quant::Nf4 => QuantKind::Nf4,
             Quant::Int8 => QuantKind::Int8,
+            Quant::Gguf => QuantKind::Gguf,
         }
     }
 }

@@ -52,6 +52,7 @@ fn on_device<R: CubeRuntime>(w: &Arc<PackedWeight>, client: &ComputeClient<R>) -
     let device = Arc::new(match w.as_ref() {
         PackedWeight::Nf4(q) => OnDevice::Nf4(Nf4Device::upload(client, q)),
         PackedWeight::Int8(q) => OnDevice::Int8(Int8Device::upload(client, q)),
+        PackedWeight::Ggml(_) => unreachable!("`dense` dequantizes ggml blocks on the host"),
     });
     cache.insert(key, Entry { weight: Arc::downgrade(w), device: device.clone() });
     device
@@ -79,7 +80,8 @@ pub fn dense<R: CubeRuntime>(
     dtype: DType,
 ) -> CubeTensor<R> {
     let [o, i] = w.shape();
-    if !device_dequant() {
+    // ggml blocks have no kernel yet: dequantized on the host, like `LAPIDARY_DEQUANT=host`.
+    if !device_dequant() || matches!(w.as_ref(), PackedWeight::Ggml(_)) {
         let handle = client.create_from_slice(bytemuck::cast_slice(&w.dequantize()));
         let t = CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, DType::F32);
         return burn_cubecl::kernel::cast(t, dtype);

@@ -1,5 +1,7 @@
 //! Building a `Gemma<B>` from a `WeightSource`: every decoder linear becomes a frozen dense/NF4/int8 base
 //! (the same set of layers transformers + bitsandbytes quantize); embeddings and norms stay f32.
+use std::sync::Arc;
+
 use burn::tensor::{Tensor, TensorData};
 
 use crate::config::{Arch, GemmaConfig};
@@ -12,7 +14,7 @@ use crate::nn::lora::LoraLinear;
 use crate::nn::mlp::Mlp;
 use crate::nn::norm::RmsNorm;
 use crate::ops::gemma_backend::GemmaBackend;
-use crate::quant::QuantKind;
+use crate::quant::{GgmlWeight, PackedWeight, QuantKind};
 
 /// Finds a tensor under the names the text model's weights take in the checkpoints we read:
 /// `model.…` (Gemma*ForCausalLM), `language_model.model.…` (transformers 4.x Gemma3ForConditionalGeneration)
@@ -41,15 +43,30 @@ impl<'a> Names<'a> {
     fn get(&self, rel: &str, expected: &[usize]) -> Result<HostTensor> {
         let name = format!("{}{rel}", self.prefix);
         let t = self.src.get(&name)?;
-        if t.shape != expected {
-            return Err(ModelError::Shape {
-                path: self.src.path().to_path_buf(),
-                name,
-                expected: expected.to_vec(),
-                actual: t.shape,
-            });
-        }
+        self.check_shape(name, expected, t.shape.clone())?;
         Ok(t)
+    }
+
+    /// The tensor in the file's own ggml blocks (`--quant gguf`); an error naming the file where the source
+    /// has none (a safetensors directory).
+    fn ggml(&self, rel: &str, expected: [usize; 2]) -> Result<GgmlWeight> {
+        let name = format!("{}{rel}", self.prefix);
+        let Some(w) = self.src.ggml(&name)? else {
+            return Err(ModelError::format(
+                self.src.path(),
+                format!("`{name}` is not stored in GGUF blocks: --quant gguf needs a .gguf model (use --quant nf4)"),
+            ));
+        };
+        self.check_shape(name, &expected, w.shape.to_vec())?;
+        Ok(w)
+    }
+
+    fn check_shape(&self, name: String, expected: &[usize], actual: Vec<usize>) -> Result<()> {
+        if actual != expected {
+            let path = self.src.path().to_path_buf();
+            return Err(ModelError::Shape { path, name, expected: expected.to_vec(), actual });
+        }
+        Ok(())
     }
 }
 
@@ -72,8 +89,12 @@ pub fn load_gemma<B: GemmaBackend>(
         Ok(RmsNorm::from_weight(&names.get(rel, &[dim])?.data, c.rms_norm_eps, device))
     };
     let linear = |layer: usize, group: &str, proj: &str, out: usize, inp: usize| -> Result<LoraLinear<B>> {
-        let t = names.get(&format!("layers.{layer}.{group}.{proj}.weight"), &[out, inp])?;
-        Ok(LoraLinear::frozen(FrozenLinear::new(t.data, [out, inp], quant, device), linear_key(layer, proj)))
+        let rel = format!("layers.{layer}.{group}.{proj}.weight");
+        let base = match quant {
+            QuantKind::Gguf => FrozenLinear::Packed(Arc::new(PackedWeight::Ggml(names.ggml(&rel, [out, inp])?))),
+            _ => FrozenLinear::new(names.get(&rel, &[out, inp])?.data, [out, inp], quant, device),
+        };
+        Ok(LoraLinear::frozen(base, linear_key(layer, proj)))
     };
     let embed = names.get("embed_tokens.weight", &[c.vocab_size, h])?;
     let embed_tokens = Tensor::from_data(TensorData::new(embed.data, [c.vocab_size, h]), device);

@@ -2,6 +2,7 @@
 //! tensors under Hugging Face parameter names (`model.layers.0.self_attn.q_proj.weight`), in transformers'
 //! conventions (row-major, `[out_features, in_features]` for linears, Gemma norms stored as `w`, not `1 + w`).
 use crate::error::Result;
+use crate::quant::ggml::GgmlWeight;
 
 /// A dense f32 tensor on the host, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,4 +30,10 @@ pub trait WeightSource {
     fn shape(&self, name: &str) -> Result<Vec<usize>>;
     /// The tensor converted to f32.
     fn get(&self, name: &str) -> Result<HostTensor>;
+    /// A 2-D tensor in the blocks a GGUF file stores it in, for `--quant gguf`: `None` where the source keeps
+    /// no such blocks (safetensors) or the tensor is not stored as it is used (GGUF norms, stored as `1 + w`).
+    fn ggml(&self, name: &str) -> Result<Option<GgmlWeight>> {
+        let _ = name;
+        Ok(None)
+    }
 }

@@ -38,6 +38,8 @@ impl<B: GemmaBackend> FrozenLinear<B> {
             }
             QuantKind::Nf4 => FrozenLinear::Packed(Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)))),
             QuantKind::Int8 => FrozenLinear::Packed(Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)))),
+            // The file's blocks are taken as they are (`gemma::load`); from f32 values there is nothing to keep.
+            QuantKind::Gguf => panic!("FrozenLinear::new: QuantKind::Gguf takes a GgmlWeight, not f32 values"),
         }
     }
 

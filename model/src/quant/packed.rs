@@ -4,6 +4,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorData;
 
+use super::ggml::GgmlWeight;
 use super::int8::Int8Weight;
 use super::nf4::Nf4Weight;
 
@@ -13,6 +14,8 @@ pub enum QuantKind {
     None,
     Nf4,
     Int8,
+    /// Keep a GGUF model's projections in the file's own blocks (a GGUF model only).
+    Gguf,
 }
 
 impl std::str::FromStr for QuantKind {
@@ -22,7 +25,8 @@ impl std::str::FromStr for QuantKind {
             "none" => Ok(QuantKind::None),
             "nf4" => Ok(QuantKind::Nf4),
             "int8" => Ok(QuantKind::Int8),
-            other => Err(format!("unknown quantization `{other}` (expected none, nf4 or int8)")),
+            "gguf" => Ok(QuantKind::Gguf),
+            other => Err(format!("unknown quantization `{other}` (expected none, nf4, int8 or gguf)")),
         }
     }
 }
@@ -32,6 +36,8 @@ impl std::str::FromStr for QuantKind {
 pub enum PackedWeight {
     Nf4(Nf4Weight),
     Int8(Int8Weight),
+    /// A GGUF file's blocks as stored (`--quant gguf`).
+    Ggml(GgmlWeight),
 }
 
 impl PackedWeight {
@@ -39,18 +45,21 @@ impl PackedWeight {
         match self {
             PackedWeight::Nf4(w) => w.shape,
             PackedWeight::Int8(w) => w.shape,
+            PackedWeight::Ggml(w) => w.shape,
         }
     }
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             PackedWeight::Nf4(w) => w.dequantize(),
             PackedWeight::Int8(w) => w.dequantize(),
+            PackedWeight::Ggml(w) => w.dequantize(),
         }
     }
     pub fn resident_bytes(&self) -> usize {
         match self {
             PackedWeight::Nf4(w) => w.resident_bytes(),
             PackedWeight::Int8(w) => w.resident_bytes(),
+            PackedWeight::Ggml(w) => w.resident_bytes(),
         }
     }
     /// The dense weight `[out, in]` as a backend tensor.

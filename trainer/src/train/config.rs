@@ -33,7 +33,8 @@ pub struct Recipe {
 pub struct ModelSection {
     /// A Hugging Face model directory or a `.gguf` file.
     pub path: PathBuf,
-    /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA) or `int8`.
+    /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA), `int8`, or `gguf` (a `.gguf` model's
+    /// projections in the file's own blocks, the weights llama.cpp runs).
     #[serde(default = "default_quant")]
     pub quant: QuantName,
     /// What the model computes in: `f32` (default) or `bf16` (bitsandbytes' `bnb_4bit_compute_dtype`; for
@@ -42,13 +43,14 @@ pub struct ModelSection {
     pub compute_dtype: Dtype,
 }
 
-/// `none | nf4 | int8` as written in the recipe.
+/// `none | nf4 | int8 | gguf` as written in the recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantName {
     None,
     Nf4,
     Int8,
+    Gguf,
 }
 
 impl From<QuantName> for Quant {
@@ -57,6 +59,7 @@ impl From<QuantName> for Quant {
             QuantName::None => Quant::None,
             QuantName::Nf4 => Quant::Nf4,
             QuantName::Int8 => Quant::Int8,
+            QuantName::Gguf => Quant::Gguf,
         }
     }
 }

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::dequant::dequantize_blocks;
-use super::types::{supported_list, GgmlType};
 use crate::error::{ModelError, Result};
 use crate::io::weights::HostTensor;
+use crate::quant::ggml::dequant::dequantize_blocks;
+use crate::quant::ggml::types::{supported_list, GgmlType};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;

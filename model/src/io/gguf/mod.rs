@@ -1,16 +1,13 @@
-//! GGUF, the file format of llama.cpp / ggml: the container (`file`), ggml's element types (`types`) and
-//! their dequantization (`dequant`), a Gemma GGUF seen as a checkpoint under transformers' names (`model`)
-//! and the tokenizer transformers builds from its metadata (`tokenizer`).
-pub mod dequant;
+//! GGUF, the file format of llama.cpp / ggml: the container (`file`), a Gemma GGUF seen as a checkpoint under
+//! transformers' names (`model`) and the tokenizer transformers builds from its metadata (`tokenizer`).
+//! ggml's block types and their dequantization are storage, in `crate::quant::ggml`.
 pub mod file;
 pub mod model;
 pub mod tokenizer;
-pub mod types;
 
-pub use dequant::dequantize_blocks;
+pub use crate::quant::ggml::{dequantize_blocks, GgmlType, SUPPORTED_TYPES};
 pub use file::{GgufFile, GgufValue, TensorInfo};
 pub use model::{gguf_to_hf_name, GemmaArch, GgufModel, GGUF_NORM_SHIFT};
-pub use types::{GgmlType, SUPPORTED_TYPES};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use super::file::GgufFile;
 use crate::error::{ModelError, Result};
 use crate::io::weights::{HostTensor, WeightSource};
+use crate::quant::ggml::GgmlWeight;
 
 /// The offset GGUF Gemma files add to RMSNorm weights (`1 + w`); subtracted on load.
 pub const GGUF_NORM_SHIFT: f32 = 1.0;
@@ -358,5 +359,26 @@ impl WeightSource for GgufModel {
             }
         }
         Ok(t)
+    }
+
+    fn ggml(&self, name: &str) -> Result<Option<GgmlWeight>> {
+        let m = self.mapped(name)?;
+        let info = self.file.tensor_info(&m.gguf).expect("mapped tensors exist");
+        let shape = info.shape();
+        if m.shift || shape.len() != 2 {
+            return Ok(None);
+        }
+        let path = self.file.path().to_path_buf();
+        if !info.dtype.is_supported() {
+            let (dtype, supported) = (info.dtype.to_string(), crate::quant::ggml::types::supported_list());
+            return Err(ModelError::UnsupportedDtype { path, name: format!("{} ({name})", m.gguf), dtype, supported });
+        }
+        let bytes = self.file.tensor_bytes(&m.gguf)?.to_vec();
+        GgmlWeight::new(info.dtype, [shape[0], shape[1]], bytes).map(Some).map_err(|msg| {
+            ModelError::format(
+                &path,
+                format!("tensor `{}` ({name}): {msg}; --quant nf4 re-quantizes it instead", m.gguf),
+            )
+        })
     }
 }

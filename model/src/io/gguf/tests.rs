@@ -646,3 +646,39 @@ fn real_gemma3_config_json() {
     assert_eq!(c["sliding_window"], 512);
     assert_eq!(m.chat_template(), None, "this GGUF carries no chat template");
 }
+
+/// `--quant gguf`'s view: every 2-D tensor stored as it is used comes back in the file's own blocks, whose
+/// dequantization is the f32 tensor `get` gives (itself bit-identical to gguf-py's); norms (stored `1 + w`)
+/// and the missing have none / an error.
+#[test]
+fn tiny_gemma3_projections_in_the_files_blocks() {
+    let m = tiny_gemma3();
+    let mut blocks = 0;
+    for name in m.names() {
+        let t = m.get(&name).unwrap();
+        match m.ggml(&name).unwrap() {
+            Some(w) => {
+                assert_eq!(w.shape.to_vec(), t.shape, "{name}");
+                assert_eq!(w.dequantize(), t.data, "{name}");
+                let g = m.gguf_name(&name).unwrap().to_owned();
+                assert_eq!(w.resident_bytes(), m.file().tensor_bytes(&g).unwrap().len(), "{name}");
+                blocks += 1;
+            }
+            None => assert!(name.ends_with("norm.weight") || t.shape.len() != 2, "{name} has no blocks"),
+        }
+    }
+    assert_eq!(blocks, 1 + 2 * 7, "the embedding and seven projections per layer");
+    assert!(matches!(m.ggml("model.layers.9.mlp.up_proj.weight"), Err(ModelError::MissingTensor { .. })));
+}
+
+#[test]
+fn ggml_weight_checks_its_bytes() {
+    use crate::quant::ggml::GgmlWeight;
+    assert!(GgmlWeight::new(GgmlType::Q8_0, [2, 64], vec![0; 4 * 34]).is_ok());
+    let short = GgmlWeight::new(GgmlType::Q8_0, [2, 64], vec![0; 4 * 34 - 1]).unwrap_err();
+    assert!(short.contains("135 bytes") && short.contains("136"), "{short}");
+    let partial = GgmlWeight::new(GgmlType::Q4_K, [2, 100], vec![0; 144]).unwrap_err();
+    assert!(partial.contains("not whole Q4_K blocks of 256"), "{partial}");
+    let iq = GgmlWeight::new(GgmlType::IQ4_NL, [1, 32], vec![0; 18]).unwrap_err();
+    assert!(iq.contains("IQ4_NL cannot be read"), "{iq}");
+}
