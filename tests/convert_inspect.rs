@@ -74,3 +74,63 @@ fn inspect_counts_parameters_and_bytes() {
     assert_eq!(v["model_type"], "gemma");
     assert_eq!(v["kv_heads"], 1);
 }
+
+/// `convert --adapter DIR --out X.gguf` writes what llama.cpp's `convert_lora_to_gguf.py` writes from the same
+/// PEFT adapter (tests/fixtures/gguf_adapter/, scripts/make_gguf_adapter_fixtures.py): the same tensors in the
+/// same order, names, types and shapes, byte for byte in every --dtype (q8_0 with llama.cpp's f16 fallback for
+/// rows of r), and the same adapter metadata; for rsLoRA, alpha·√r, so llama.cpp's alpha/r is PEFT's
+/// alpha/√r (the converter copies lora_alpha, which it should not).
+#[test]
+fn adapter_to_gguf_equals_llama_cpps_converter() {
+    use lapidary_model::io::gguf::{GgufFile, GgufValue};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("tiny/gemma3");
+    for (adapter, dtype, reference, alpha_factor) in [
+        ("adapter", "f32", "gemma3_adapter_f32", 1.0f32),
+        ("adapter", "f16", "gemma3_adapter_f16", 1.0),
+        ("adapter", "bf16", "gemma3_adapter_bf16", 1.0),
+        ("adapter", "q8_0", "gemma3_adapter_q8_0", 1.0),
+        ("adapter_rslora", "f32", "gemma3_adapter_rslora_f32", 2.0),
+    ] {
+        let out = tmp.path().join(format!("{reference}.gguf"));
+        let adapter_dir = base.join(adapter);
+        let args = ["convert", "--model", base.to_str().unwrap(), "--adapter", adapter_dir.to_str().unwrap()];
+        let out_s = out.to_str().unwrap();
+        let o = lapidary(&[&args[..], &["--out", out_s, "--dtype", dtype]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (ours, theirs) = (
+            GgufFile::open(&out).unwrap(),
+            GgufFile::open(fixture(&format!("gguf_adapter/{reference}.gguf.bin"))).unwrap(),
+        );
+        let names = |f: &GgufFile| f.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&ours), names(&theirs), "{reference}: tensor order");
+        for t in theirs.tensors() {
+            let o = ours.tensor_info(&t.name).unwrap();
+            assert_eq!((o.dtype, o.shape()), (t.dtype, t.shape()), "{reference}: {}", t.name);
+            assert_eq!(
+                ours.tensor_bytes(&t.name).unwrap(),
+                theirs.tensor_bytes(&t.name).unwrap(),
+                "{reference}: {}",
+                t.name
+            );
+        }
+        for key in
+            ["general.architecture", "general.type", "adapter.type", "general.name", "general.quantization_version"]
+        {
+            assert_eq!(ours.get(key), theirs.get(key), "{reference}: {key}");
+        }
+        let alpha = |f: &GgufFile| match f.get("adapter.lora.alpha") {
+            Some(GgufValue::F32(a)) => *a,
+            other => panic!("adapter.lora.alpha: {other:?}"),
+        };
+        assert_eq!(alpha(&ours), alpha(&theirs) * alpha_factor, "{reference}: alpha");
+    }
+    // An existing output is not replaced without --overwrite; a non-.gguf output is refused.
+    let out = tmp.path().join("gemma3_adapter_f32.gguf");
+    let adapter = base.join("adapter");
+    let args = ["convert", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out"];
+    let err = lapidary_fails(&[&args[..], &[out.to_str().unwrap()]].concat());
+    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
+    let err = lapidary_fails(&[&args[..], &[tmp.path().join("x.safetensors").to_str().unwrap()]].concat());
+    assert!(err.contains("must end in .gguf"), "{err}");
+}

@@ -32,6 +32,15 @@ impl Arch {
             Arch::Gemma3 => "gemma3_text",
         }
     }
+
+    /// `general.architecture` in llama.cpp's GGUF files.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Gemma => "gemma",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -121,7 +121,8 @@ pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
 }
 
 /// Loads a PEFT adapter directory onto the model (replacing any adapter it had).
-pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result<AdapterConfig> {
+/// A PEFT LoRA adapter directory's config and tensors (f32, by PEFT key, sorted by name), checked to be LoRA.
+pub fn read_adapter_files(dir: &Path) -> Result<(AdapterConfig, AdapterTensors)> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let cfg: AdapterConfig = serde_json::from_str(&text)
@@ -137,11 +138,20 @@ pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
     let bytes = std::fs::read(&st_path).map_err(|e| ModelError::io(&st_path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| ModelError::format(&st_path, format!("not a valid safetensors file: {e}")))?;
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let mut tensors = AdapterTensors::new();
     for (name, view) in st.tensors() {
         let data = to_f32(&st_path, &name, view.dtype(), view.data())?;
         tensors.insert(name, (view.shape().to_vec(), data));
     }
+    Ok((cfg, tensors))
+}
+
+/// An adapter's tensors: PEFT key → (shape, f32 values).
+pub type AdapterTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result<AdapterConfig> {
+    let (cfg, tensors) = read_adapter_files(dir)?;
+    let st_path = dir.join("adapter_model.safetensors");
     let device = model.device.clone();
     let scale = cfg.scale();
     let mut used = 0;

@@ -4,10 +4,12 @@
 pub mod file;
 pub mod model;
 pub mod tokenizer;
+pub mod writer;
 
 pub use crate::quant::ggml::{dequantize_blocks, GgmlType, SUPPORTED_TYPES};
 pub use file::{GgufFile, GgufValue, TensorInfo};
 pub use model::{gguf_to_hf_name, GemmaArch, GgufModel, GGUF_NORM_SHIFT};
+pub use writer::GgufWriter;
 
 #[cfg(test)]
 mod tests;

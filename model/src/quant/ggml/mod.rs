@@ -3,6 +3,7 @@
 //! to ggml's reference (`dequant`), and a frozen weight kept in the file's own blocks (`weight`), which
 //! `--quant gguf` multiplies by.
 pub mod dequant;
+pub mod encode;
 pub mod types;
 pub mod weight;
 

@@ -81,6 +81,14 @@ impl GgmlType {
         }
     }
 
+    /// The on-disk id ([`Self::from_id`]'s inverse).
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::Unknown(id) => id,
+            named => (0..64).find(|&i| GgmlType::from_id(i) == named).expect("every named type has an id below 64"),
+        }
+    }
+
     /// `(elements per block, bytes per block)`, as ggml's type traits; `None` for an unknown id.
     pub fn block_layout(self) -> Option<(usize, usize)> {
         use GgmlType::*;

@@ -22,7 +22,7 @@ impl GgmlWeight {
             .filter(|_| dtype.is_supported())
             .ok_or_else(|| format!("type {dtype} cannot be read"))?;
         let [out, inp] = shape;
-        if inp % block != 0 {
+        if !inp.is_multiple_of(block) {
             return Err(format!("rows of {inp} elements are not whole {dtype} blocks of {block}"));
         }
         let want = out * (inp / block) * block_bytes;
