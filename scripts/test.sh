@@ -10,9 +10,9 @@
 #   trainer/src/train/step.rs). LAPIDARY_REQUIRE_WGPU=1 makes a missing adapter a failure, not a skip.
 # One build, not one per feature set: the features change those of the whole Burn/CubeCL stack, which would
 # otherwise be compiled again for each.
-# Cost on CI's 2 cores from an empty target dir: ~21 minutes to build with `cuda` alone (about half the
-# dependencies, half our crates), ~4 more for wgpu's stack; the tests then take ~2 minutes (the wgpu ones ~40 s
-# on lavapipe, the real-model ones most of the rest).
+# Cost on 2 cores (AMD EPYC, measured 2026-12-07): 18 minutes to build everything from an empty target dir
+# (about half of it the Burn/CubeCL/wgpu dependencies); the tests then take ~2 minutes (the wgpu ones ~40 s on
+# lavapipe, the real-model ones most of the rest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch_model.sh >/dev/null
