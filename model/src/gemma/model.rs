@@ -313,6 +313,7 @@ mod tests {
     use crate::gemma::loss::shifted_targets;
     use crate::io::files::ModelFiles;
     use crate::quant::QuantKind;
+    use crate::testing::scaled_err;
 
     fn read(path: &PathBuf, name: &str) -> (Vec<usize>, Vec<f32>) {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -326,13 +327,6 @@ mod tests {
             other => panic!("{name}: unexpected dtype {other:?}"),
         };
         (t.shape().to_vec(), data)
-    }
-
-    /// Largest |a − b| over the largest |b|.
-    fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(1e-30f32, |m, x| m.max(x.abs()));
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
     }
 
     /// In bf16 the tiny Gemma 1/2/3 give transformers' bf16 loss (scripts/make_bf16_fixtures.py) to ~1e-4 and

@@ -98,10 +98,7 @@ impl<B: GemmaBackend> FrozenLinear<B> {
 mod tests {
     use super::*;
     use crate::backends::{Cpu, CpuAutodiff};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n).map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
+    use crate::testing::values;
 
     /// The custom backward (re-dequantize, multiply) must give the gradient ordinary autodiff gives through
     /// a dense matmul by the same dequantized weight.
@@ -109,14 +106,16 @@ mod tests {
     fn packed_backward_equals_dense_backward() {
         let device = Default::default();
         let (n, inp, out) = (5, 128, 24);
-        let w = values(out * inp, 1);
+        let w = values(out * inp, 1, 1.0);
         for quant in [QuantKind::Nf4, QuantKind::Int8] {
             let packed = FrozenLinear::<CpuAutodiff>::new(w.clone(), [out, inp], quant, &device);
             let dense = FrozenLinear::<CpuAutodiff>::new(packed.dense_weight(), [out, inp], QuantKind::None, &device);
-            let coeff = Tensor::<CpuAutodiff, 3>::from_data(TensorData::new(values(n * out, 3), [1, n, out]), &device);
+            let coeff =
+                Tensor::<CpuAutodiff, 3>::from_data(TensorData::new(values(n * out, 3, 1.0), [1, n, out]), &device);
             let run = |lin: &FrozenLinear<CpuAutodiff>| {
-                let x = Tensor::<CpuAutodiff, 3>::from_data(TensorData::new(values(n * inp, 2), [1, n, inp]), &device)
-                    .require_grad();
+                let x =
+                    Tensor::<CpuAutodiff, 3>::from_data(TensorData::new(values(n * inp, 2, 1.0), [1, n, inp]), &device)
+                        .require_grad();
                 let y = lin.forward(x.clone());
                 let grads = (y.clone() * coeff.clone()).sum().backward();
                 let gx: Tensor<Cpu, 3> = x.grad(&grads).expect("x has a gradient");
@@ -133,7 +132,7 @@ mod tests {
             assert!(rel(&gp, &gd) < 1e-6, "{quant:?} backward: {}", rel(&gp, &gd));
             // Hand check of one entry: dx[0][0] = sum_o coeff[0][o] * W[o][0].
             let wd = packed.dense_weight();
-            let c = values(n * out, 3);
+            let c = values(n * out, 3, 1.0);
             let want: f32 = (0..out).map(|o| c[o] * wd[o * inp]).sum();
             assert!((gp[0] - want).abs() < 1e-5 * want.abs().max(1.0), "{quant:?}: dx[0][0] = {} vs {want}", gp[0]);
         }

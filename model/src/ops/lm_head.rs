@@ -123,10 +123,7 @@ mod tests {
     use super::*;
     use crate::backends::{Cpu, NdArrayCpu};
     use crate::cpu::lm_head::{nll_grad_host, nll_grad_host_tiled};
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n).map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
+    use crate::testing::values;
 
     /// Loss and gradient by the definition, in f64: `nll = lse(z) − z[t]`, `dh = Σ_v (p_v − [v=t]) z'_v E_v`.
     fn reference(
@@ -170,8 +167,8 @@ mod tests {
     #[test]
     fn host_and_generic_paths_match_the_definition() {
         let (n, h, vocab) = (7, 24, 301);
-        let hidden: Vec<f32> = values(n * h, 1).iter().map(|x| x * 3.0).collect();
-        let table = values(vocab * h, 2);
+        let hidden = values(n * h, 1, 3.0);
+        let table = values(vocab * h, 2, 1.0);
         // Row 3 has no target (skipped): its gradient must stay zero.
         let targets: Vec<(usize, u32)> = vec![(0, 5), (1, 300), (2, 0), (4, 17), (5, 17), (6, 123)];
         for cap in [None, Some(2.0)] {

@@ -42,13 +42,19 @@ pub enum AdapterDtype {
     Q8_0,
 }
 
+/// Both outputs are replaced only with `--overwrite`; checked before anything is read.
+fn refuse_existing_out(a: &ConvertArgs) -> Result<()> {
+    if a.out.exists() && !a.overwrite {
+        bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
+    }
+    Ok(())
+}
+
 fn convert_adapter(a: &ConvertArgs, adapter: &Path) -> Result<()> {
     if a.out.extension().is_none_or(|e| e != "gguf") {
         bail!("{}: an adapter is written as llama.cpp's GGUF adapter: the output must end in .gguf", a.out.display());
     }
-    if a.out.exists() && !a.overwrite {
-        bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
-    }
+    refuse_existing_out(a)?;
     // The base's architecture, from its config (a GGUF's is rebuilt from its metadata); no weights are read.
     let arch = GemmaConfig::from_json(&source_config(&a.model)?, &a.model)?.arch;
     let dtype = match a.dtype {
@@ -69,9 +75,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if !is_gguf(&a.model) {
         bail!("{}: convert reads a .gguf file", a.model.display());
     }
-    if a.out.exists() && !a.overwrite {
-        bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
-    }
+    refuse_existing_out(&a)?;
     let gguf = lapidary_model::io::gguf::GgufModel::open(&a.model)?;
     let config = gguf.config_json()?;
     // Check it is a config we can read before writing anything.

@@ -596,7 +596,9 @@ impl GgufFile {
         Ok(&self.storage.bytes()[start..end])
     }
 
-    fn unsupported(&self, info: &TensorInfo) -> ModelError {
+    /// The error for a tensor whose type cannot be read: it names the file, the tensor, its type and the types
+    /// we read.
+    pub(crate) fn unsupported(&self, info: &TensorInfo) -> ModelError {
         ModelError::UnsupportedDtype {
             path: self.path.clone(),
             name: info.name.clone(),

@@ -346,13 +346,7 @@ impl WeightSource for GgufModel {
 
     fn get(&self, name: &str) -> Result<HostTensor> {
         let m = self.mapped(name)?;
-        let mut t = self.file.dequantize(&m.gguf).map_err(|e| match e {
-            // Name the HF tensor too, so the message says what the caller asked for.
-            ModelError::UnsupportedDtype { path, name: gguf, dtype, supported } => {
-                ModelError::UnsupportedDtype { path, name: format!("{gguf} ({name})"), dtype, supported }
-            }
-            other => other,
-        })?;
+        let mut t = self.file.dequantize(&m.gguf).map_err(|e| with_hf_name(e, name))?;
         if m.shift {
             for v in &mut t.data {
                 *v -= GGUF_NORM_SHIFT;
@@ -368,17 +362,25 @@ impl WeightSource for GgufModel {
         if m.shift || shape.len() != 2 {
             return Ok(None);
         }
-        let path = self.file.path().to_path_buf();
         if !info.dtype.is_supported() {
-            let (dtype, supported) = (info.dtype.to_string(), crate::quant::ggml::types::supported_list());
-            return Err(ModelError::UnsupportedDtype { path, name: format!("{} ({name})", m.gguf), dtype, supported });
+            return Err(with_hf_name(self.file.unsupported(info), name));
         }
         let bytes = self.file.tensor_bytes(&m.gguf)?.to_vec();
         GgmlWeight::new(info.dtype, [shape[0], shape[1]], bytes).map(Some).map_err(|msg| {
             ModelError::format(
-                &path,
+                self.file.path(),
                 format!("tensor `{}` ({name}): {msg}; --quant nf4 re-quantizes it instead", m.gguf),
             )
         })
+    }
+}
+
+/// An unreadable-type error that also names the HF tensor, so the message says what the caller asked for.
+fn with_hf_name(e: ModelError, hf: &str) -> ModelError {
+    match e {
+        ModelError::UnsupportedDtype { path, name: gguf, dtype, supported } => {
+            ModelError::UnsupportedDtype { path, name: format!("{gguf} ({hf})"), dtype, supported }
+        }
+        other => other,
     }
 }
