@@ -93,15 +93,24 @@ pub struct ModelArgs {
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// How the frozen base is stored.
-    #[arg(long, value_enum, default_value = "none")]
-    pub quant: Quant,
+    /// How the frozen base is stored [default: gguf for a .gguf model (its own blocks, multiplied as
+    /// stored, as llama.cpp does: the same results as none, in a third of the memory and, for generation,
+    /// several times faster), none otherwise].
+    #[arg(long, value_enum)]
+    pub quant: Option<Quant>,
     /// Backend: flex or ndarray (CPU), cuda (an NVIDIA GPU; binaries built with `--features cuda`).
     #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
     /// What the model computes in.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+}
+
+impl ModelArgs {
+    /// `--quant`, or its default for this model (see the flag's help).
+    pub fn quant(&self) -> Quant {
+        self.quant.unwrap_or(if lapidary_model::io::files::is_gguf(&self.model) { Quant::Gguf } else { Quant::None })
+    }
 }
 
 pub struct Loaded<B: GemmaBackend> {
@@ -112,10 +121,14 @@ pub struct Loaded<B: GemmaBackend> {
 pub fn load<B: GemmaBackend>(args: &ModelArgs) -> Result<Loaded<B>> {
     let files = ModelFiles::open(&args.model)?;
     let device = B::Device::default();
-    let mut model =
-        lapidary_model::gemma::load::load_gemma::<B>(&files.config, files.weights.as_ref(), args.quant.into(), &device)
-            .with_context(|| format!("loading {}", args.model.display()))?
-            .with_compute_dtype(args.dtype.into());
+    let mut model = lapidary_model::gemma::load::load_gemma::<B>(
+        &files.config,
+        files.weights.as_ref(),
+        args.quant().into(),
+        &device,
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?
+    .with_compute_dtype(args.dtype.into());
     if let Some(dir) = &args.adapter {
         lapidary_model::peft::adapter::load_adapter(&mut model, dir)
             .with_context(|| format!("loading adapter {}", dir.display()))?;

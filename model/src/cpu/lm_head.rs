@@ -6,7 +6,42 @@
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat};
+use super::qmatmul::decode_rows;
 use super::softmax::{tile_row, RowState};
+use crate::quant::PackedWeight;
+
+/// The table's rows as the loss reads them: a dense row-major `[vocab, h]` slice, or a packed weight whose
+/// rows are decoded tile by tile (a GGUF file's token embedding under `--quant gguf`).
+#[derive(Clone, Copy)]
+pub enum TableRows<'a> {
+    Dense(&'a [f32]),
+    Packed(&'a PackedWeight),
+}
+
+impl<'a> TableRows<'a> {
+    fn vocab(&self, h: usize) -> usize {
+        match self {
+            TableRows::Dense(t) => t.len() / h,
+            TableRows::Packed(w) => w.shape()[0],
+        }
+    }
+
+    /// Rows `v0 .. v0 + n`, `[n, h]`: borrowed when dense, else decoded into `buf` (in parallel).
+    fn rows<'b>(&self, v0: usize, n: usize, h: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match *self {
+            TableRows::Dense(t) => &t[v0 * h..(v0 + n) * h],
+            TableRows::Packed(w) => {
+                buf.resize(n * h, 0.0);
+                let per = (super::qmatmul::SMALL_N * 1024 / h).max(1);
+                buf.par_chunks_mut(per * h).enumerate().for_each(|(i, c)| decode_rows(w, v0 + i * per, c));
+                &buf[..n * h]
+            }
+        }
+    }
+}
 
 /// Host path tiling: rows of hidden states per chunk, and table rows per vocabulary tile (the tile of `E`
 /// is ~16 MiB, so it is still in the last-level cache when the second matmul reads it again).
@@ -23,7 +58,7 @@ pub const HOST_TILE_FLOATS: usize = 1 << 22;
 /// and every tile multiplies all rows of the chunk at once.
 pub fn nll_grad_host(
     hidden: &[f32],
-    table: &[f32],
+    table: TableRows,
     h: usize,
     targets: &[(usize, u32)],
     softcap: Option<f64>,
@@ -36,7 +71,7 @@ pub fn nll_grad_host(
 #[allow(clippy::too_many_arguments)] // the public entry point fixes the last two
 pub fn nll_grad_host_tiled(
     hidden: &[f32],
-    table: &[f32],
+    table: TableRows,
     h: usize,
     targets: &[(usize, u32)],
     softcap: Option<f64>,
@@ -44,7 +79,8 @@ pub fn nll_grad_host_tiled(
     rows: usize,
     tile: usize,
 ) -> (f64, Option<Vec<f32>>) {
-    let vocab = table.len() / h;
+    let vocab = table.vocab(h);
+    let (mut tile_buf, mut row_buf) = (Vec::new(), Vec::new());
     let n = hidden.len() / h;
     let cap = softcap.map(|c| c as f32);
     let mut dh = grad.then(|| vec![0f32; n * h]);
@@ -61,7 +97,7 @@ pub fn nll_grad_host_tiled(
         let mut acc = vec![0f32; if grad { c * h } else { 0 }];
         for v0 in (0..vocab).step_by(tile) {
             let vt = tile.min(vocab - v0);
-            let et = Mat::rows(&table[v0 * h..(v0 + vt) * h], vt, h);
+            let et = Mat::rows(table.rows(v0, vt, h, &mut tile_buf), vt, h);
             let z = &mut buf[..c * vt];
             matmul(z, hm, et.t(), false);
             let rescales: Vec<f32> = z
@@ -87,7 +123,7 @@ pub fn nll_grad_host_tiled(
             for (k, &(r, t)) in part.iter().enumerate() {
                 let st = &states[k];
                 let own = cap.map_or(1.0, |c| 1.0 - (st.z_target / c) * (st.z_target / c));
-                let e_t = &table[t as usize * h..(t as usize + 1) * h];
+                let e_t = table.rows(t as usize, 1, h, &mut row_buf);
                 let inv = 1.0 / st.s;
                 for ((d, a), e) in dh[r * h..(r + 1) * h].iter_mut().zip(&acc[k * h..(k + 1) * h]).zip(e_t) {
                     *d += a * inv - own * e;

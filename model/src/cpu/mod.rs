@@ -29,6 +29,8 @@ pub mod geglu;
 pub mod gemm;
 pub mod lm_head;
 pub mod math;
+pub mod qdot;
+pub mod qmatmul;
 pub mod rope;
 pub mod softmax;
 

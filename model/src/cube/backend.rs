@@ -11,6 +11,7 @@ use super::{attention, dropout, geglu, lm_head, memory, rms_norm, rope, weights}
 use crate::ops::attention::AttnSpec;
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::ops::kernels::Kernels;
+use crate::ops::lm_head::LmTable;
 use crate::quant::PackedWeight;
 
 impl<R: Gemm, BT: BoolElement> Kernels for CubeBackend<R, f32, i32, BT> {
@@ -75,11 +76,15 @@ impl<R: Gemm, BT: BoolElement> GemmaBackend for CubeBackend<R, f32, i32, BT> {
     /// The LM-head loss in chunks, each two vendor products around one kernel (`lm_head`).
     fn lm_head_nll_grad(
         hidden: FloatTensor<Self>,
-        table: FloatTensor<Self>,
+        table: LmTable<Self>,
         targets: &[(usize, u32)],
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        // A packed table is dequantized for the call (the kernels take dense chunks).
+        use burn::tensor::ops::FloatTensorOps;
+        use burn::tensor::TensorMetadata;
+        let table = table.into_dense(&Self::float_device(&hidden), hidden.dtype());
         crate::ops::lm_head::chunked::<Self>(hidden, table, targets, grad, lm_head::CHUNK, |hc, table, ids, grad| {
             lm_head::chunk::<R, BT>(hc, table, ids, softcap, grad)
         })

@@ -79,6 +79,13 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
 impl<B: GemmaBackend> Gemma<B> {
     /// Generates after `prompt` (which should start with BOS). Returns only the new ids.
     pub fn generate(&self, prompt: &[u32], cfg: &SamplingConfig) -> Vec<u32> {
+        // On a thread of rayon's pool: each token's products then split their work with the other threads
+        // from here, instead of handing it to the pool and sleeping until it is done (a wake-up per
+        // product, ~12% of a token on two cores).
+        rayon::scope(|_| self.generate_here(prompt, cfg))
+    }
+
+    fn generate_here(&self, prompt: &[u32], cfg: &SamplingConfig) -> Vec<u32> {
         let rt = LoraRuntime::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut cache = KvCache::new(self.layers.len());

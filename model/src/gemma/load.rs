@@ -2,13 +2,14 @@
 //! (the same set of layers transformers + bitsandbytes quantize); embeddings and norms stay f32.
 use std::sync::Arc;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::config::{Arch, GemmaConfig};
 use crate::error::{ModelError, Result};
 use crate::gemma::model::{DecoderLayer, Gemma};
 use crate::io::weights::{HostTensor, WeightSource};
 use crate::nn::attention::Attention;
+use crate::nn::embedding::TokenTable;
 use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::LoraLinear;
 use crate::nn::mlp::Mlp;
@@ -96,8 +97,18 @@ pub fn load_gemma<B: GemmaBackend>(
         };
         Ok(LoraLinear::frozen(base, linear_key(layer, proj)))
     };
-    let embed = names.get("embed_tokens.weight", &[c.vocab_size, h])?;
-    let embed_tokens = Tensor::from_data(TensorData::new(embed.data, [c.vocab_size, h]), device);
+    // The table is the largest tensor of a small Gemma: under `gguf` it stays in the file's blocks too.
+    // NF4 / int8 leave it dense, as bitsandbytes does (it quantizes linear layers only).
+    let embed_tokens = match quant {
+        QuantKind::Gguf => {
+            let w = names.ggml("embed_tokens.weight", [c.vocab_size, h])?;
+            TokenTable::Packed(Arc::new(PackedWeight::Ggml(w)), DType::F32)
+        }
+        _ => {
+            let embed = names.get("embed_tokens.weight", &[c.vocab_size, h])?;
+            TokenTable::Dense(Tensor::from_data(TensorData::new(embed.data, [c.vocab_size, h]), device))
+        }
+    };
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let gemma23 = c.arch != Arch::Gemma;

@@ -29,7 +29,7 @@ impl<B: GemmaBackend> Gemma<B> {
     pub fn nll_sum(&self, hidden: Tensor<B, 3>, targets: &[(usize, u32)]) -> Tensor<B, 1> {
         let [b, s, h] = hidden.dims();
         let flat = hidden.reshape([b * s, h]).into_primitive().tensor();
-        let table = self.embed_tokens.clone().into_primitive().tensor();
+        let table = self.embed_tokens.for_loss();
         let nll = B::lm_head_nll(flat, table, targets, self.config.final_logit_softcapping);
         Tensor::from_primitive(TensorPrimitive::Float(nll))
     }

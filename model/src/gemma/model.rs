@@ -11,12 +11,13 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 
 use crate::config::{Arch, GemmaConfig, LayerType};
 use crate::dtype::{cast, ComputeDtype};
 use crate::mask::{AttnMask, Span};
 use crate::nn::attention::Attention;
+use crate::nn::embedding::TokenTable;
 use crate::nn::kv_cache::{KvCache, LayerCache};
 use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::{LoraLinear, LoraRuntime};
@@ -41,7 +42,7 @@ pub struct DecoderLayer<B: GemmaBackend> {
 pub struct Gemma<B: GemmaBackend> {
     pub config: GemmaConfig,
     /// `[vocab, hidden]`, also the LM head (tied).
-    pub embed_tokens: Tensor<B, 2>,
+    pub embed_tokens: TokenTable<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub device: B::Device,
@@ -153,15 +154,13 @@ impl<B: GemmaBackend> DecoderLayer<B> {
 impl<B: GemmaBackend> Gemma<B> {
     /// Scaled embeddings of `ids`: `[batch, seq, hidden]`.
     fn embed(&self, tokens: &TokenBatch) -> Tensor<B, 3> {
-        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [tokens.ids.len()]), &self.device);
         let h = self.config.hidden_size;
         // transformers casts sqrt(hidden) to the activation dtype before multiplying.
         let normalizer = match self.embed_tokens.dtype() {
             DType::BF16 => half::bf16::from_f32((h as f32).sqrt()).to_f32(),
             _ => (h as f32).sqrt(),
         };
-        self.embed_tokens.clone().select(0, idx).reshape([tokens.batch, tokens.seq, h]) * normalizer
+        self.embed_tokens.lookup(&tokens.ids, &self.device).reshape([tokens.batch, tokens.seq, h]) * normalizer
     }
 
     /// Final hidden states after the last norm, `[batch, seq, hidden]`. With a cache (one sequence per row,
@@ -221,10 +220,8 @@ impl<B: GemmaBackend> Gemma<B> {
     pub fn lm_head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         let dims = hidden.dims();
         let n: usize = dims[..D - 1].iter().product();
-        // `(E · hᵀ)ᵀ` rather than `h · Eᵀ`: the `[vocab, hidden]` table stays contiguous on the left, where
-        // every backend multiplies it without copying it.
         let h = hidden.reshape([n, self.config.hidden_size]);
-        let logits = self.embed_tokens.clone().matmul(h.transpose()).transpose();
+        let logits = self.embed_tokens.logits(h);
         let logits = match self.config.final_logit_softcapping {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -245,7 +242,7 @@ impl<B: GemmaBackend> Gemma<B> {
     /// weights and LoRA factors are untouched; see the module's notes).
     pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> Self {
         let dt = dtype.dtype();
-        self.embed_tokens = cast(self.embed_tokens, dt);
+        self.embed_tokens = self.embed_tokens.with_dtype(dt);
         for (_, l) in linears_mut(&mut self) {
             if let FrozenLinear::Dense(w) = &mut l.base {
                 *w = cast(w.clone(), dt);

@@ -16,6 +16,7 @@ use super::attention::AttnSpec;
 use super::frozen::FrozenWeight;
 use super::gemma_backend::GemmaBackend;
 use super::kernels::Kernels;
+use super::lm_head::LmTable;
 use super::lora::{self, LoraPrims};
 use crate::dtype::cast_prim;
 use crate::quant::PackedWeight;
@@ -167,17 +168,22 @@ impl<B: GemmaBackend, C: CheckpointStrategy> GemmaBackend for Autodiff<B, C> {
 
     fn lm_head_nll(
         hidden: FloatTensor<Self>,
-        table: FloatTensor<Self>,
+        table: LmTable<Self>,
         targets: &[(usize, u32)],
         softcap: Option<f64>,
     ) -> FloatTensor<Self> {
+        // The table is frozen: only its values go to the inner backend.
+        let inner = |t: &LmTable<Self>| match t {
+            LmTable::Dense(t) => LmTable::<B>::Dense(t.primitive.clone()),
+            LmTable::Packed(w) => LmTable::Packed(w.clone()),
+        };
         match LmHeadNllBackward.prepare::<C>([hidden.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (nll, dh) = B::lm_head_nll_grad(hidden.primitive, table.primitive, targets, softcap, true);
+                let (nll, dh) = B::lm_head_nll_grad(hidden.primitive, inner(&table), targets, softcap, true);
                 prep.finish(dh.expect("asked for the gradient"), nll)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(B::lm_head_nll_grad(hidden.primitive, table.primitive, targets, softcap, false).0)
+                prep.finish(B::lm_head_nll_grad(hidden.primitive, inner(&table), targets, softcap, false).0)
             }
         }
     }

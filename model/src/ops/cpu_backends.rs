@@ -7,9 +7,10 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorData;
 
 use super::attention::{self, AttnSpec};
-use super::frozen::frozen_matmul_dequant;
+use super::frozen::{frozen_matmul_dequant, frozen_matmul_dx_dequant};
 use super::gemma_backend::GemmaBackend;
 use super::kernels::Kernels;
+use super::lm_head::LmTable;
 use super::{geglu, lm_head, rope};
 use crate::quant::PackedWeight;
 
@@ -22,8 +23,25 @@ impl Kernels for burn_ndarray::NdArray<f32> {
 impl GemmaBackend for burn_ndarray::NdArray<f32> {}
 
 impl Kernels for burn_flex::Flex<f32> {
+    /// Multiplies by the packed blocks as stored (`crate::cpu::qmatmul`): no dense weight.
     fn frozen_matmul(x: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
-        frozen_matmul_dequant::<Self>(x, w)
+        let shape = x.layout().shape().clone();
+        let x = x.to_contiguous();
+        let Some(xs) = x.as_slice::<f32>() else {
+            return frozen_matmul_dequant::<Self>(x, w);
+        };
+        let n = xs.len() / w.shape()[1];
+        flex_from(crate::cpu::qmatmul::packed_matmul(xs, n, w), [shape[0], w.shape()[0]].into())
+    }
+
+    fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
+        let shape = dy.layout().shape().clone();
+        let dy = dy.to_contiguous();
+        let Some(ds) = dy.as_slice::<f32>() else {
+            return frozen_matmul_dx_dequant::<Self>(dy, w);
+        };
+        let n = ds.len() / w.shape()[0];
+        flex_from(crate::cpu::qmatmul::packed_matmul_dx(ds, n, w), [shape[0], w.shape()[1]].into())
     }
 
     // Each runs the host kernel on burn-flex's own buffers (no copy when contiguous); tensors not stored
@@ -66,17 +84,28 @@ impl Kernels for burn_flex::Flex<f32> {
 impl GemmaBackend for burn_flex::Flex<f32> {
     fn lm_head_nll_grad(
         hidden: FloatTensor<Self>,
-        table: FloatTensor<Self>,
+        table: LmTable<Self>,
         targets: &[(usize, u32)],
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (hidden, table) = (hidden.to_contiguous(), table.to_contiguous());
+        use crate::cpu::lm_head::{nll_grad_host, TableRows};
+        let hidden = hidden.to_contiguous();
         let (n, h) = (hidden.layout().shape()[0], hidden.layout().shape()[1]);
-        let (Some(hs), Some(es)) = (hidden.as_slice::<f32>(), table.as_slice::<f32>()) else {
+        let dense = match &table {
+            LmTable::Dense(t) => Some(t.to_contiguous()),
+            LmTable::Packed(_) => None,
+        };
+        let rows = match (&table, &dense) {
+            (LmTable::Packed(w), _) => Some(TableRows::Packed(w)),
+            (_, Some(d)) => d.as_slice::<f32>().map(TableRows::Dense),
+            _ => None,
+        };
+        let (Some(hs), Some(rows)) = (hidden.as_slice::<f32>(), rows) else {
+            let table = table.into_dense(&Default::default(), hidden.dtype());
             return lm_head::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad);
         };
-        let (nll, dh) = crate::cpu::lm_head::nll_grad_host(hs, es, h, targets, softcap, grad);
+        let (nll, dh) = nll_grad_host(hs, rows, h, targets, softcap, grad);
         (flex_from(vec![nll as f32], [1].into()), dh.map(|d| flex_from(d, [n, h].into())))
     }
 

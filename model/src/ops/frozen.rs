@@ -20,6 +20,13 @@ pub fn frozen_matmul_dequant<B: Backend>(x: FloatTensor<B>, w: &PackedWeight) ->
     B::float_matmul(x, B::float_transpose(dense))
 }
 
+/// `dy · W` by dequantizing: the plain implementation of the input gradient for any backend.
+pub fn frozen_matmul_dx_dequant<B: Backend>(dy: FloatTensor<B>, w: &PackedWeight) -> FloatTensor<B> {
+    let device = B::float_device(&dy);
+    let dense = cast_prim::<B>(w.to_primitive::<B>(&device), dy.dtype());
+    B::float_matmul(dy, dense)
+}
+
 /// A [`FrozenLinear`]'s weight on primitives, for ops that multiply by it inside their own forward and
 /// backward (`Kernels::geglu_lora_down`): dense `[in, out]`, or packed.
 #[derive(Debug, Clone)]

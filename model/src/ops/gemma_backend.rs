@@ -4,11 +4,12 @@
 //! `[tokens × vocab]` logits, no `[heads × seq × keys]` probabilities and no activation intermediates are
 //! kept for the backward pass. Defaults: the Burn-op references of `super::{lora, attention, lm_head}`.
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
 
 use super::attention::{self, AttnSpec};
 use super::frozen::FrozenWeight;
 use super::kernels::Kernels;
-use super::lm_head;
+use super::lm_head::{self, LmTable};
 use super::lora::{self, LoraPrims};
 
 pub trait GemmaBackend: Kernels {
@@ -38,18 +39,19 @@ pub trait GemmaBackend: Kernels {
     /// for `hidden` `[n, h]`, the table `E` `[vocab, h]` and `(row, target id)` pairs.
     fn lm_head_nll_grad(
         hidden: FloatTensor<Self>,
-        table: FloatTensor<Self>,
+        table: LmTable<Self>,
         targets: &[(usize, u32)],
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let table = table.into_dense(&Self::float_device(&hidden), hidden.dtype());
         lm_head::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad)
     }
 
     /// The summed NLL as `[1]`, differentiable with respect to `hidden` on `Autodiff`.
     fn lm_head_nll(
         hidden: FloatTensor<Self>,
-        table: FloatTensor<Self>,
+        table: LmTable<Self>,
         targets: &[(usize, u32)],
         softcap: Option<f64>,
     ) -> FloatTensor<Self> {

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::{dropout, geglu, norm, rope};
-use crate::dtype::cast_prim;
 use crate::quant::PackedWeight;
 
 pub trait Kernels: Backend {
@@ -20,9 +19,7 @@ pub trait Kernels: Backend {
 
     /// `dy · W` for `dy: [n, out]`: the gradient of [`Self::frozen_matmul`] with respect to `x`.
     fn frozen_matmul_dx(dy: FloatTensor<Self>, w: &Arc<PackedWeight>) -> FloatTensor<Self> {
-        let device = Self::float_device(&dy);
-        let dense = cast_prim::<Self>(w.to_primitive::<Self>(&device), dy.dtype());
-        Self::float_matmul(dy, dense)
+        super::frozen::frozen_matmul_dx_dequant::<Self>(dy, w)
     }
 
     /// `a · b` (either may be a transposed view; rank 2, or batches of matrices with the same leading

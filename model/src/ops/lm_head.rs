@@ -14,7 +14,26 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
 
 use super::kernels::{dense, Kernels};
-use crate::dtype::cast;
+use crate::dtype::{cast, cast_prim};
+use crate::quant::PackedWeight;
+
+/// The table the loss multiplies by: a dense `[vocab, hidden]` tensor, or packed rows (a GGUF file's token
+/// embedding under `--quant gguf`), which burn-flex decodes tile by tile and other backends dequantize.
+#[derive(Debug, Clone)]
+pub enum LmTable<B: burn::tensor::backend::Backend> {
+    Dense(FloatTensor<B>),
+    Packed(std::sync::Arc<PackedWeight>),
+}
+
+impl<B: burn::tensor::backend::Backend> LmTable<B> {
+    /// The dense table in `dtype` (a packed one dequantized, as the backends without a packed path take it).
+    pub fn into_dense(self, device: &B::Device, dtype: DType) -> FloatTensor<B> {
+        match self {
+            LmTable::Dense(t) => t,
+            LmTable::Packed(w) => cast_prim::<B>(w.to_primitive::<B>(device), dtype),
+        }
+    }
+}
 
 /// Rows per chunk in the generic path.
 pub const GENERIC_CHUNK: usize = 256;
@@ -122,7 +141,7 @@ fn chunk_generic<B: Kernels>(
 mod tests {
     use super::*;
     use crate::backends::{Cpu, NdArrayCpu};
-    use crate::cpu::lm_head::{nll_grad_host, nll_grad_host_tiled};
+    use crate::cpu::lm_head::{nll_grad_host, nll_grad_host_tiled, TableRows};
     use crate::testing::values;
 
     /// Loss and gradient by the definition, in f64: `nll = lse(z) − z[t]`, `dh = Σ_v (p_v − [v=t]) z'_v E_v`.
@@ -173,13 +192,14 @@ mod tests {
         let targets: Vec<(usize, u32)> = vec![(0, 5), (1, 300), (2, 0), (4, 17), (5, 17), (6, 123)];
         for cap in [None, Some(2.0)] {
             let want = reference(&hidden, &table, h, &targets, cap);
-            let (nll, dh) = nll_grad_host(&hidden, &table, h, &targets, cap, true);
+            let (nll, dh) = nll_grad_host(&hidden, TableRows::Dense(&table), h, &targets, cap, true);
             check("host", (nll, dh.unwrap()), &want);
             for (rows, tile) in [(4, 64), (1, 128), (6, 301), (100, 1000)] {
-                let (nll, dh) = nll_grad_host_tiled(&hidden, &table, h, &targets, cap, true, rows, tile);
+                let (nll, dh) =
+                    nll_grad_host_tiled(&hidden, TableRows::Dense(&table), h, &targets, cap, true, rows, tile);
                 check(&format!("host, {rows} rows x {tile} tile"), (nll, dh.unwrap()), &want);
             }
-            let (nll_only, none) = nll_grad_host(&hidden, &table, h, &targets, cap, false);
+            let (nll_only, none) = nll_grad_host(&hidden, TableRows::Dense(&table), h, &targets, cap, false);
             assert!(none.is_none() && (nll_only - nll).abs() < 1e-9);
             fn generic<B: Kernels>(
                 hidden: &[f32],
@@ -205,6 +225,29 @@ mod tests {
             }
             check("generic flex", generic::<Cpu>(&hidden, &table, h, &targets, cap), &want);
             check("generic ndarray", generic::<NdArrayCpu>(&hidden, &table, h, &targets, cap), &want);
+        }
+    }
+
+    /// A packed table (here Q8_0 blocks, as the real 270M file stores its embedding) gives the loss and
+    /// gradient of its dequantized rows as a dense table, bit for bit: the same rows, decoded tile by tile.
+    #[test]
+    fn packed_table_equals_its_dequantized_rows() {
+        use crate::quant::ggml::{encode, GgmlType, GgmlWeight};
+        use crate::quant::PackedWeight;
+        let (n, h, vocab) = (5, 64, 301);
+        let hidden = values(n * h, 3, 2.0);
+        let bytes = encode::encode(GgmlType::Q8_0, &values(vocab * h, 4, 1.0), h).unwrap();
+        let w = PackedWeight::Ggml(GgmlWeight::new(GgmlType::Q8_0, [vocab, h], bytes).unwrap());
+        let dense = w.dequantize();
+        let targets: Vec<(usize, u32)> = vec![(0, 5), (1, 300), (3, 64), (4, 0)];
+        for cap in [None, Some(2.0)] {
+            for (rows, tile) in [(2, 64), (100, 1000)] {
+                let (a, da) = nll_grad_host_tiled(&hidden, TableRows::Packed(&w), h, &targets, cap, true, rows, tile);
+                let (b, db) =
+                    nll_grad_host_tiled(&hidden, TableRows::Dense(&dense), h, &targets, cap, true, rows, tile);
+                assert_eq!(a.to_bits(), b.to_bits(), "nll, {rows}x{tile}");
+                assert_eq!(da, db, "gradient, {rows}x{tile}");
+            }
         }
     }
 }

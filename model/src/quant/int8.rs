@@ -20,7 +20,7 @@ pub struct Int8Weight {
 
 /// bitsandbytes multiplies by this f32 constant instead of dividing by 127.
 #[allow(clippy::excessive_precision)] // the literal bitsandbytes writes, so the f32 is the same
-const INV_127: f32 = 7.874015718698502e-3;
+pub(crate) const INV_127: f32 = 7.874015718698502e-3;
 
 impl Int8Weight {
     pub fn quantize(data: &[f32], shape: [usize; 2]) -> Self {

@@ -191,7 +191,7 @@ pub fn lm_head_equals_cpu<B: GemmaBackend>(tol: f32) -> Result<(), String> {
         let hs = Tensor::<B, 2>::from_data(TensorData::new(hidden.to_vec(), [n, h]), &device).into_primitive().tensor();
         let e =
             Tensor::<B, 2>::from_data(TensorData::new(table.to_vec(), [vocab, h]), &device).into_primitive().tensor();
-        let (nll, dh) = B::lm_head_nll_grad(hs, e, targets, softcap, true);
+        let (nll, dh) = B::lm_head_nll_grad(hs, crate::ops::lm_head::LmTable::Dense(e), targets, softcap, true);
         let nll = host(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(nll)))[0];
         (nll, host(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(dh.expect("gradient")))))
     }

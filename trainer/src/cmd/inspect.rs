@@ -40,6 +40,7 @@ fn run_on<B: GemmaBackend>(a: InspectArgs) -> Result<()> {
         }
     }
     let total = embed + norms + lin_params;
+    let embed_bytes = m.embed_tokens.resident_bytes();
     let layer_types: Vec<&str> =
         c.layer_types.iter().map(|t| if *t == lapidary_model::LayerType::Full { "full" } else { "sliding" }).collect();
     let v = json!({
@@ -48,10 +49,10 @@ fn run_on<B: GemmaBackend>(a: InspectArgs) -> Result<()> {
         "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
         "vocab_size": c.vocab_size, "sliding_window": c.sliding_window, "layer_types": layer_types,
         "attn_logit_softcapping": c.attn_logit_softcapping, "final_logit_softcapping": c.final_logit_softcapping,
-        "quant": format!("{:?}", a.model.quant).to_lowercase(),
+        "quant": format!("{:?}", a.model.quant()).to_lowercase(),
         "parameters": { "total": total, "embedding": embed, "norms": norms, "linear": lin_params, "lora": lora_params },
-        "resident_bytes": { "embedding": embed * 4, "norms": norms * 4, "linear": lin_bytes, "lora": lora_params * 4,
-                            "total": embed * 4 + norms * 4 + lin_bytes + lora_params * 4 },
+        "resident_bytes": { "embedding": embed_bytes, "norms": norms * 4, "linear": lin_bytes, "lora": lora_params * 4,
+                            "total": embed_bytes + norms * 4 + lin_bytes + lora_params * 4 },
     });
     if a.json {
         crate::common::print_json(&v);

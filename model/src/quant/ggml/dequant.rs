@@ -11,7 +11,7 @@ const QK_K: usize = 256;
 const BLOCKS_PER_TASK: usize = 256;
 
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
@@ -65,7 +65,8 @@ pub fn dequantize_blocks(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> Resu
 }
 
 /// Q4_0: `d: f16, qs: [u8; 16]`; y[j] = (lo - 8) * d, y[j + 16] = (hi - 8) * d.
-fn q4_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let qs = &b[2..18];
     for j in 0..16 {
@@ -75,7 +76,8 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q4_1: `d: f16, m: f16, qs: [u8; 16]`; y = q * d + m.
-fn q4_1(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
     let qs = &b[4..20];
@@ -86,7 +88,8 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q5_0: `d: f16, qh: u32, qs: [u8; 16]`; fifth bit of element j in bit j of qh; y = (q - 16) * d.
-fn q5_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     let qs = &b[6..22];
@@ -101,7 +104,8 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q5_1: `d: f16, m: f16, qh: u32, qs: [u8; 16]`; y = q * d + m.
-fn q5_1(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -117,7 +121,8 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q8_0: `d: f16, qs: [i8; 32]`; y = q * d.
-fn q8_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     for j in 0..32 {
         y[j] = (b[2 + j] as i8) as f32 * d;
@@ -125,7 +130,8 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q8_K: `d: f32, qs: [i8; 256], bsums: [i16; 16]`; y = d * q.
-fn q8_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q8_k(b: &[u8], y: &mut [f32]) {
     let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     for j in 0..QK_K {
         y[j] = d * (b[4 + j] as i8) as f32;
@@ -133,7 +139,8 @@ fn q8_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q2_K: `scales: [u8; 16], qs: [u8; 64], d: f16, dmin: f16`.
-fn q2_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q2_k(b: &[u8], y: &mut [f32]) {
     let scales = &b[0..16];
     let d = f16_at(b, 80);
     let min = f16_at(b, 82);
@@ -157,7 +164,8 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`.
-fn q3_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q3_k(b: &[u8], y: &mut [f32]) {
     let hm = &b[0..32];
     let qs = &b[32..96];
     let sb = &b[96..108];
@@ -212,7 +220,8 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Q4_K: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
-fn q4_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q4_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let min = f16_at(b, 2);
     let scales = &b[4..16];
@@ -234,7 +243,8 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q5_K: `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`.
-fn q5_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q5_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let min = f16_at(b, 2);
     let scales = &b[4..16];
@@ -263,7 +273,8 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
-fn q6_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub(crate) fn q6_k(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 208);
     for n in 0..2 {
         let ql = &b[64 * n..64 * n + 64];
