@@ -9,7 +9,16 @@ fn main() {
     let t: Vec<(usize, u32)> = (0..n).map(|i| (i, (i * 997 % v) as u32)).collect();
     for (rows, tile) in [(1024, 6528), (256, v), (2048, 65536), (1024, 6528), (256, v), (2048, 65536)] {
         let s = Instant::now();
-        let _ = lapidary_model::cpu::lm_head::nll_grad_host_tiled(&hid, &e, h, &t, None, true, rows, tile);
+        let _ = lapidary_model::cpu::lm_head::nll_grad_host_tiled(
+            &hid,
+            lapidary_model::cpu::lm_head::TableRows::Dense(&e),
+            h,
+            &t,
+            None,
+            true,
+            rows,
+            tile,
+        );
         let dt = s.elapsed().as_secs_f64();
         println!("rows {rows} tile {tile}: {dt:.2} s  {:.1} GFLOP/s", 4.0 * (n * h * v) as f64 / dt / 1e9);
     }

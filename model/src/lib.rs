@@ -5,13 +5,15 @@
 //! ```text
 //! error, config, dtype, mask   the vocabulary: errors, config.json, the compute dtype, attention masks
 //! quant/                       how the frozen base is stored: NF4, int8, ggml blocks (storage only)
-//! cpu/                         host kernels (gemm front, softmax rows, tiled attention, LM-head loss, RoPE, GeGLU)
+//! cpu/                         host kernels (gemm front, products by packed weights as stored, softmax rows,
+//!                              tiled attention, LM-head loss, RoPE, GeGLU)
 //! io/                          weights in and out: safetensors dirs, GGUF (+ its tokenizer, a writer), HF dirs
 //! ops/                         the backend traits (Kernels, GemmaBackend), one reference file per op,
 //!                              the CPU backends' and Autodiff's implementations
 //! cube/, cuda/                 the same ops as CubeCL kernels (any CubeCL runtime), cuBLAS on CUDA
 //! backends                     the concrete backend types the CLI and tests instantiate
-//! nn/                          layers: FrozenLinear, LoraLinear, RmsNorm, RoPE tables, attention, KV cache, MLP
+//! nn/                          layers: the token table, FrozenLinear, LoraLinear, RmsNorm, RoPE tables,
+//!                              attention, KV cache, MLP
 //! gemma/                       the model: decoder, load, loss, generate, recompute (gradient checkpointing)
 //! peft/                        PEFT adapters: read/write, merge, as llama.cpp GGUF adapters
 //! testing/                     helpers for tests (feature `testing`; compiled into the library's own tests)
