@@ -5,7 +5,7 @@
 //! the dequantized weight `d·q − m`, summed in another order. The activations stay f32 (llama.cpp rounds
 //! them to 8 bits here; we keep transformers' answers).
 //!
-//! Hand-written with AVX2 + FMA + F16C intrinsics (run-time checked): the compiler does not turn the
+//! Hand-written with AVX2 + FMA + F16C intrinsics, and AVX-512 where the CPU has it (run-time checked): the compiler does not turn the
 //! block decoders into this on its own (measured: decoding into a buffer then a dot product ran at a third
 //! of the speed). Types without a kernel here go through `decode_rows` and a plain dot product.
 use crate::quant::ggml::GgmlType;
@@ -49,55 +49,66 @@ pub fn sums32(x: &[f32]) -> Vec<f32> {
 /// `y[r·n + j] = W[r0 + r] · x_j` for `rows` rows of `w` and the `n` rows of `x` (`[n, in]`), with
 /// `xs32 = sums32(x)`. Only where [`has_kernel`] says so.
 pub fn dot_rows(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    dot_rows_with(w, r0, x, xs32, y, avx512());
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (r0, x, xs32, y);
+        assert!(has_kernel(w), "dot_rows: no kernel for this weight on this CPU");
+    }
+}
+
+/// [`dot_rows`] with the ggml kernels' width chosen (`wide`: AVX-512, which the caller has checked).
+#[cfg(target_arch = "x86_64")]
+fn dot_rows_with(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [f32], wide: bool) {
     assert!(has_kernel(w), "dot_rows: no kernel for this weight on this CPU");
     let [out, inp] = w.shape();
     let n = x.len() / inp;
     let rows = y.len() / n.max(1);
     assert!(n > 0 && x.len() == n * inp && y.len() == rows * n && r0 + rows <= out, "dot_rows: shapes");
     assert_eq!(xs32.len(), n * (inp / 32), "dot_rows: sums of x");
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AVX2, FMA and F16C (has_kernel); every kernel reads whole blocks of a row whose
-    // byte length is checked against the row length below, and `inp` elements of x.
+    let xj = |j: usize| &x[j * inp..(j + 1) * inp];
+    // SAFETY: the CPU has AVX2, FMA and F16C (has_kernel), and AVX-512 when `wide`; every kernel reads
+    // whole blocks of a row whose byte length it checks against the row length, and `inp` elements of x.
     unsafe {
         match w {
             PackedWeight::Ggml(g) => {
                 let (block, bytes) = g.dtype.block_layout().expect("checked by GgmlWeight::new");
                 let row_bytes = inp / block * bytes;
-                let f: unsafe fn(&[u8], &[f32], &[f32]) -> f32 = match (g.dtype, avx512()) {
-                    (GgmlType::Q8_0, true) => avx512::q8_0,
-                    (GgmlType::Q4_0, true) => avx512::q4_0,
-                    (GgmlType::Q5_0, true) => avx512::q5_0,
-                    (GgmlType::Q4_K, true) => avx512::q4_k,
-                    (GgmlType::Q6_K, true) => avx512::q6_k,
-                    (GgmlType::Q8_0, false) => avx2::q8_0,
-                    (GgmlType::Q4_0, false) => avx2::q4_0,
-                    (GgmlType::Q5_0, false) => avx2::q5_0,
-                    (GgmlType::Q4_K, false) => avx2::q4_k,
-                    (GgmlType::Q6_K, false) => avx2::q6_k,
+                type Kernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
+                let [q8_0, q4_0, q5_0, q4_k, q6_k]: [Kernel; 5] = if wide {
+                    [avx512::q8_0, avx512::q4_0, avx512::q5_0, avx512::q4_k, avx512::q6_k]
+                } else {
+                    [avx2::q8_0, avx2::q4_0, avx2::q5_0, avx2::q4_k, avx2::q6_k]
+                };
+                let f = match g.dtype {
+                    GgmlType::Q8_0 => q8_0,
+                    GgmlType::Q4_0 => q4_0,
+                    GgmlType::Q5_0 => q5_0,
+                    GgmlType::Q4_K => q4_k,
+                    GgmlType::Q6_K => q6_k,
                     _ => unreachable!("has_kernel"),
                 };
                 for (r, yr) in y.chunks_exact_mut(n).enumerate() {
                     let row = &g.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
                     for (j, v) in yr.iter_mut().enumerate() {
-                        let xs = &xs32[j * (inp / 32)..(j + 1) * (inp / 32)];
-                        *v = f(row, &x[j * inp..(j + 1) * inp], xs);
+                        *v = f(row, xj(j), &xs32[j * (inp / 32)..(j + 1) * (inp / 32)]);
                     }
                 }
             }
             PackedWeight::Nf4(q) => {
-                use crate::quant::nf4::{dynamic_map, nf4_code, ABSMAX_BLOCK, NF4_BLOCK};
+                use crate::quant::nf4::{dynamic_map, nf4_code, NF4_BLOCK};
                 let (code, dynm) = (nf4_code(), dynamic_map());
                 let per_row = inp / NF4_BLOCK;
                 let mut scales = vec![0f32; per_row];
                 for (r, yr) in y.chunks_exact_mut(n).enumerate() {
                     let b0 = (r0 + r) * per_row;
                     for (k, s) in scales.iter_mut().enumerate() {
-                        let b = b0 + k;
-                        *s = dynm[q.absmax_q[b] as usize] * q.absmax2[b / ABSMAX_BLOCK] + q.offset;
+                        *s = q.block_scale(b0 + k, &dynm);
                     }
                     let row = &q.packed[b0 * NF4_BLOCK / 2..(b0 + per_row) * NF4_BLOCK / 2];
                     for (j, v) in yr.iter_mut().enumerate() {
-                        *v = avx2::nf4(row, &scales, &code, &x[j * inp..(j + 1) * inp]);
+                        *v = avx2::nf4(row, &scales, &code, xj(j));
                     }
                 }
             }
@@ -106,8 +117,7 @@ pub fn dot_rows(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [f
                     let row = &q.cb[(r0 + r) * inp..(r0 + r + 1) * inp];
                     for (j, v) in yr.iter_mut().enumerate() {
                         // bitsandbytes' `q · SCB · (1/127)`, the row's two factors applied to its sum.
-                        *v =
-                            avx2::i8_dot(row, &x[j * inp..(j + 1) * inp]) * q.scb[r0 + r] * crate::quant::int8::INV_127;
+                        *v = avx2::i8_dot(row, xj(j)) * q.scb[r0 + r] * crate::quant::int8::INV_127;
                     }
                 }
             }
@@ -140,12 +150,146 @@ macro_rules! two_accumulators {
     }};
 }
 
+/// The ggml kernels both widths share, written once over the width's primitives (`zero`, `splat`, `add`,
+/// `fmadd`, `reduce`, and `dot16`: 16 signed bytes times 16 floats added to an accumulator), which each
+/// module below defines before invoking this with its target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! ggml_kernels {
+    ($features:literal) => {
+        /// The same over 32 bytes.
+        #[inline(always)]
+        unsafe fn dot32(q: __m256i, x: *const f32) -> V {
+            let acc = dot16(_mm256_castsi256_si128(q), x, zero());
+            dot16(_mm256_extracti128_si256(q, 1), x.add(16), acc)
+        }
+
+        /// Q8_0: `d: f16, qs: [i8; 32]`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q8_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+            let nb = check(b, x, 32, 34);
+            let (mut a0, mut a1) = (zero(), zero());
+            two_accumulators!(nb, a0, a1, |i, acc| {
+                let p = b.as_ptr().add(i * 34);
+                let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                fmadd(splat(f16(p)), dot32(q, x.as_ptr().add(i * 32)), acc)
+            });
+            reduce(add(a0, a1))
+        }
+
+        /// Q4_0: `d: f16, qs: [u8; 16]`; element j is the low nibble of qs[j], j + 16 the high one; q − 8.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+            let nb = check(b, x, 32, 18);
+            let (m4, e8) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(8));
+            let (mut a0, mut a1) = (zero(), zero());
+            two_accumulators!(nb, a0, a1, |i, acc| {
+                let p = b.as_ptr().add(i * 18);
+                let xp = x.as_ptr().add(i * 32);
+                let qs = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let lo = _mm_sub_epi8(_mm_and_si128(qs, m4), e8);
+                let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), e8);
+                fmadd(splat(f16(p)), dot16(hi, xp.add(16), dot16(lo, xp, zero())), acc)
+            });
+            reduce(add(a0, a1))
+        }
+
+        /// Q4_K: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; eight sub-blocks of 32, `d·sc·q − dmin·m`
+        /// (ggml's `get_scale_min_k4`); `xs` holds the sums of x over each 32.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_k(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+            let nb = check(b, x, 256, 144);
+            assert_eq!(xs.len(), nb * 8);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let (mut a0, mut a1) = (zero(), zero());
+            let mut mins = 0f32;
+            for i in 0..nb {
+                let p = b.as_ptr().add(i * 144);
+                let (d, dmin) = (f16(p), f16(p.add(2)));
+                let sc = std::slice::from_raw_parts(p.add(4), 12);
+                for g in 0..4 {
+                    let xp = x.as_ptr().add(i * 256 + 64 * g);
+                    let q = _mm256_loadu_si256(p.add(16 + 32 * g) as *const __m256i);
+                    let (s0, m0) = scale_min_k4(2 * g, sc);
+                    let (s1, m1) = scale_min_k4(2 * g + 1, sc);
+                    // Nibbles (0..15) read as signed bytes are the same numbers.
+                    let lo = dot32(_mm256_and_si256(q, m4), xp);
+                    let hi = dot32(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), xp.add(32));
+                    a0 = fmadd(splat(d * s0 as f32), lo, a0);
+                    a1 = fmadd(splat(d * s1 as f32), hi, a1);
+                    mins += dmin * m0 as f32 * xs[i * 8 + 2 * g] + dmin * m1 as f32 * xs[i * 8 + 2 * g + 1];
+                }
+            }
+            reduce(add(a0, a1)) - mins
+        }
+
+        /// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; sixteen sub-blocks of 16,
+        /// `d·sc·(q − 32)`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q6_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+            let nb = check(b, x, 256, 210);
+            let (m4, m3, e32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+            let (mut a0, mut a1) = (zero(), zero());
+            for i in 0..nb {
+                let p = b.as_ptr().add(i * 210);
+                let d = f16(p.add(208));
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+                    // The two high bits of each element, moved to bits 4 and 5.
+                    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+                    let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+                    let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+                    let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+                    let qs = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), h2),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h4),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h6),
+                    ];
+                    let sc = p.add(192 + 8 * h) as *const i8;
+                    for (k, q) in qs.into_iter().enumerate() {
+                        let q = _mm256_sub_epi8(q, e32);
+                        let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * k);
+                        let s0 = dot16(_mm256_castsi256_si128(q), xp, zero());
+                        let s1 = dot16(_mm256_extracti128_si256(q, 1), xp.add(16), zero());
+                        a0 = fmadd(splat(d * *sc.add(2 * k) as f32), s0, a0);
+                        a1 = fmadd(splat(d * *sc.add(2 * k + 1) as f32), s1, a1);
+                    }
+                }
+            }
+            reduce(add(a0, a1))
+        }
+    };
+}
+
+/// 8 floats per instruction: AVX2 + FMA + F16C.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use crate::quant::ggml::dequant::scale_min_k4;
+
+    type V = __m256;
+
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    unsafe fn zero() -> V {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> V {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: V, b: V) -> V {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: V, b: V, c: V) -> V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn reduce(v: V) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -164,60 +308,25 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
     }
 
-    /// `Σ q·x` over 16 signed bytes and 16 floats, as 8 partial sums.
+    /// `acc + Σ q·x` over 16 signed bytes and 16 floats, as 8 partial sums.
     #[inline(always)]
-    unsafe fn dot16(q: __m128i, x: *const f32, acc: __m256) -> __m256 {
+    unsafe fn dot16(q: __m128i, x: *const f32, acc: V) -> V {
         let acc = _mm256_fmadd_ps(i8x8(q), _mm256_loadu_ps(x), acc);
         _mm256_fmadd_ps(i8x8(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x.add(8)), acc)
     }
 
-    /// `Σ q·x` over 32 signed bytes and 32 floats, as 8 partial sums.
-    #[inline(always)]
-    unsafe fn dot32(q: __m256i, x: *const f32) -> __m256 {
-        let acc = dot16(_mm256_castsi256_si128(q), x, _mm256_setzero_ps());
-        dot16(_mm256_extracti128_si256(q, 1), x.add(16), acc)
-    }
-
+    /// The number of blocks in a row of `x.len()` elements, checked against the row's bytes.
     pub(super) fn check(b: &[u8], x: &[f32], block: usize, bytes: usize) -> usize {
         let nb = x.len() / block;
         assert!(x.len() == nb * block && b.len() == nb * bytes, "a row of whole blocks");
         nb
     }
 
-    /// Q8_0: `d: f16, qs: [i8; 32]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = check(b, x, 32, 34);
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        two_accumulators!(nb, a0, a1, |i, acc| {
-            let p = b.as_ptr().add(i * 34);
-            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
-            _mm256_fmadd_ps(_mm256_set1_ps(f16(p)), dot32(q, x.as_ptr().add(i * 32)), acc)
-        });
-        hsum(_mm256_add_ps(a0, a1))
-    }
-
-    /// Q4_0: `d: f16, qs: [u8; 16]`; element j is the low nibble of qs[j], j + 16 the high one; q − 8.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = check(b, x, 32, 18);
-        let (m4, e8) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(8));
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        two_accumulators!(nb, a0, a1, |i, acc| {
-            let p = b.as_ptr().add(i * 18);
-            let xp = x.as_ptr().add(i * 32);
-            let qs = _mm_loadu_si128(p.add(2) as *const __m128i);
-            let lo = _mm_sub_epi8(_mm_and_si128(qs, m4), e8);
-            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), e8);
-            let s = dot16(hi, xp.add(16), dot16(lo, xp, _mm256_setzero_ps()));
-            _mm256_fmadd_ps(_mm256_set1_ps(f16(p)), s, acc)
-        });
-        hsum(_mm256_add_ps(a0, a1))
-    }
+    ggml_kernels!("avx2,fma,f16c");
 
     /// 16 bytes, 0x10 where bit k of `bits` is set (byte k), else 0.
     #[inline(always)]
-    pub(super) unsafe fn bit4_bytes(bits: u16) -> __m128i {
+    unsafe fn bit4_bytes(bits: u16) -> __m128i {
         let v = _mm_set1_epi16(bits as i16);
         let spread = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
         let mask = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
@@ -229,7 +338,7 @@ mod avx2 {
     pub unsafe fn q5_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
         let nb = check(b, x, 32, 22);
         let (m4, e16) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(16));
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut a0, mut a1) = (zero(), zero());
         two_accumulators!(nb, a0, a1, |i, acc| {
             let p = b.as_ptr().add(i * 22);
             let xp = x.as_ptr().add(i * 32);
@@ -238,84 +347,9 @@ mod avx2 {
             let lo = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(qs, m4), bit4_bytes(qh as u16)), e16);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
             let hi = _mm_sub_epi8(_mm_or_si128(hi, bit4_bytes((qh >> 16) as u16)), e16);
-            let s = dot16(hi, xp.add(16), dot16(lo, xp, _mm256_setzero_ps()));
-            _mm256_fmadd_ps(_mm256_set1_ps(f16(p)), s, acc)
+            fmadd(splat(f16(p)), dot16(hi, xp.add(16), dot16(lo, xp, zero())), acc)
         });
-        hsum(_mm256_add_ps(a0, a1))
-    }
-
-    /// Q4_K: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; eight sub-blocks of 32, `d·sc·q − dmin·m`
-    /// (`ggml`'s `get_scale_min_k4`); `xs` holds the sums of x over each 32.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_k(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
-        let nb = check(b, x, 256, 144);
-        assert_eq!(xs.len(), nb * 8);
-        let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for i in 0..nb {
-            let p = b.as_ptr().add(i * 144);
-            let (d, dmin) = (f16(p), f16(p.add(2)));
-            let sc = std::slice::from_raw_parts(p.add(4), 12);
-            for g in 0..4 {
-                let xp = x.as_ptr().add(i * 256 + 64 * g);
-                let q = _mm256_loadu_si256(p.add(16 + 32 * g) as *const __m256i);
-                let (s0, m0) = scale_min_k4(2 * g, sc);
-                let (s1, m1) = scale_min_k4(2 * g + 1, sc);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * s0 as f32), dot32(_mm256_and_si256(q, m4), xp), acc);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * s1 as f32), dot32(hi, xp.add(32)), acc);
-                mins += dmin * m0 as f32 * xs[i * 8 + 2 * g] + dmin * m1 as f32 * xs[i * 8 + 2 * g + 1];
-            }
-        }
-        hsum(acc) - mins
-    }
-
-    #[inline(always)]
-    pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-        if j < 4 {
-            (q[j] & 63, q[j + 4] & 63)
-        } else {
-            ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-        }
-    }
-
-    /// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; sixteen sub-blocks of 16, `d·sc·(q − 32)`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q6_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = check(b, x, 256, 210);
-        let (m4, m3, e32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-        let mut acc = _mm256_setzero_ps();
-        for i in 0..nb {
-            let p = b.as_ptr().add(i * 210);
-            let d = f16(p.add(208));
-            for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                // The two high bits of each element, moved to bits 4 and 5.
-                let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
-                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
-                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
-                let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
-                let qs = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h4),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h6),
-                ];
-                let sc = p.add(192 + 8 * h) as *const i8;
-                for (k, q) in qs.into_iter().enumerate() {
-                    let q = _mm256_sub_epi8(q, e32);
-                    let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * k);
-                    let s0 = dot16(_mm256_castsi256_si128(q), xp, _mm256_setzero_ps());
-                    let s1 = dot16(_mm256_extracti128_si256(q, 1), xp.add(16), _mm256_setzero_ps());
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * *sc.add(2 * k) as f32), s0, acc);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * *sc.add(2 * k + 1) as f32), s1, acc);
-                }
-            }
-        }
-        hsum(acc)
+        reduce(add(a0, a1))
     }
 
     /// NF4 (bitsandbytes: two codes per byte, the first in the high nibble) over a row of whole 64-blocks,
@@ -325,9 +359,9 @@ mod avx2 {
         assert!(packed.len() * 2 == x.len() && scales.len() * 64 == x.len(), "a row of whole NF4 blocks");
         let (lo_code, hi_code) = (_mm256_loadu_ps(code.as_ptr()), _mm256_loadu_ps(code.as_ptr().add(8)));
         let (m4, seven) = (_mm_set1_epi8(0x0F), _mm256_set1_epi32(7));
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = zero();
         for (blk, &scale) in scales.iter().enumerate() {
-            let mut s = _mm256_setzero_ps();
+            let mut s = zero();
             for half in 0..2 {
                 let bytes = _mm_loadu_si128(packed.as_ptr().add(blk * 32 + 16 * half) as *const __m128i);
                 let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
@@ -340,13 +374,13 @@ mod avx2 {
                         let c = _mm256_permutevar8x32_ps(hi_code, idx);
                         let w = _mm256_blendv_ps(a, c, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, seven)));
                         let xp = x.as_ptr().add(blk * 64 + 32 * half + 16 * k + 8 * e);
-                        s = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp), s);
+                        s = fmadd(w, _mm256_loadu_ps(xp), s);
                     }
                 }
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), s, acc);
+            acc = fmadd(splat(scale), s, acc);
         }
-        hsum(acc)
+        reduce(acc)
     }
 
     /// `Σ q·x` over signed bytes.
@@ -354,11 +388,11 @@ mod avx2 {
     pub unsafe fn i8_dot(q: &[i8], x: &[f32]) -> f32 {
         assert_eq!(q.len(), x.len());
         let n16 = q.len() / 16 * 16;
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = zero();
         for i in (0..n16).step_by(16) {
             acc = dot16(_mm_loadu_si128(q.as_ptr().add(i) as *const __m128i), x.as_ptr().add(i), acc);
         }
-        let mut s = hsum(acc);
+        let mut s = reduce(acc);
         for i in n16..q.len() {
             s += q[i] as f32 * x[i];
         }
@@ -366,61 +400,52 @@ mod avx2 {
     }
 }
 
-/// The ggml kernels of [`avx2`] with 16 floats per instruction.
+/// 16 floats per instruction: AVX-512 (with AVX2's byte handling).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{f16, scale_min_k4};
+    use super::avx2::{check, f16};
+    use crate::quant::ggml::dequant::scale_min_k4;
+
+    type V = __m512;
+
+    #[inline(always)]
+    unsafe fn zero() -> V {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> V {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: V, b: V) -> V {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: V, b: V, c: V) -> V {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn reduce(v: V) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
 
     /// `acc + Σ q·x` over 16 signed bytes and 16 floats, as 16 partial sums.
     #[inline(always)]
-    unsafe fn dot16(q: __m128i, x: *const f32, acc: __m512) -> __m512 {
+    unsafe fn dot16(q: __m128i, x: *const f32, acc: V) -> V {
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_loadu_ps(x), acc)
     }
 
-    /// The same over 32 bytes.
-    #[inline(always)]
-    unsafe fn dot32(q: __m256i, x: *const f32) -> __m512 {
-        let acc = dot16(_mm256_castsi256_si128(q), x, _mm512_setzero_ps());
-        dot16(_mm256_extracti128_si256(q, 1), x.add(16), acc)
-    }
+    ggml_kernels!("avx512f,avx2,fma,f16c");
 
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn q8_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = super::avx2::check(b, x, 32, 34);
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        two_accumulators!(nb, a0, a1, |i, acc| {
-            let p = b.as_ptr().add(i * 34);
-            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
-            _mm512_fmadd_ps(_mm512_set1_ps(f16(p)), dot32(q, x.as_ptr().add(i * 32)), acc)
-        });
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn q4_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = super::avx2::check(b, x, 32, 18);
-        let (m4, e8) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(8));
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        two_accumulators!(nb, a0, a1, |i, acc| {
-            let p = b.as_ptr().add(i * 18);
-            let xp = x.as_ptr().add(i * 32);
-            let qs = _mm_loadu_si128(p.add(2) as *const __m128i);
-            let lo = _mm_sub_epi8(_mm_and_si128(qs, m4), e8);
-            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), e8);
-            let s = dot16(hi, xp.add(16), dot16(lo, xp, _mm512_setzero_ps()));
-            _mm512_fmadd_ps(_mm512_set1_ps(f16(p)), s, acc)
-        });
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
-
+    /// Q5_0 with the fifth bits as mask registers: (nibble | bit·16) − 16 = nibble − 16 where the bit is
+    /// clear (no byte shuffles, unlike AVX2's).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn q5_0(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = super::avx2::check(b, x, 32, 22);
-        let (m4, e16) = (_mm_set1_epi8(0x0F), _mm512_set1_ps(16.0));
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        // The fifth bits as mask registers: (nibble | bit·16) − 16 = nibble − 16 where the bit is clear.
+        let nb = check(b, x, 32, 22);
+        let (m4, e16) = (_mm_set1_epi8(0x0F), splat(16.0));
+        let (mut a0, mut a1) = (zero(), zero());
         two_accumulators!(nb, a0, a1, |i, acc| {
             let p = b.as_ptr().add(i * 22);
             let xp = x.as_ptr().add(i * 32);
@@ -430,136 +455,50 @@ mod avx512 {
             let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), m4)));
             let lo = _mm512_mask_sub_ps(lo, !(qh as u16), lo, e16);
             let hi = _mm512_mask_sub_ps(hi, !((qh >> 16) as u16), hi, e16);
-            let s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
-            _mm512_fmadd_ps(_mm512_set1_ps(f16(p)), s, acc)
+            fmadd(splat(f16(p)), fmadd(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp))), acc)
         });
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
-
-    /// Unsigned bytes (0..15) as 16 floats times x.
-    #[inline(always)]
-    unsafe fn dot16u(q: __m128i, x: *const f32, acc: __m512) -> __m512 {
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), _mm512_loadu_ps(x), acc)
-    }
-
-    #[inline(always)]
-    unsafe fn dot32u(q: __m256i, x: *const f32) -> __m512 {
-        let acc = dot16u(_mm256_castsi256_si128(q), x, _mm512_setzero_ps());
-        dot16u(_mm256_extracti128_si256(q, 1), x.add(16), acc)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn q4_k(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
-        let nb = super::avx2::check(b, x, 256, 144);
-        assert_eq!(xs.len(), nb * 8);
-        let m4 = _mm256_set1_epi8(0x0F);
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut mins = 0f32;
-        for i in 0..nb {
-            let p = b.as_ptr().add(i * 144);
-            let (d, dmin) = (f16(p), f16(p.add(2)));
-            let sc = std::slice::from_raw_parts(p.add(4), 12);
-            for g in 0..4 {
-                let xp = x.as_ptr().add(i * 256 + 64 * g);
-                let q = _mm256_loadu_si256(p.add(16 + 32 * g) as *const __m256i);
-                let (s0, m0) = scale_min_k4(2 * g, sc);
-                let (s1, m1) = scale_min_k4(2 * g + 1, sc);
-                let lo = dot32u(_mm256_and_si256(q, m4), xp);
-                let hi = dot32u(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), xp.add(32));
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(d * s0 as f32), lo, a0);
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(d * s1 as f32), hi, a1);
-                mins += dmin * m0 as f32 * xs[i * 8 + 2 * g] + dmin * m1 as f32 * xs[i * 8 + 2 * g + 1];
-            }
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - mins
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn q6_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
-        let nb = super::avx2::check(b, x, 256, 210);
-        let (m4, m3, e32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for i in 0..nb {
-            let p = b.as_ptr().add(i * 210);
-            let d = f16(p.add(208));
-            for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
-                let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
-                let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
-                let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
-                let qs = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), h2),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h4),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h6),
-                ];
-                let sc = p.add(192 + 8 * h) as *const i8;
-                for (k, q) in qs.into_iter().enumerate() {
-                    let q = _mm256_sub_epi8(q, e32);
-                    let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * k);
-                    let s0 = dot16(_mm256_castsi256_si128(q), xp, _mm512_setzero_ps());
-                    let s1 = dot16(_mm256_extracti128_si256(q, 1), xp.add(16), _mm512_setzero_ps());
-                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(d * *sc.add(2 * k) as f32), s0, a0);
-                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(d * *sc.add(2 * k + 1) as f32), s1, a1);
-                }
-            }
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+        reduce(add(a0, a1))
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::quant::{GgmlWeight, Int8Weight, Nf4Weight};
+    use crate::cpu::qmatmul::tests::weights;
     use crate::testing::values;
 
-    /// Each kernel against the dequantized weight's dot products in f64, relative to the size of the terms.
+    /// Each kernel, at each width this CPU has, against the dequantized weight's dot products in f64,
+    /// relative to the size of the terms.
     #[test]
     fn kernels_equal_dot_products_with_the_dequantized_rows() {
         let (out, inp, n) = (9, 512, 3);
-        let mut ws: Vec<(String, PackedWeight)> = vec![];
-        for (i, t) in
-            [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K].iter().enumerate()
-        {
-            let (block, bytes) = t.block_layout().unwrap();
-            let mut b: Vec<u8> = (0..out * inp / block * bytes).map(|k| ((k * 131 + i * 17) % 251) as u8).collect();
-            // Finite, modest f16 scales at the layout's offsets (ggml-common.h).
-            let f16_at: &[usize] = match t {
-                GgmlType::Q6_K => &[208],
-                GgmlType::Q4_K => &[0, 2],
-                _ => &[0],
-            };
-            for c in b.chunks_exact_mut(bytes) {
-                f16_at.iter().for_each(|&o| c[o + 1] &= 0x3b);
-            }
-            ws.push((format!("{t}"), PackedWeight::Ggml(GgmlWeight::new(*t, [out, inp], b).unwrap())));
-        }
-        let dense = values(out * inp, 7, 1.0);
-        ws.push(("nf4".into(), PackedWeight::Nf4(Nf4Weight::quantize(&dense, [out, inp]))));
-        ws.push(("int8".into(), PackedWeight::Int8(Int8Weight::quantize(&dense, [out, inp]))));
         let x = values(n * inp, 8, 1.0);
         let xs = sums32(&x);
-        for (name, w) in ws {
+        let mut checked = vec![];
+        for (name, w) in weights(out, inp) {
             if !has_kernel(&w) {
-                eprintln!("{name}: no kernel on this CPU, skipped");
                 continue;
             }
             let wd = w.dequantize();
-            let mut y = vec![0f32; (out - 2) * n];
-            dot_rows(&w, 2, &x, &xs, &mut y);
-            for r in 0..out - 2 {
-                for j in 0..n {
-                    let terms = (0..inp).map(|k| wd[(r + 2) * inp + k] as f64 * x[j * inp + k] as f64);
-                    let want: f64 = terms.clone().sum();
-                    let size: f64 = terms.map(f64::abs).sum();
-                    let got = y[r * n + j] as f64;
-                    assert!((got - want).abs() <= 1e-6 * size, "{name} row {r} x{j}: {got} vs {want}");
+            let widths: &[bool] = if std::is_x86_feature_detected!("avx512f") { &[false, true] } else { &[false] };
+            for &wide in widths {
+                let mut y = vec![0f32; (out - 2) * n];
+                dot_rows_with(&w, 2, &x, &xs, &mut y, wide);
+                for r in 0..out - 2 {
+                    for j in 0..n {
+                        let terms = (0..inp).map(|k| wd[(r + 2) * inp + k] as f64 * x[j * inp + k] as f64);
+                        let want: f64 = terms.clone().sum();
+                        let size: f64 = terms.map(f64::abs).sum();
+                        let got = y[r * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * size,
+                            "{name} (wide {wide}) row {r} x{j}: {got} vs {want}"
+                        );
+                    }
                 }
             }
+            checked.push(name);
         }
+        eprintln!("kernels checked: {checked:?}");
     }
 }

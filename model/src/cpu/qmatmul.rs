@@ -21,7 +21,7 @@ use super::qdot;
 use crate::quant::ggml::dequant as gq;
 use crate::quant::ggml::GgmlType;
 use crate::quant::int8::INV_127;
-use crate::quant::nf4::{dynamic_map, nf4_code, ABSMAX_BLOCK, NF4_BLOCK};
+use crate::quant::nf4::{dynamic_map, nf4_code, NF4_BLOCK};
 use crate::quant::{GgmlWeight, Nf4Weight, PackedWeight};
 
 /// Up to this many rows of `x`, the matrix–vector kernel (dot products); above, tiles and `gemm`.
@@ -129,12 +129,9 @@ fn f16_le(b: &[u8], y: &mut [f32]) {
         for (h, c) in bits.iter_mut().zip(bc.chunks_exact(2)) {
             *h = u16::from_le_bytes([c[0], c[1]]);
         }
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(bytemuck_u16_as_f16(&bits[..yc.len()]), yc);
+        let halves: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(&bits[..yc.len()]);
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(halves, yc);
     }
-}
-
-fn bytemuck_u16_as_f16(bits: &[u16]) -> &[f16] {
-    half::slice::HalfBitsSliceExt::reinterpret_cast(bits)
 }
 
 #[inline(always)]
@@ -165,7 +162,7 @@ fn nf4_range(q: &Nf4Weight, start: usize, y: &mut [f32]) {
     let mut done = 0;
     while done < y.len() {
         let b = i / NF4_BLOCK;
-        let scale = dynm[q.absmax_q[b] as usize] * q.absmax2[b / ABSMAX_BLOCK] + q.offset;
+        let scale = q.block_scale(b, &dynm);
         let take = ((b + 1) * NF4_BLOCK - i).min(y.len() - done);
         let part = &mut y[done..done + take];
         if i.is_multiple_of(2) && take.is_multiple_of(2) {
@@ -231,15 +228,15 @@ pub fn packed_matmul(x: &[f32], n: usize, w: &PackedWeight) -> Vec<f32> {
     }
     if n <= SMALL_N {
         // Transposed result `[out, n]`: each task owns a run of weight rows.
-        let rows = (VEC_TASK_FLOATS / inp).max(1);
         let mut yt = vec![0f32; out * n];
         if qdot::has_kernel(w) {
-            // Blocks multiplied as stored (`super::qdot`).
-            // No buffer to keep in L1 here: a few tasks per thread, enough to balance the load.
+            // Blocks multiplied as stored (`super::qdot`). No buffer to keep in L1 here: a few tasks per
+            // thread, enough to balance the load.
             let rows = out.div_ceil(4 * rayon::current_num_threads()).max(16);
             let xs = qdot::sums32(x);
             yt.par_chunks_mut(rows * n).enumerate().for_each(|(t, yc)| qdot::dot_rows(w, t * rows, x, &xs, yc));
         } else {
+            let rows = (VEC_TASK_FLOATS / inp).max(1);
             yt.par_chunks_mut(rows * n).enumerate().for_each(|(t, yc)| {
                 let r = yc.len() / n;
                 with_buf(r * inp, |buf| {
@@ -312,7 +309,7 @@ pub fn packed_matmul_dx(dy: &[f32], n: usize, w: &PackedWeight) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quant::ggml::SUPPORTED_TYPES;
     use crate::quant::Int8Weight;
@@ -366,7 +363,7 @@ mod tests {
 
     /// Every weight kind this crate packs: the ggml types GgmlWeight takes, NF4 (with a row length that is
     /// not a multiple of its 64-element blocks too) and int8.
-    fn weights(out: usize, inp: usize) -> Vec<(String, PackedWeight)> {
+    pub(crate) fn weights(out: usize, inp: usize) -> Vec<(String, PackedWeight)> {
         let mut ws = vec![];
         for (i, &t) in SUPPORTED_TYPES.iter().enumerate() {
             let (block, _) = t.block_layout().unwrap();

@@ -82,9 +82,7 @@ impl<R: Gemm, BT: BoolElement> GemmaBackend for CubeBackend<R, f32, i32, BT> {
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         // A packed table is dequantized for the call (the kernels take dense chunks).
-        use burn::tensor::ops::FloatTensorOps;
-        use burn::tensor::TensorMetadata;
-        let table = table.into_dense(&Self::float_device(&hidden), hidden.dtype());
+        let table = table.into_dense(&hidden);
         crate::ops::lm_head::chunked::<Self>(hidden, table, targets, grad, lm_head::CHUNK, |hc, table, ids, grad| {
             lm_head::chunk::<R, BT>(hc, table, ids, softcap, grad)
         })

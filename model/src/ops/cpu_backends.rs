@@ -102,7 +102,7 @@ impl GemmaBackend for burn_flex::Flex<f32> {
             _ => None,
         };
         let (Some(hs), Some(rows)) = (hidden.as_slice::<f32>(), rows) else {
-            let table = table.into_dense(&Default::default(), hidden.dtype());
+            let table = table.into_dense(&hidden);
             return lm_head::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad);
         };
         let (nll, dh) = nll_grad_host(hs, rows, h, targets, softcap, grad);

@@ -4,7 +4,6 @@
 //! `[tokens × vocab]` logits, no `[heads × seq × keys]` probabilities and no activation intermediates are
 //! kept for the backward pass. Defaults: the Burn-op references of `super::{lora, attention, lm_head}`.
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::TensorMetadata;
 
 use super::attention::{self, AttnSpec};
 use super::frozen::FrozenWeight;
@@ -44,7 +43,7 @@ pub trait GemmaBackend: Kernels {
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let table = table.into_dense(&Self::float_device(&hidden), hidden.dtype());
+        let table = table.into_dense(&hidden);
         lm_head::nll_grad_generic::<Self>(hidden, table, targets, softcap, grad)
     }
 

@@ -26,11 +26,13 @@ pub enum LmTable<B: burn::tensor::backend::Backend> {
 }
 
 impl<B: burn::tensor::backend::Backend> LmTable<B> {
-    /// The dense table in `dtype` (a packed one dequantized, as the backends without a packed path take it).
-    pub fn into_dense(self, device: &B::Device, dtype: DType) -> FloatTensor<B> {
+    /// The dense table, a packed one dequantized on `hidden`'s device in its dtype (as the backends without a
+    /// packed path take it).
+    pub fn into_dense(self, hidden: &FloatTensor<B>) -> FloatTensor<B> {
+        use burn::tensor::TensorMetadata;
         match self {
             LmTable::Dense(t) => t,
-            LmTable::Packed(w) => cast_prim::<B>(w.to_primitive::<B>(device), dtype),
+            LmTable::Packed(w) => cast_prim::<B>(w.to_primitive::<B>(&B::float_device(hidden)), hidden.dtype()),
         }
     }
 }

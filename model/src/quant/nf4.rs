@@ -88,11 +88,13 @@ impl Nf4Weight {
     /// The f32 absmax of every 64-block, rebuilt from the double-quantized form.
     pub fn absmax(&self) -> Vec<f32> {
         let dynm = dynamic_map();
-        self.absmax_q
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| dynm[q as usize] * self.absmax2[i / ABSMAX_BLOCK] + self.offset)
-            .collect()
+        (0..self.absmax_q.len()).map(|b| self.block_scale(b, &dynm)).collect()
+    }
+
+    /// The absmax of 64-block `b` (`dynm`: [`dynamic_map`]), computed as bitsandbytes dequantizes it.
+    #[inline(always)]
+    pub fn block_scale(&self, b: usize, dynm: &[f32; 256]) -> f32 {
+        dynm[self.absmax_q[b] as usize] * self.absmax2[b / ABSMAX_BLOCK] + self.offset
     }
 
     /// Dequantize into `out` (row-major `[out_features, in_features]`).

@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use lapidary_data::Batch;
+use lapidary_data::tokenize::Example;
+use lapidary_data::{Batch, Packer, PadTo, IGNORE_INDEX};
 use lapidary_model::gemma::loss::shifted_targets;
+use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
-use lapidary_model::{Gemma, TokenBatch};
 
 use super::rows::read_rows;
 use crate::train::batch::token_batch;
@@ -19,59 +20,34 @@ pub struct EvalResult {
     pub truncated: usize,
 }
 
-/// Tokens per forward pass when evaluating rows: rows are packed together (each attending only to itself,
-/// positions from 0, as the trainer packs), so the weights are read once per pack rather than once per row.
+/// Tokens per forward pass when evaluating rows: rows are packed together by the trainer's packer (each
+/// attending only to itself, positions from 0), so the weights are read once per pack rather than per row.
 pub const EVAL_PACK_TOKENS: usize = 2048;
 
-/// The loss over `rows` (token ids, each a sequence of its own, packed [`EVAL_PACK_TOKENS`] at a time); rows
-/// longer than `max_len` are cut to it (and counted), rows under two tokens predict nothing.
+/// The loss over `rows` (token ids, each a sequence of its own, packed [`EVAL_PACK_TOKENS`] at a time and
+/// evaluated by [`eval_loss`]); rows longer than `max_len` are cut to it (and counted), rows under two tokens
+/// predict nothing.
 pub fn eval_rows<B: GemmaBackend>(model: &Gemma<B>, rows: &[Vec<u32>], max_len: Option<usize>) -> EvalResult {
-    let (mut nll, mut tokens, mut truncated) = (0f64, 0usize, 0usize);
-    let mut kept: Vec<&[u32]> = Vec::new();
-    for row in rows {
-        let mut row = row.as_slice();
-        if let Some(m) = max_len {
-            if row.len() > m {
-                row = &row[..m];
-                truncated += 1;
-            }
-        }
-        if row.len() >= 2 {
-            kept.push(row);
-        }
-    }
-    let mut start = 0;
-    while start < kept.len() {
-        let mut end = start + 1;
-        let mut len = kept[start].len();
-        while end < kept.len() && len + kept[end].len() <= EVAL_PACK_TOKENS {
-            len += kept[end].len();
-            end += 1;
-        }
-        let (batch, targets) = pack(&kept[start..end]);
-        nll += model.eval_nll(&batch, &targets);
-        tokens += targets.len();
-        start = end;
-    }
-    EvalResult { loss: nll / tokens.max(1) as f64, tokens, examples: rows.len(), truncated }
-}
-
-/// One row of several sequences (segment ids, positions from 0 in each) and each one's next-token targets.
-fn pack(rows: &[&[u32]]) -> (TokenBatch, Vec<(usize, u32)>) {
-    if let [row] = rows {
-        let labels: Vec<i64> = row.iter().map(|&t| t as i64).collect();
-        return (TokenBatch::from_rows(&[row.to_vec()]), shifted_targets(&labels, 1, row.len()));
-    }
-    let (mut ids, mut positions, mut segments, mut targets) = (vec![], vec![], vec![], vec![]);
-    for (s, row) in rows.iter().enumerate() {
-        let off = ids.len();
-        ids.extend_from_slice(row);
-        positions.extend(0..row.len());
-        segments.extend(std::iter::repeat_n(s as u32, row.len()));
-        targets.extend(row.windows(2).enumerate().map(|(t, w)| (off + t, w[1])));
-    }
-    let seq = ids.len();
-    (TokenBatch { ids, batch: 1, seq, positions, segments: Some(segments) }, targets)
+    let mut truncated = 0;
+    let examples: Vec<Example> = rows
+        .iter()
+        .filter_map(|row| {
+            let cut = max_len.is_some_and(|m| row.len() > m);
+            truncated += cut as usize;
+            let row = &row[..max_len.map_or(row.len(), |m| row.len().min(m))];
+            // Labels as the model shifts them; the first is no target (packing relies on it).
+            let labels = row.iter().enumerate().map(|(t, &id)| if t == 0 { IGNORE_INDEX } else { id as i64 });
+            (row.len() >= 2).then(|| Example { input_ids: row.to_vec(), labels: labels.collect(), truncated: cut })
+        })
+        .collect();
+    let longest = examples.iter().map(Example::len).max().unwrap_or(0);
+    let mut packer = Packer::new(EVAL_PACK_TOKENS.max(longest), true);
+    let mut packed: Vec<_> = examples.iter().filter_map(|ex| packer.push(ex)).collect();
+    packed.extend(packer.flush());
+    let batches: Vec<Batch> =
+        packed.iter().map(|r| Batch::collate(std::slice::from_ref(r), 0, PadTo::Longest, 0)).collect();
+    let (loss, tokens) = eval_loss(model, &batches);
+    EvalResult { loss, tokens, examples: rows.len(), truncated }
 }
 
 /// `--metric loss` on a file: its rows ([`read_rows`], tokenized with `tok`) through [`eval_rows`]; an error
