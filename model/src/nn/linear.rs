@@ -6,7 +6,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
-use crate::ops::frozen::FrozenWeight;
+use crate::ops::frozen_weight::FrozenWeight;
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::quant::int8::Int8Weight;
 use crate::quant::nf4::Nf4Weight;

@@ -13,7 +13,7 @@ use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 
 use super::attention::AttnSpec;
-use super::frozen::FrozenWeight;
+use super::frozen_weight::FrozenWeight;
 use super::gemma_backend::GemmaBackend;
 use super::kernels::Kernels;
 use super::lm_head::LmTable;

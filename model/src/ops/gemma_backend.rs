@@ -6,7 +6,7 @@
 use burn::tensor::ops::FloatTensor;
 
 use super::attention::{self, AttnSpec};
-use super::frozen::FrozenWeight;
+use super::frozen_weight::FrozenWeight;
 use super::kernels::Kernels;
 use super::lm_head::{self, LmTable};
 use super::lora::{self, LoraPrims};

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Scalar, TensorMetadata};
 
-use super::frozen::FrozenWeight;
+use super::frozen_weight::FrozenWeight;
 use super::kernels::Kernels;
 use crate::dtype::cast_prim;
 

@@ -133,7 +133,7 @@ fn geglu_lora_down_equals_the_composition() {
 
     use burn::tensor::DType;
 
-    use crate::ops::frozen::FrozenWeight;
+    use crate::ops::frozen_weight::FrozenWeight;
     use crate::quant::{Nf4Weight, PackedWeight};
 
     type T<const D: usize> = Tensor<Autodiff<Cpu>, D>;
