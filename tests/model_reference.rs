@@ -9,7 +9,7 @@ use lapidary_model::nn::lora::LoraRuntime;
 use lapidary_model::quant::{Int8Weight, Nf4Weight, QuantKind};
 use lapidary_model::{GemmaConfig, ModelFiles, TokenBatch};
 
-const GENS: [&str; 3] = ["gemma1", "gemma2", "gemma3"];
+const GENS: [&str; 4] = ["gemma1", "gemma2", "gemma3", "gemma4"];
 
 fn model_dir(gen: &str) -> std::path::PathBuf {
     fixture(&format!("tiny/{gen}"))
@@ -26,31 +26,50 @@ fn reference_rows(gen: &str) -> Vec<Vec<u32>> {
     ids.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect()
 }
 
-fn logits_vs_transformers<B: lapidary_model::GemmaBackend>(gen: &str) -> (f64, f64) {
+/// (error relative to the logits' scale, elementwise error, the elementwise bound).
+fn logits_vs_transformers<B: lapidary_model::GemmaBackend>(gen: &str) -> (f64, f64, f64) {
     let files = ModelFiles::open(&model_dir(gen)).expect("open fixture model");
     let model = load_gemma::<B>(&files.config, files.weights.as_ref(), QuantKind::None, &Default::default()).unwrap();
     let rows = reference_rows(gen);
     let logits = model.forward(&TokenBatch::from_rows(&rows), &LoraRuntime::default());
     let ours: Vec<f64> =
         logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().iter().map(|&x| x as f64).collect();
-    let (shape, theirs) = read_tensor(&model_dir(gen).join("reference.safetensors"), "logits");
+    let reference = model_dir(gen).join("reference.safetensors");
+    let (shape, theirs) = read_tensor(&reference, "logits");
     assert_eq!(shape, vec![rows.len(), rows[0].len(), model.config.vocab_size]);
     let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
     let abs = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
-    (abs / scale, max_rel_err(&ours, &theirs, 0.1 * scale))
+    let bytes = std::fs::read(&reference).unwrap();
+    let names = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>();
+    if names.iter().any(|n| n == "logits_f64") {
+        // Elementwise against the same model in f64 (scripts/make_gemma4_fixtures.py): there f32 rounding alone
+        // moves transformers' own logits by ~2e-4 of a small logit, so ours may differ by a few times that.
+        let (_, exact) = read_tensor(&reference, "logits_f64");
+        let noise = max_rel_err(&theirs, &exact, 0.1 * scale);
+        let err = max_rel_err(&ours, &exact, 0.1 * scale);
+        eprintln!("{gen}: elementwise from f64: ours {err:e}, transformers' f32 {noise:e}");
+        return (abs / scale, err, 1e-4f64.max(8.0 * noise));
+    }
+    (abs / scale, max_rel_err(&ours, &theirs, 0.1 * scale), 1e-4)
 }
 
-/// Relative to the logits' scale (max |logit|), and elementwise with a floor of 10% of that scale.
+/// Relative to the logits' scale (max |logit|) within 1e-4, and elementwise with a floor of 10% of that scale
+/// (within 1e-4, or a few times f32's own noise where the fixture records it).
 #[test]
 fn logits_match_transformers() {
     for gen in GENS {
-        for (backend, (scaled, elementwise)) in [
+        for (backend, (scaled, elementwise, bound)) in [
             ("ndarray", logits_vs_transformers::<lapidary_model::backends::NdArrayCpu>(gen)),
             ("flex", logits_vs_transformers::<lapidary_model::backends::FlexCpu>(gen)),
         ] {
             eprintln!("{gen}/{backend}: max error {scaled:e} of the logit scale, {elementwise:e} elementwise");
             assert!(
-                scaled < 1e-4 && elementwise < 1e-4,
+                scaled < 1e-4 && elementwise < bound,
                 "{gen}/{backend}: logits differ from transformers by {scaled:e} of scale, {elementwise:e} elementwise"
             );
         }

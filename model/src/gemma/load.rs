@@ -1,5 +1,6 @@
-//! Building a `Gemma<B>` from a `WeightSource`: every decoder linear becomes a frozen dense/NF4/int8 base
-//! (the same set of layers transformers + bitsandbytes quantize); embeddings and norms stay f32.
+//! Building a `Gemma<B>` from a `WeightSource`: every decoder linear (Gemma 4's per-layer-input projections
+//! included) becomes a frozen dense/NF4/int8 base (the same set of layers transformers + bitsandbytes quantize);
+//! embeddings and norms stay f32.
 use std::sync::Arc;
 
 use burn::tensor::{DType, Tensor, TensorData};
@@ -14,6 +15,7 @@ use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::LoraLinear;
 use crate::nn::mlp::Mlp;
 use crate::nn::norm::RmsNorm;
+use crate::nn::per_layer::{PerLayerBlock, PerLayerEmbedding};
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::quant::{GgmlWeight, PackedWeight, QuantKind};
 
@@ -73,7 +75,11 @@ impl<'a> Names<'a> {
 
 /// Unique per (layer, projection): keys LoRA init and dropout streams.
 pub fn linear_key(layer: usize, proj: &str) -> u64 {
-    let p = crate::nn::lora::TARGETS.iter().position(|t| *t == proj).unwrap_or(7) as u64;
+    let p = match proj {
+        "per_layer_input_gate" => 8,
+        "per_layer_projection" => 9,
+        _ => crate::nn::lora::TARGETS.iter().position(|t| *t == proj).unwrap_or(10),
+    } as u64;
     (layer as u64) * 16 + p + 1
 }
 
@@ -85,66 +91,113 @@ pub fn load_gemma<B: GemmaBackend>(
 ) -> Result<Gemma<B>> {
     let names = Names::new(src);
     let c = config;
-    let (h, d) = (c.hidden_size, c.head_dim);
+    let h = c.hidden_size;
+    let adds_one = c.arch.norm_adds_one();
     let norm = |rel: &str, dim: usize| -> Result<RmsNorm<B>> {
-        Ok(RmsNorm::from_weight(&names.get(rel, &[dim])?.data, c.rms_norm_eps, device))
+        Ok(RmsNorm::from_weight_in(&names.get(rel, &[dim])?.data, c.rms_norm_eps, adds_one, device))
+    };
+    let frozen = |rel: &str, out: usize, inp: usize, key: u64| -> Result<LoraLinear<B>> {
+        let base = match quant {
+            QuantKind::Gguf => FrozenLinear::Packed(Arc::new(PackedWeight::Ggml(names.ggml(rel, [out, inp])?))),
+            _ => FrozenLinear::new(names.get(rel, &[out, inp])?.data, [out, inp], quant, device),
+        };
+        Ok(LoraLinear::frozen(base, key))
     };
     let linear = |layer: usize, group: &str, proj: &str, out: usize, inp: usize| -> Result<LoraLinear<B>> {
-        let rel = format!("layers.{layer}.{group}.{proj}.weight");
-        let base = match quant {
-            QuantKind::Gguf => FrozenLinear::Packed(Arc::new(PackedWeight::Ggml(names.ggml(&rel, [out, inp])?))),
-            _ => FrozenLinear::new(names.get(&rel, &[out, inp])?.data, [out, inp], quant, device),
-        };
-        Ok(LoraLinear::frozen(base, linear_key(layer, proj)))
+        frozen(&format!("layers.{layer}.{group}.{proj}.weight"), out, inp, linear_key(layer, proj))
     };
     // The table is the largest tensor of a small Gemma: under `gguf` it stays in the file's blocks too.
     // NF4 / int8 leave it dense, as bitsandbytes does (it quantizes linear layers only).
-    let embed_tokens = match quant {
-        QuantKind::Gguf => {
-            let w = names.ggml("embed_tokens.weight", [c.vocab_size, h])?;
-            TokenTable::Packed(Arc::new(PackedWeight::Ggml(w)), DType::F32)
-        }
-        _ => {
-            let embed = names.get("embed_tokens.weight", &[c.vocab_size, h])?;
-            TokenTable::Dense(Tensor::from_data(TensorData::new(embed.data, [c.vocab_size, h]), device))
-        }
+    let table = |rel: &str, rows: usize, cols: usize| -> Result<TokenTable<B>> {
+        Ok(match quant {
+            QuantKind::Gguf => {
+                TokenTable::Packed(Arc::new(PackedWeight::Ggml(names.ggml(rel, [rows, cols])?)), DType::F32)
+            }
+            _ => {
+                let t = names.get(rel, &[rows, cols])?;
+                TokenTable::Dense(Tensor::from_data(TensorData::new(t.data, [rows, cols]), device))
+            }
+        })
     };
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
-        let gemma23 = c.arch != Arch::Gemma;
-        let self_attn = Attention {
-            q_proj: linear(i, "self_attn", "q_proj", c.num_attention_heads * d, h)?,
-            k_proj: linear(i, "self_attn", "k_proj", c.num_key_value_heads * d, h)?,
-            v_proj: linear(i, "self_attn", "v_proj", c.num_key_value_heads * d, h)?,
-            o_proj: linear(i, "self_attn", "o_proj", h, c.num_attention_heads * d)?,
-            q_norm: if c.arch == Arch::Gemma3 {
-                Some(norm(&format!("layers.{i}.self_attn.q_norm.weight"), d)?)
-            } else {
-                None
-            },
-            k_norm: if c.arch == Arch::Gemma3 {
-                Some(norm(&format!("layers.{i}.self_attn.k_norm.weight"), d)?)
-            } else {
-                None
-            },
-            num_heads: c.num_attention_heads,
-            num_kv_heads: c.num_key_value_heads,
-            head_dim: d,
-            scaling: c.query_pre_attn_scalar.powf(-0.5),
-            softcap: c.attn_logit_softcapping,
-        };
-        let mlp = Mlp {
-            gate_proj: linear(i, "mlp", "gate_proj", c.intermediate_size, h)?,
-            up_proj: linear(i, "mlp", "up_proj", c.intermediate_size, h)?,
-            down_proj: linear(i, "mlp", "down_proj", h, c.intermediate_size)?,
-        };
-        let opt_norm = |name: &str| -> Result<Option<RmsNorm<B>>> {
-            if gemma23 {
-                Ok(Some(norm(&format!("layers.{i}.{name}.weight"), h)?))
+    let embed_tokens = table("embed_tokens.weight", c.vocab_size, h)?;
+    let n = c.num_hidden_layers;
+    let per_layer = match c.per_layer_input {
+        Some(ple) => Some(PerLayerEmbedding {
+            table: table("embed_tokens_per_layer.weight", ple.vocab, n * ple.hidden)?,
+            // bitsandbytes quantizes this linear too (every nn.Linear but the LM head).
+            projection: frozen("per_layer_model_projection.weight", n * ple.hidden, h, u64::MAX)?,
+            norm: norm("per_layer_projection_norm.weight", ple.hidden)?,
+            layers: n,
+            dim: ple.hidden,
+        }),
+        None => None,
+    };
+    let mut layers = Vec::with_capacity(n);
+    for i in 0..n {
+        let spec = c.layer_specs[i];
+        let d = spec.head_dim;
+        let gemma1 = c.arch == Arch::Gemma;
+        let gemma4 = c.arch == Arch::Gemma4;
+        let qk_norm = matches!(c.arch, Arch::Gemma3 | Arch::Gemma4);
+        let owns_kv = spec.kv_source.is_none();
+        let attn_norm = |name: &str, on: bool| -> Result<Option<RmsNorm<B>>> {
+            if on {
+                Ok(Some(norm(&format!("layers.{i}.self_attn.{name}.weight"), d)?))
             } else {
                 Ok(None)
             }
         };
+        let self_attn = Attention {
+            q_proj: linear(i, "self_attn", "q_proj", c.num_attention_heads * d, h)?,
+            k_proj: if owns_kv { Some(linear(i, "self_attn", "k_proj", spec.kv_heads * d, h)?) } else { None },
+            v_proj: if owns_kv && !spec.values_from_keys {
+                Some(linear(i, "self_attn", "v_proj", spec.kv_heads * d, h)?)
+            } else {
+                None
+            },
+            o_proj: linear(i, "self_attn", "o_proj", h, c.num_attention_heads * d)?,
+            q_norm: attn_norm("q_norm", qk_norm)?,
+            k_norm: attn_norm("k_norm", qk_norm && owns_kv)?,
+            v_norm: if gemma4 && owns_kv { Some(RmsNorm::unscaled(d, c.rms_norm_eps, device)) } else { None },
+            num_heads: c.num_attention_heads,
+            num_kv_heads: spec.kv_heads,
+            head_dim: d,
+            scaling: c.query_pre_attn_scalar.powf(-0.5),
+            softcap: c.attn_logit_softcapping,
+        };
+        let inter = spec.intermediate_size;
+        let mlp = Mlp {
+            gate_proj: linear(i, "mlp", "gate_proj", inter, h)?,
+            up_proj: linear(i, "mlp", "up_proj", inter, h)?,
+            down_proj: linear(i, "mlp", "down_proj", h, inter)?,
+        };
+        let opt_norm = |name: &str| -> Result<Option<RmsNorm<B>>> {
+            if gemma1 {
+                Ok(None)
+            } else {
+                Ok(Some(norm(&format!("layers.{i}.{name}.weight"), h)?))
+            }
+        };
+        let per_layer_block = match c.per_layer_input {
+            Some(ple) => Some(PerLayerBlock {
+                gate: frozen(
+                    &format!("layers.{i}.per_layer_input_gate.weight"),
+                    ple.hidden,
+                    h,
+                    linear_key(i, "per_layer_input_gate"),
+                )?,
+                projection: frozen(
+                    &format!("layers.{i}.per_layer_projection.weight"),
+                    h,
+                    ple.hidden,
+                    linear_key(i, "per_layer_projection"),
+                )?,
+                norm: norm(&format!("layers.{i}.post_per_layer_input_norm.weight"), h)?,
+            }),
+            None => None,
+        };
+        let layer_scalar =
+            if gemma4 { Some(names.get(&format!("layers.{i}.layer_scalar"), &[1])?.data[0]) } else { None };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
@@ -152,7 +205,16 @@ pub fn load_gemma<B: GemmaBackend>(
             post_attention_layernorm: norm(&format!("layers.{i}.post_attention_layernorm.weight"), h)?,
             pre_feedforward_layernorm: opt_norm("pre_feedforward_layernorm")?,
             post_feedforward_layernorm: opt_norm("post_feedforward_layernorm")?,
+            per_layer: per_layer_block,
+            layer_scalar,
         });
     }
-    Ok(Gemma { config: c.clone(), embed_tokens, layers, norm: norm("norm.weight", h)?, device: device.clone() })
+    Ok(Gemma {
+        config: c.clone(),
+        embed_tokens,
+        per_layer,
+        layers,
+        norm: norm("norm.weight", h)?,
+        device: device.clone(),
+    })
 }

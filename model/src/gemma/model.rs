@@ -4,10 +4,13 @@
 //! - embeddings are multiplied by `sqrt(hidden_size)` (all generations);
 //! - Gemma 1: `x + attn(norm(x))`, then `h + mlp(post_attention_layernorm(h))` — in Gemma 1 the norm called
 //!   `post_attention_layernorm` is the *pre*-MLP norm;
-//! - Gemma 2/3: the attention and MLP outputs are themselves normed before the residual add
+//! - Gemma 2/3/4: the attention and MLP outputs are themselves normed before the residual add
 //!   (`post_attention_layernorm`, `post_feedforward_layernorm`), and `pre_feedforward_layernorm` precedes the MLP;
-//! - Gemma 2: `tanh` softcapping of attention scores and of the final logits;
-//! - Gemma 2/3: sliding-window layers; Gemma 3: q/k norms and a separate RoPE base for sliding layers.
+//! - Gemma 2: `tanh` softcapping of attention scores and of the final logits (Gemma 4: of the logits);
+//! - Gemma 2/3/4: sliding-window layers; Gemma 3/4: q/k norms and a separate RoPE base for sliding layers;
+//! - Gemma 4: per-layer inputs (`crate::nn::per_layer`) after the MLP, each layer's output times its
+//!   `layer_scalar`, global layers with their own head shape, and the last layers attending over an earlier
+//!   layer's keys and values (`LayerSpec::kv_source`; the [`LayerContext`] carries them between layers).
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,13 +19,14 @@ use burn::tensor::{DType, Tensor};
 use crate::config::{Arch, GemmaConfig, LayerType};
 use crate::dtype::{cast, ComputeDtype};
 use crate::mask::{AttnMask, Span};
-use crate::nn::attention::Attention;
+use crate::nn::attention::{Attention, KeysValues, KvInput};
 use crate::nn::embedding::TokenTable;
 use crate::nn::kv_cache::{KvCache, LayerCache};
 use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::{LoraLinear, LoraRuntime};
 use crate::nn::mlp::Mlp;
 use crate::nn::norm::RmsNorm;
+use crate::nn::per_layer::{PerLayerBlock, PerLayerEmbedding};
 use crate::nn::rope::RopeTables;
 use crate::ops::gemma_backend::GemmaBackend;
 
@@ -32,10 +36,14 @@ pub struct DecoderLayer<B: GemmaBackend> {
     pub mlp: Mlp<B>,
     pub input_layernorm: RmsNorm<B>,
     pub post_attention_layernorm: RmsNorm<B>,
-    /// Gemma 2/3 only.
+    /// Gemma 2/3/4 only.
     pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
-    /// Gemma 2/3 only.
+    /// Gemma 2/3/4 only.
     pub post_feedforward_layernorm: Option<RmsNorm<B>>,
+    /// Gemma 4 with per-layer inputs.
+    pub per_layer: Option<PerLayerBlock<B>>,
+    /// Gemma 4: the layer's output is multiplied by this (`layer_scalar`).
+    pub layer_scalar: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +51,8 @@ pub struct Gemma<B: GemmaBackend> {
     pub config: GemmaConfig,
     /// `[vocab, hidden]`, also the LM head (tied).
     pub embed_tokens: TokenTable<B>,
+    /// Gemma 4's per-layer inputs.
+    pub per_layer: Option<PerLayerEmbedding<B>>,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: RmsNorm<B>,
     pub device: B::Device,
@@ -74,11 +84,14 @@ impl TokenBatch {
     }
 }
 
-/// The per-layer inputs that depend only on the tokens and the layer's type — RoPE tables and attention
-/// masks — built once per kind on first use and shared by the layers of that kind.
+/// What the layers of one forward pass share, built on first use: RoPE tables and attention masks per kind of
+/// layer, Gemma 4's per-layer inputs, and the keys and values (with the keys' positions) of the layers whose
+/// keys and values later layers reuse.
 pub struct LayerContext<B: GemmaBackend> {
-    ropes: Vec<(LayerType, Rc<RopeTables<B>>)>,
+    ropes: Vec<((LayerType, usize), Rc<RopeTables<B>>)>,
     masks: Vec<(Option<usize>, Arc<AttnMask>)>,
+    per_layer: Option<Tensor<B, 4>>,
+    shared: Vec<Option<(KeysValues<B>, Option<Span>)>>,
 }
 
 impl<B: GemmaBackend> Default for LayerContext<B> {
@@ -89,22 +102,16 @@ impl<B: GemmaBackend> Default for LayerContext<B> {
 
 impl<B: GemmaBackend> LayerContext<B> {
     pub fn new() -> Self {
-        Self { ropes: Vec::new(), masks: Vec::new() }
+        Self { ropes: Vec::new(), masks: Vec::new(), per_layer: None, shared: Vec::new() }
     }
 
     fn rope(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Rc<RopeTables<B>> {
-        let lt = m.config.layer_types[layer];
-        if let Some((_, r)) = self.ropes.iter().find(|(t, _)| *t == lt) {
+        let key = (m.config.layer_types[layer], m.config.layer_specs[layer].head_dim);
+        if let Some((_, r)) = self.ropes.iter().find(|(k, _)| *k == key) {
             return r.clone();
         }
-        let r = Rc::new(RopeTables::new(
-            &m.config.rope_for(layer),
-            m.config.head_dim,
-            &tokens.positions,
-            tokens.batch,
-            &m.device,
-        ));
-        self.ropes.push((lt, r.clone()));
+        let r = Rc::new(RopeTables::new(&m.config.rope_for(layer), key.1, &tokens.positions, tokens.batch, &m.device));
+        self.ropes.push((key, r.clone()));
         r
     }
 
@@ -119,35 +126,77 @@ impl<B: GemmaBackend> LayerContext<B> {
         self.masks.push((window, mask.clone()));
         mask
     }
+
+    /// Layer `layer`'s per-layer input `[batch, seq, P]` (Gemma 4), computed for all layers on first use.
+    fn per_layer_input(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Option<Tensor<B, 3>> {
+        let ple = m.per_layer.as_ref()?;
+        let all = self
+            .per_layer
+            .get_or_insert_with(|| ple.inputs(&tokens.ids, m.embed(tokens), &m.device, &LoraRuntime::default()));
+        let [b, s, _, p] = all.dims();
+        Some(all.clone().narrow(2, layer, 1).reshape([b, s, p]))
+    }
+
+    /// The keys and values layer `layer` attended over, if it is one that later layers reuse.
+    pub fn shared_kv(&self, layer: usize) -> Option<KeysValues<B>> {
+        self.shared.get(layer)?.as_ref().map(|(kv, _)| kv.clone())
+    }
+
+    /// Replaces layer `layer`'s shared keys and values (the checkpointed backward makes them leaves).
+    pub fn set_shared_kv(&mut self, layer: usize, kv: KeysValues<B>) {
+        let span = self.shared.get(layer).and_then(|e| e.as_ref()).and_then(|(_, s)| s.clone());
+        self.store(layer, kv, span);
+    }
+
+    fn store(&mut self, layer: usize, kv: KeysValues<B>, span: Option<Span>) {
+        if self.shared.len() <= layer {
+            self.shared.resize_with(layer + 1, || None);
+        }
+        self.shared[layer] = Some((kv, span));
+    }
+
+    fn shared_entry(&self, layer: usize) -> (KeysValues<B>, Option<Span>) {
+        self.shared.get(layer).and_then(|e| e.clone()).expect("a KV-sharing layer runs after the layer it reuses")
+    }
 }
 
 impl<B: GemmaBackend> DecoderLayer<B> {
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         arch: Arch,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
         mask: &Arc<AttnMask>,
-        cache: Option<&mut LayerCache<B>>,
+        kv: KvInput<'_, B>,
+        per_layer_input: Option<Tensor<B, 3>>,
         rt: &LoraRuntime,
-    ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, cache, rt);
-        match arch {
+    ) -> (Tensor<B, 3>, KeysValues<B>) {
+        let (attn, kv) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, kv, rt);
+        let out = match arch {
             Arch::Gemma => {
                 let h = x + attn;
                 let m = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()), rt);
                 h + m
             }
-            Arch::Gemma2 | Arch::Gemma3 => {
+            Arch::Gemma2 | Arch::Gemma3 | Arch::Gemma4 => {
                 let h = x + self.post_attention_layernorm.forward(attn);
                 let pre =
-                    self.pre_feedforward_layernorm.as_ref().expect("gemma2/3 layer has pre_feedforward_layernorm");
+                    self.pre_feedforward_layernorm.as_ref().expect("gemma2-4 layer has pre_feedforward_layernorm");
                 let post =
-                    self.post_feedforward_layernorm.as_ref().expect("gemma2/3 layer has post_feedforward_layernorm");
+                    self.post_feedforward_layernorm.as_ref().expect("gemma2-4 layer has post_feedforward_layernorm");
                 let m = self.mlp.forward(pre.forward(h.clone()), rt);
-                h + post.forward(m)
+                let mut h = h + post.forward(m);
+                if let (Some(block), Some(input)) = (&self.per_layer, per_layer_input) {
+                    h = block.forward(h, input, rt);
+                }
+                match self.layer_scalar {
+                    Some(s) => h * s,
+                    None => h,
+                }
             }
-        }
+        };
+        (out, kv)
     }
 }
 
@@ -163,6 +212,11 @@ impl<B: GemmaBackend> Gemma<B> {
         self.embed_tokens.lookup(&tokens.ids, &self.device).reshape([tokens.batch, tokens.seq, h]) * normalizer
     }
 
+    /// Whether a later layer reuses layer `i`'s keys and values.
+    fn is_kv_source(&self, i: usize) -> bool {
+        self.config.layer_specs.iter().any(|s| s.kv_source == Some(i))
+    }
+
     /// Final hidden states after the last norm, `[batch, seq, hidden]`. With a cache (one sequence per row,
     /// no segments), the new keys and values are appended and sliding layers are trimmed to their window.
     pub fn forward_hidden(
@@ -174,30 +228,49 @@ impl<B: GemmaBackend> Gemma<B> {
         let cfg = &self.config;
         let mut x = self.embed(tokens);
         let mut ctx = LayerContext::new();
+        let Some(c) = cache.as_deref_mut() else {
+            for i in 0..self.layers.len() {
+                x = self.forward_layer(i, x, tokens, &mut ctx, rt);
+            }
+            return self.norm.forward(x);
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let window = cfg.window_for(i);
             let rope = ctx.rope(self, tokens, i);
-            match cache.as_deref_mut() {
-                Some(c) => {
-                    let kv = [tokens.batch, 0, cfg.num_key_value_heads, cfg.head_dim];
-                    let lc: &mut LayerCache<B> = c.layer(i, kv, x.dtype(), &self.device);
-                    let k_span = lc.extend_positions(&tokens.positions[..tokens.seq], tokens.batch);
+            let ple = ctx.per_layer_input(self, tokens, i);
+            let spec = cfg.layer_specs[i];
+            let (y, _) = match spec.kv_source {
+                Some(src) => {
+                    let (kv, k_span) = ctx.shared_entry(src);
+                    let k_span = k_span.expect("a cached forward records the reused keys' positions");
                     let mask = Arc::new(AttnMask::new(tokens.batch, tokens.span(), k_span, window));
-                    x = layer.forward(cfg.arch, x, &rope, &mask, Some(&mut *lc), rt);
-                    if let Some(w) = window {
-                        lc.trim(w);
-                    }
+                    layer.forward(cfg.arch, x, &rope, &mask, KvInput::Shared(kv), ple, rt)
                 }
                 None => {
-                    let mask = ctx.mask(self, tokens, i);
-                    x = layer.forward(cfg.arch, x, &rope, &mask, None, rt);
+                    let kv = [tokens.batch, 0, spec.kv_heads, spec.head_dim];
+                    let lc: &mut LayerCache<B> = c.layer(i, kv, x.dtype(), &self.device);
+                    let k_span = lc.extend_positions(&tokens.positions[..tokens.seq], tokens.batch);
+                    let mask = Arc::new(AttnMask::new(tokens.batch, tokens.span(), k_span.clone(), window));
+                    let out = layer.forward(cfg.arch, x, &rope, &mask, KvInput::Cached(&mut *lc), ple, rt);
+                    if self.is_kv_source(i) {
+                        ctx.store(i, out.1.clone(), Some(k_span));
+                    }
+                    out
                 }
+            };
+            x = y;
+        }
+        // Trimmed only now: a later layer may attend over a sliding layer's keys within this step.
+        for i in 0..self.layers.len() {
+            if let (Some(w), Some(lc)) = (cfg.window_for(i), c.layers[i].as_mut()) {
+                lc.trim(w);
             }
         }
         self.norm.forward(x)
     }
 
-    /// Decoder layer `i` alone, without a cache (`ctx` built for the same `tokens`).
+    /// Decoder layer `i` alone, without a cache (`ctx` built for the same `tokens`, the layers before `i`
+    /// already run through it when `i` reuses their keys and values).
     pub fn forward_layer(
         &self,
         i: usize,
@@ -208,7 +281,19 @@ impl<B: GemmaBackend> Gemma<B> {
     ) -> Tensor<B, 3> {
         let rope = ctx.rope(self, tokens, i);
         let mask = ctx.mask(self, tokens, i);
-        self.layers[i].forward(self.config.arch, x, &rope, &mask, None, rt)
+        let ple = ctx.per_layer_input(self, tokens, i);
+        let kv = match self.config.layer_specs[i].kv_source {
+            Some(src) => {
+                let (kv, _) = ctx.shared_entry(src);
+                KvInput::Shared(kv)
+            }
+            None => KvInput::Own,
+        };
+        let (y, kv) = self.layers[i].forward(self.config.arch, x, &rope, &mask, kv, ple, rt);
+        if self.is_kv_source(i) {
+            ctx.store(i, kv, None);
+        }
+        y
     }
 
     /// Scaled embeddings of the tokens, the first layer's input.
@@ -216,7 +301,7 @@ impl<B: GemmaBackend> Gemma<B> {
         self.embed(tokens)
     }
 
-    /// Logits from final hidden states `[.., hidden]` → `[.., vocab]`, softcapped for Gemma 2.
+    /// Logits from final hidden states `[.., hidden]` → `[.., vocab]`, softcapped for Gemma 2 and 4.
     pub fn lm_head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         let dims = hidden.dims();
         let n: usize = dims[..D - 1].iter().product();
@@ -243,10 +328,23 @@ impl<B: GemmaBackend> Gemma<B> {
     pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> Self {
         let dt = dtype.dtype();
         self.embed_tokens = self.embed_tokens.with_dtype(dt);
-        for (_, l) in linears_mut(&mut self) {
+        let cast_base = |l: &mut LoraLinear<B>| {
             if let FrozenLinear::Dense(w) = &mut l.base {
                 *w = cast(w.clone(), dt);
             }
+        };
+        if let Some(p) = self.per_layer.as_mut() {
+            p.table = p.table.clone().with_dtype(dt);
+            cast_base(&mut p.projection);
+        }
+        for l in self.layers.iter_mut() {
+            if let Some(b) = l.per_layer.as_mut() {
+                cast_base(&mut b.gate);
+                cast_base(&mut b.projection);
+            }
+        }
+        for (_, l) in linears_mut(&mut self) {
+            cast_base(l);
         }
         self
     }
@@ -257,21 +355,25 @@ impl<B: GemmaBackend> Gemma<B> {
     }
 }
 
-/// Every (PEFT module path, linear) pair of the model, mutably, in the same order as [`linears`].
+/// Every (PEFT module path, linear) pair of the model, mutably, in the same order as [`linears`]: the seven
+/// projections LoRA can target, where the layer has them (Gemma 4's KV-shared layers have no k/v projection,
+/// its `attention_k_eq_v` global layers no v projection).
 pub fn linears_mut<B: GemmaBackend>(model: &mut Gemma<B>) -> Vec<(String, &mut LoraLinear<B>)> {
     let mut out = Vec::new();
     for (i, l) in model.layers.iter_mut().enumerate() {
         let (a, m) = (&mut l.self_attn, &mut l.mlp);
         for (name, lin) in [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut m.gate_proj),
-            ("mlp.up_proj", &mut m.up_proj),
-            ("mlp.down_proj", &mut m.down_proj),
+            ("self_attn.q_proj", Some(&mut a.q_proj)),
+            ("self_attn.k_proj", a.k_proj.as_mut()),
+            ("self_attn.v_proj", a.v_proj.as_mut()),
+            ("self_attn.o_proj", Some(&mut a.o_proj)),
+            ("mlp.gate_proj", Some(&mut m.gate_proj)),
+            ("mlp.up_proj", Some(&mut m.up_proj)),
+            ("mlp.down_proj", Some(&mut m.down_proj)),
         ] {
-            out.push((format!("layers.{i}.{name}"), lin));
+            if let Some(lin) = lin {
+                out.push((format!("layers.{i}.{name}"), lin));
+            }
         }
     }
     out
@@ -281,18 +383,35 @@ pub fn linears_mut<B: GemmaBackend>(model: &mut Gemma<B>) -> Vec<(String, &mut L
 pub fn linears<B: GemmaBackend>(model: &Gemma<B>) -> Vec<(String, &LoraLinear<B>)> {
     let mut out = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
-        let a = &l.self_attn;
-        let m = &l.mlp;
+        let (a, m) = (&l.self_attn, &l.mlp);
         for (name, lin) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &m.gate_proj),
-            ("mlp.up_proj", &m.up_proj),
-            ("mlp.down_proj", &m.down_proj),
+            ("self_attn.q_proj", Some(&a.q_proj)),
+            ("self_attn.k_proj", a.k_proj.as_ref()),
+            ("self_attn.v_proj", a.v_proj.as_ref()),
+            ("self_attn.o_proj", Some(&a.o_proj)),
+            ("mlp.gate_proj", Some(&m.gate_proj)),
+            ("mlp.up_proj", Some(&m.up_proj)),
+            ("mlp.down_proj", Some(&m.down_proj)),
         ] {
-            out.push((format!("layers.{i}.{name}"), lin));
+            if let Some(lin) = lin {
+                out.push((format!("layers.{i}.{name}"), lin));
+            }
+        }
+    }
+    out
+}
+
+/// The frozen linears that are not LoRA targets (Gemma 4's per-layer-input projections), with their
+/// checkpoint names relative to the text model: quantized like the others, merged never.
+pub fn other_linears<B: GemmaBackend>(model: &Gemma<B>) -> Vec<(String, &LoraLinear<B>)> {
+    let mut out = Vec::new();
+    if let Some(p) = &model.per_layer {
+        out.push(("per_layer_model_projection".to_string(), &p.projection));
+    }
+    for (i, l) in model.layers.iter().enumerate() {
+        if let Some(b) = &l.per_layer {
+            out.push((format!("layers.{i}.per_layer_input_gate"), &b.gate));
+            out.push((format!("layers.{i}.per_layer_projection"), &b.projection));
         }
     }
     out

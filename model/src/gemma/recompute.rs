@@ -39,13 +39,37 @@ impl<B: GemmaBackend> Gemma<Autodiff<B>> {
         let grads = (nll * scale).backward();
         let mut upstream = last.grad(&grads).expect("the loss depends on the last layer's output");
         // Each layer again, under its own graph: d(⟨layer(x), upstream⟩)/dx is the next upstream.
+        // Gemma 4's KV-shared layers attend over an earlier layer's keys and values: their recomputation takes
+        // those as leaves, and the gradients reaching them wait in `kv_upstream` for the layer that made them,
+        // whose objective then adds ⟨k, dk⟩ + ⟨v, dv⟩.
         set_adapters_require_grad(self, true);
         let lin = linears(self);
+        let mut kv_upstream: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>> = vec![None; self.layers.len()];
         for i in (0..self.layers.len()).rev() {
             let x = inputs.pop().expect("one input per layer").require_grad();
+            let source = self.config.layer_specs[i].kv_source;
+            let leaves = source.map(|j| {
+                let (k, v) = ctx.shared_kv(j).expect("the forward stored the reused keys and values");
+                let leaves = (k.detach().require_grad(), v.detach().require_grad());
+                ctx.set_shared_kv(j, leaves.clone());
+                leaves
+            });
             let y = self.forward_layer(i, x.clone(), tokens, &mut ctx, rt);
             let g = Tensor::<Autodiff<B>, 3>::from_inner(upstream);
-            let grads = (y * g).sum().backward();
+            let mut objective = (y * g).sum();
+            if let Some((dk, dv)) = kv_upstream[i].take() {
+                let (k, v) = ctx.shared_kv(i).expect("a reused layer stores its keys and values");
+                objective = objective + (k * Tensor::from_inner(dk)).sum() + (v * Tensor::from_inner(dv)).sum();
+            }
+            let grads = objective.backward();
+            if let (Some(j), Some((k, v))) = (source, leaves) {
+                let dk = k.grad(&grads).expect("a KV-shared layer's output depends on the keys");
+                let dv = v.grad(&grads).expect("a KV-shared layer's output depends on the values");
+                kv_upstream[j] = Some(match kv_upstream[j].take() {
+                    Some((ak, av)) => (ak + dk, av + dv),
+                    None => (dk, dv),
+                });
+            }
             let prefix = format!("layers.{i}.");
             for (module, l) in lin.iter().filter(|(m, _)| m.starts_with(&prefix)) {
                 if let Some(ad) = &l.adapter {
@@ -87,10 +111,11 @@ mod tests {
     use crate::{Gemma, ModelFiles};
 
     /// Gradients with checkpointing equal those of the ordinary backward (same ops, same dropout masks), on
-    /// the tiny Gemma 2 (softcaps, sliding window) and Gemma 3 fixtures with an NF4 base and packed rows.
+    /// the tiny Gemma 2 (softcaps, sliding window), Gemma 3 and Gemma 4 (per-layer inputs, keys and values
+    /// shared across layers, keys as values) fixtures with an NF4 base and packed rows.
     #[test]
     fn checkpointed_gradients_equal_the_plain_backward() {
-        for arch in ["gemma2", "gemma3"] {
+        for arch in ["gemma2", "gemma3", "gemma4"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(arch);
             let files = ModelFiles::open(&dir).unwrap();
             let device = Default::default();

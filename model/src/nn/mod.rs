@@ -1,5 +1,5 @@
 //! Gemma's layers, in the order data flows through them: the token table (embedding and tied LM head), the frozen linear and the LoRA layer over it,
-//! RMSNorm, RoPE tables, self-attention with its KV cache, the GeGLU MLP. Generic over
+//! RMSNorm, RoPE tables, self-attention with its KV cache, the GeGLU MLP, Gemma 4's per-layer inputs. Generic over
 //! `crate::ops::GemmaBackend`; the arithmetic is the backend's ops.
 pub mod attention;
 pub mod embedding;
@@ -8,4 +8,5 @@ pub mod linear;
 pub mod lora;
 pub mod mlp;
 pub mod norm;
+pub mod per_layer;
 pub mod rope;

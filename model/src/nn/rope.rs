@@ -13,10 +13,20 @@ pub struct RopeTables<B: GemmaBackend> {
     pub sin: Tensor<B, 4>,
 }
 
-/// transformers' `inv_freq`: `1 / theta^(2i/d)`, divided by the linear scaling factor.
+/// transformers' `inv_freq`: `1 / theta^(2i/d)`, divided by the linear scaling factor; with proportional RoPE
+/// only the first `floor(fraction · d / 2)` pairs rotate and the rest get frequency 0 (cos 1, sin 0).
 pub fn inv_freq(rope: &RopeConfig, head_dim: usize) -> Vec<f32> {
+    let rotated = if rope.rotated_fraction < 1.0 {
+        // Python's `int(fraction * head_dim // 2)`.
+        (rope.rotated_fraction * head_dim as f64 / 2.0).floor() as usize
+    } else {
+        head_dim / 2
+    };
     (0..head_dim / 2)
         .map(|i| {
+            if i >= rotated {
+                return 0.0;
+            }
             let exponent = (2 * i) as f32 / head_dim as f32;
             let f = 1.0f32 / (rope.theta as f32).powf(exponent);
             f / rope.linear_factor as f32

@@ -1,0 +1,73 @@
+//! Gemma 4's per-layer inputs (PLE, transformers' `get_per_layer_inputs` / `project_per_layer_inputs` and the
+//! block at the end of each decoder layer): every layer gets a small input of its own, the sum of a second token
+//! table's row (`[vocab, layers · P]`, scaled by `√P`) and a projection of the scaled embeddings (scaled by
+//! `hidden^-½`, RMS-normed per layer), times `2^-½`. At the end of layer `i`,
+//! `h + norm(projection(gelu_tanh(gate(h)) · input_i))`.
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+
+use super::embedding::TokenTable;
+use super::lora::{LoraLinear, LoraRuntime};
+use super::norm::RmsNorm;
+use crate::ops::gemma_backend::GemmaBackend;
+
+/// The model-level half: the table, the projection of the embeddings and its norm.
+#[derive(Debug, Clone)]
+pub struct PerLayerEmbedding<B: GemmaBackend> {
+    /// `[vocab_per_layer, layers · P]`.
+    pub table: TokenTable<B>,
+    /// `per_layer_model_projection`, `hidden → layers · P`.
+    pub projection: LoraLinear<B>,
+    /// `per_layer_projection_norm`, over `P`.
+    pub norm: RmsNorm<B>,
+    pub layers: usize,
+    pub dim: usize,
+}
+
+/// The block at the end of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct PerLayerBlock<B: GemmaBackend> {
+    /// `per_layer_input_gate`, `hidden → P`.
+    pub gate: LoraLinear<B>,
+    /// `per_layer_projection`, `P → hidden`.
+    pub projection: LoraLinear<B>,
+    /// `post_per_layer_input_norm`, over `hidden`.
+    pub norm: RmsNorm<B>,
+}
+
+/// transformers multiplies by its scale cast to the table's dtype (as for the main embedding).
+fn scale_in(x: f32, dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
+impl<B: GemmaBackend> PerLayerEmbedding<B> {
+    /// Every layer's input, `[batch, seq, layers, P]`, from the tokens and their scaled embeddings
+    /// `[batch, seq, hidden]`.
+    pub fn inputs(&self, ids: &[u32], embeds: Tensor<B, 3>, device: &B::Device, rt: &LoraRuntime) -> Tensor<B, 4> {
+        let [b, s, h] = embeds.dims();
+        let (l, p) = (self.layers, self.dim);
+        let scale = scale_in((p as f32).sqrt(), self.table.dtype());
+        let tokens = (self.table.lookup(ids, device) * scale).reshape([b, s, l, p]);
+        let projected = self.projection.forward(embeds, rt) * (h as f64).powf(-0.5);
+        let projected = self.norm.forward(projected.reshape([b, s, l, p]));
+        let dt = projected.dtype();
+        (projected + crate::dtype::cast(tokens, dt)) * std::f64::consts::FRAC_1_SQRT_2
+    }
+}
+
+impl<B: GemmaBackend> PerLayerBlock<B> {
+    /// `h` `[batch, seq, hidden]` and this layer's input `[batch, seq, P]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, h: Tensor<B, 3>, input: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
+        let gate = self.gate.forward(h.clone(), rt);
+        // `act(gate) * input` is GeGLU's arithmetic, so its fused op (and backward) serves.
+        let dt = gate.dtype();
+        let input = crate::dtype::cast(input, dt);
+        let t = Tensor::from_primitive(TensorPrimitive::Float(B::geglu(
+            gate.into_primitive().tensor(),
+            input.into_primitive().tensor(),
+        )));
+        h + self.norm.forward(self.projection.forward(t, rt))
+    }
+}
