@@ -40,7 +40,8 @@ impl fmt::Display for Location {
     }
 }
 
-/// A conversation the Gemma chat template cannot render (the template itself raises on most of these).
+/// A conversation a chat template cannot render: the hand-written Gemma one (the first four; Gemma's own template
+/// raises on most of these) or a checkpoint's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatError {
     #[error("conversation has no messages")]
@@ -51,6 +52,18 @@ pub enum ChatError {
     Role { index: usize, role: String },
     #[error("message {index}: {message}")]
     Content { index: usize, message: String },
+    /// The checkpoint's chat template raised (`raise_exception`) or failed; `index` is the first message whose
+    /// conversation prefix fails to render, when there is one.
+    #[error("{}chat template: {message}", at_message(*index, role.as_deref()))]
+    Template { index: Option<usize>, role: Option<String>, message: String },
+}
+
+fn at_message(index: Option<usize>, role: Option<&str>) -> String {
+    match (index, role) {
+        (Some(i), Some(r)) => format!("message {i} (`{r}`): "),
+        (Some(i), None) => format!("message {i}: "),
+        _ => String::new(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +95,9 @@ pub enum DataError {
     #[error("{loc}: tokenizer: {message}")]
     Encode { loc: Location, message: String },
 
+    /// A chat template that cannot be read or compiled; `origin` is its file (and key).
+    #[error("{origin}: chat template: {message}")]
+    Template { origin: String, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("invalid data config: {0}")]

@@ -14,7 +14,8 @@
 //!   `source` → `reader_*` → `arrow_value` → `record` → `error`; `format` also builds on `record`.
 //! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, alpaca, pre-tokenized;
 //!   detected per row with `auto`. See [`format`].
-//! - **Chat template** ([`chat::render_chat`], [`chat::chat_pieces`]): Gemma's, exactly.
+//! - **Chat template** ([`chat::render_chat`], [`chat::chat_pieces`]): Gemma's, exactly. A checkpoint's own
+//!   ([`ChatTemplate`], found by [`template_dir`]) renders as transformers' `apply_chat_template` ([`template`]).
 //! - **Tokenization** ([`Encoder`], [`Example`]): one BOS, answer-only labels with [`IGNORE_INDEX`], EOS after
 //!   completions, explicit truncation. See [`tokenize`] for how ids relate to tokenizing the whole string.
 //! - **Packing** ([`Packer`], [`PackedRow`]) and **batching** ([`Batch`]): read [`batch`] for the attention
@@ -51,6 +52,9 @@ mod reader_parquet;
 pub mod record;
 pub mod shuffle;
 pub mod source;
+pub mod template;
+pub mod template_dir;
+mod template_pycompat;
 pub mod tokenize;
 
 pub use batch::{Batch, PadTo};
@@ -65,4 +69,5 @@ pub use reader_parquet::ParquetReader;
 pub use record::{Record, Row, RowSource};
 pub use shuffle::ShuffleBuffer;
 pub use source::open_dataset;
+pub use template::ChatTemplate;
 pub use tokenize::{alpaca_prompt, load_tokenizer, EncodeConfig, Encoder, Example, SpecialTokens};
