@@ -56,6 +56,9 @@ pub enum ChatError {
     /// conversation prefix fails to render, when there is one.
     #[error("{}chat template: {message}", at_message(*index, role.as_deref()))]
     Template { index: Option<usize>, role: Option<String>, message: String },
+    /// The chat template renders the conversation, but which text is the model turn's cannot be told.
+    #[error("message {index} (`{role}`): cannot find this model turn in the chat template's rendering: {message}")]
+    TemplateMask { index: usize, role: String, message: String },
 }
 
 fn at_message(index: Option<usize>, role: Option<&str>) -> String {

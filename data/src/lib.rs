@@ -14,8 +14,11 @@
 //!   `source` → `reader_*` → `arrow_value` → `record` → `error`; `format` also builds on `record`.
 //! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, alpaca, pre-tokenized;
 //!   detected per row with `auto`. See [`format`].
-//! - **Chat template** ([`chat::render_chat`], [`chat::chat_pieces`]): Gemma's, exactly. A checkpoint's own
-//!   ([`ChatTemplate`], found by [`template_dir`]) renders as transformers' `apply_chat_template` ([`template`]).
+//! - **Chat template** ([`ChatTemplate`]): the checkpoint's own when it ships one (`chat_template.jinja` or
+//!   `tokenizer_config.json`'s `chat_template`, see [`template_dir`]), rendered as transformers'
+//!   `apply_chat_template` renders it ([`template`]), its model turns found for the training mask from renderings
+//!   of conversation prefixes ([`template_mask`]); otherwise Gemma 1/2/3's, written by hand
+//!   ([`chat::render_chat`], [`chat::chat_pieces`]). [`Encoder::with_chat_template`] chooses.
 //! - **Tokenization** ([`Encoder`], [`Example`]): one BOS, answer-only labels with [`IGNORE_INDEX`], EOS after
 //!   completions, explicit truncation. See [`tokenize`] for how ids relate to tokenizing the whole string.
 //! - **Packing** ([`Packer`], [`PackedRow`]) and **batching** ([`Batch`]): read [`batch`] for the attention
@@ -54,6 +57,7 @@ pub mod shuffle;
 pub mod source;
 pub mod template;
 pub mod template_dir;
+pub mod template_mask;
 mod template_pycompat;
 pub mod tokenize;
 

@@ -25,6 +25,7 @@ use crate::pack::{PackedRow, Packer};
 use crate::record::{Row, RowSource};
 use crate::shuffle::ShuffleBuffer;
 use crate::source::open_dataset;
+use crate::template::ChatTemplate;
 use crate::tokenize::{EncodeConfig, Encoder, Example, SpecialTokens};
 
 /// Everything that shapes the stream of batches.
@@ -230,6 +231,13 @@ impl Batches {
             position,
             finished: false,
         })
+    }
+
+    /// Renders `messages` rows with a checkpoint's chat template instead of the hand-written Gemma one
+    /// ([`Encoder::with_chat_template`]); `None` keeps the hand-written one. Call before the first batch.
+    pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
+        self.encoder = self.encoder.with_chat_template(template);
+        self
     }
 
     /// Continues from `position` (taken from [`Batches::position`] of a run with the same data and config).

@@ -9,7 +9,7 @@
 //! | text                | bos, text, eos                                   | all but position 0                  |
 //! | prompt_completion   | bos, prompt, completion, eos                     | completion, eos                     |
 //! | alpaca              | bos, alpaca prompt(instruction, input), output, eos | output, eos                      |
-//! | messages            | bos, rendered template pieces                     | model content + `<end_of_turn>`     |
+//! | messages            | bos, rendered template pieces                     | model content + end-of-turn marker  |
 //! | tokens              | input_ids as given (no bos/eos added)            | `labels`, or input_ids              |
 //!
 //! `labels[0]` is always [`IGNORE_INDEX`]: labels are aligned with `input_ids` and the model shifts them
@@ -37,6 +37,7 @@ use tokenizers::Tokenizer;
 use crate::chat::{chat_pieces, Piece, END_OF_TURN, START_OF_TURN};
 use crate::error::{DataError, Location, Result};
 use crate::format::{Message, Sample, IGNORE_INDEX};
+use crate::template::ChatTemplate;
 
 /// Ids of the tokens the encoder and the batcher need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,8 @@ pub struct Encoder {
     special: SpecialTokens,
     config: EncodeConfig,
     has_turn_tokens: bool,
+    /// The checkpoint's chat template; `None`: the hand-written Gemma template of [`crate::chat`].
+    template: Option<ChatTemplate>,
 }
 
 impl Encoder {
@@ -114,7 +117,18 @@ impl Encoder {
         }
         let has_turn_tokens =
             tokenizer.token_to_id(START_OF_TURN).is_some() && tokenizer.token_to_id(END_OF_TURN).is_some();
-        Ok(Self { tokenizer, special, config, has_turn_tokens })
+        Ok(Self { tokenizer, special, config, has_turn_tokens, template: None })
+    }
+
+    /// Renders `messages` rows with `template` (a checkpoint's, [`ChatTemplate::for_model`]) instead of the
+    /// hand-written Gemma template; `None` keeps the hand-written one.
+    pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
+        self.template = template;
+        self
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
     }
 
     pub fn special(&self) -> SpecialTokens {
@@ -148,6 +162,12 @@ impl Encoder {
                 self.push(&mut b, output, true, loc)?;
                 b.push_ids(&[self.special.eos], true);
             }
+            // Everything trained: the whole rendering, which needs no prefix-stable template.
+            Sample::Messages(messages) if train_prompt && self.template.is_some() => {
+                let t = self.template.as_ref().expect("checked by the guard");
+                let text = t.render(messages, false).map_err(|source| DataError::Chat { loc: loc.clone(), source })?;
+                self.push(&mut b, t.without_bos(&text), true, loc)?;
+            }
             Sample::Messages(messages) => {
                 for piece in self.pieces(messages, false, loc)? {
                     self.push(&mut b, &piece.text, piece.trained || train_prompt, loc)?;
@@ -167,8 +187,8 @@ impl Encoder {
         Ok(b.finish(self.config.max_seq_len))
     }
 
-    /// The ids of a conversation's prompt for generation: `<bos>` + the rendered turns +
-    /// `<start_of_turn>model\n`, as `apply_chat_template(add_generation_prompt=True, tokenize=True)` gives.
+    /// The ids of a conversation's prompt for generation: `<bos>` + the rendered turns + the generation prompt
+    /// (`<start_of_turn>model\n`), as `apply_chat_template(add_generation_prompt=True, tokenize=True)` gives.
     pub fn encode_chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let loc = Location::line(Path::new("<prompt>"), 1);
         let mut b = Builder::new(self.special.bos);
@@ -179,6 +199,9 @@ impl Encoder {
     }
 
     fn pieces(&self, messages: &[Message], generation: bool, loc: &Location) -> Result<Vec<Piece>> {
+        if let Some(t) = &self.template {
+            return t.pieces(messages, generation).map_err(|source| DataError::Chat { loc: loc.clone(), source });
+        }
         if !self.has_turn_tokens {
             return Err(DataError::Tokenizer(format!(
                 "no `{START_OF_TURN}`/`{END_OF_TURN}` tokens, cannot encode `messages` rows (first at {loc})"
