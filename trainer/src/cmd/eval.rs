@@ -110,7 +110,8 @@ fn evaluate<B: GemmaBackend>(a: &EvalArgs, model: &ModelArgs, rows: &Rows) -> Re
                 rule: a.match_rule,
             };
             let (tok, eos) = (&loaded.files.tokenizer, &loaded.files.config.eos_token_ids);
-            let r = exact_match(&loaded.model, tok, eos, rows, &opt, &a.data)?;
+            let template = lapidary_data::ChatTemplate::for_model(&model.model)?;
+            let r = exact_match(&loaded.model, tok, template.as_ref(), eos, rows, &opt, &a.data)?;
             let line = format!(
                 "exact_match accuracy {:.4}  ({} of {} correct, match = {})",
                 r.summary["accuracy"].as_f64().unwrap_or(0.0),

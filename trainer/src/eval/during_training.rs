@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lapidary_data::{Batch, Batches};
+use lapidary_data::{Batch, Batches, ChatTemplate};
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
@@ -32,6 +32,7 @@ pub struct EvalSet {
     options: ExactOptions,
     max_seq_len: usize,
     tokenizer: tokenizers::Tokenizer,
+    chat_template: Option<ChatTemplate>,
     eos: Vec<u32>,
 }
 
@@ -48,8 +49,14 @@ pub struct Scores {
 }
 
 impl EvalSet {
-    /// `None` when the recipe has no `data.eval`. `eos` are the model config's EOS ids.
-    pub fn load(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, eos: &[u32]) -> Result<Option<Self>> {
+    /// `None` when the recipe has no `data.eval`. `eos` are the model config's EOS ids; `chat_template` renders
+    /// `messages` rows (`None`: the built-in Gemma template).
+    pub fn load(
+        recipe: &Recipe,
+        tokenizer: &tokenizers::Tokenizer,
+        chat_template: Option<&ChatTemplate>,
+        eos: &[u32],
+    ) -> Result<Option<Self>> {
         let Some(path) = &recipe.data.eval else { return Ok(None) };
         let t = &recipe.train;
         let has = |m| t.eval_metrics.contains(&m);
@@ -58,6 +65,7 @@ impl EvalSet {
         };
         let loss = if has(EvalMetric::Loss) {
             let batches = Batches::new(path, tokenizer.clone(), recipe.eval_data())
+                .map(|b| b.with_chat_template(chat_template.cloned()))
                 .and_then(|b| b.collect::<Result<Vec<_>, _>>())
                 .with_context(|| format!("eval data {}", path.display()))?;
             Some(batches)
@@ -87,6 +95,7 @@ impl EvalSet {
             },
             max_seq_len: recipe.data.max_seq_len,
             tokenizer: tokenizer.clone(),
+            chat_template: chat_template.cloned(),
             eos: eos.to_vec(),
         }))
     }
@@ -103,7 +112,15 @@ impl EvalSet {
             s.tokens = Some(n);
         }
         if let Some(rows) = &self.exact {
-            let r = exact_match(model, &self.tokenizer, &self.eos, rows, &self.options, &self.path)?;
+            let r = exact_match(
+                model,
+                &self.tokenizer,
+                self.chat_template.as_ref(),
+                &self.eos,
+                rows,
+                &self.options,
+                &self.path,
+            )?;
             let acc = r.summary["accuracy"].as_f64().unwrap_or(0.0);
             let correct = r.summary["correct"].as_u64().unwrap_or(0) as usize;
             s.exact_match = Some((acc, correct, rows.len()));

@@ -88,11 +88,13 @@ pub fn exact_stop_ids(tok: &tokenizers::Tokenizer, eos: &[u32], newline: bool) -
     ids
 }
 
-/// Greedy generation for every row, compared with its answers. `eos` are the model config's EOS ids; `data`
-/// names the file in messages.
+/// Greedy generation for every row, compared with its answers. Chat prompts are rendered with `chat_template`
+/// (the checkpoint's; `None`: the built-in Gemma template). `eos` are the model config's EOS ids; `data` names the
+/// file in messages.
 pub fn exact_match<B: GemmaBackend>(
     model: &Gemma<B>,
     tok: &tokenizers::Tokenizer,
+    chat_template: Option<&lapidary_data::ChatTemplate>,
     eos: &[u32],
     rows: &[ExactRow],
     opt: &ExactOptions,
@@ -104,7 +106,7 @@ pub fn exact_match<B: GemmaBackend>(
     let encoder = if needs_chat {
         let special = lapidary_data::SpecialTokens::from_tokenizer(tok)?;
         let config = lapidary_data::EncodeConfig { max_seq_len: usize::MAX, completion_only: false };
-        Some(lapidary_data::Encoder::new(tok.clone(), special, config)?)
+        Some(lapidary_data::Encoder::new(tok.clone(), special, config)?.with_chat_template(chat_template.cloned()))
     } else {
         None
     };

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapidary_data::{Batch, Batches};
+use lapidary_data::{Batch, Batches, ChatTemplate};
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
 use lapidary_model::GemmaBackend;
 use lapidary_model::{Gemma, ModelFiles};
@@ -70,6 +70,8 @@ struct Setup<B: GemmaBackend> {
     params: Params<B>,
     device: B::Device,
     tokenizer: tokenizers::Tokenizer,
+    /// The checkpoint's chat template for `messages` rows; `None`: the data crate's built-in Gemma template.
+    chat_template: Option<ChatTemplate>,
     /// The model's decoder layers (for the opening line).
     layers: usize,
     /// Optimizer steps planned ([`plan_steps`]).
@@ -89,8 +91,10 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
     let files =
         ModelFiles::open(&recipe.model.path).with_context(|| format!("model.path {}", recipe.model.path.display()))?;
     let ModelFiles { config: model_config, weights, tokenizer, .. } = files;
-    let total_steps = plan_steps(recipe, &tokenizer)?;
-    let eval_set = EvalSet::load(recipe, &tokenizer, &model_config.eos_token_ids)?;
+    let chat_template = ChatTemplate::for_model(&recipe.model.path)
+        .with_context(|| format!("model.path {}", recipe.model.path.display()))?;
+    let total_steps = plan_steps(recipe, &tokenizer, chat_template.as_ref())?;
+    let eval_set = EvalSet::load(recipe, &tokenizer, chat_template.as_ref(), &model_config.eos_token_ids)?;
 
     let device = B::Device::default();
     let quant: Quant = recipe.model.quant.into();
@@ -118,6 +122,7 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
         params,
         device,
         tokenizer,
+        chat_template,
         layers: model_config.num_hidden_layers,
         total_steps,
         eval_set,
@@ -136,7 +141,8 @@ struct Start<B: GemmaBackend> {
 
 /// A new run: zero moments, step 0, the data from its beginning.
 fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>) -> Result<Start<B>> {
-    let batches = Batches::new(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data())?;
+    let batches = Batches::new(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data())?
+        .with_chat_template(setup.chat_template.clone());
     let state = TrainState {
         step: 0,
         data: batches.position(),
@@ -166,7 +172,8 @@ fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) ->
     setup.params = ck.params;
     setup.params.write(&mut setup.model, false);
     let batches = Batches::resume(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
-        .with_context(|| format!("training data {}", recipe.data.train.display()))?;
+        .with_context(|| format!("training data {}", recipe.data.train.display()))?
+        .with_chat_template(setup.chat_template.clone());
     Ok(Start { opt: ck.opt, state: ck.state, batches })
 }
 
@@ -485,11 +492,13 @@ fn check_output(out: &Path, opts: &Options) -> Result<Option<(u64, PathBuf)>> {
 /// The number of optimizer steps: `max_steps`, or the batches in `epochs` passes over the data divided by
 /// `grad_accum` (one pass over the data to count them), whichever is smaller. Also proves the data yields
 /// at least one batch before anything is written.
-fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer) -> Result<u64> {
+fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, chat_template: Option<&ChatTemplate>) -> Result<u64> {
     let t = &recipe.train;
     let path = &recipe.data.train;
     let ctx = || format!("training data {}", path.display());
-    let mut b = Batches::new(path, tokenizer.clone(), recipe.train_data()).with_context(ctx)?;
+    let mut b = Batches::new(path, tokenizer.clone(), recipe.train_data())
+        .with_context(ctx)?
+        .with_chat_template(chat_template.cloned());
     match t.epochs {
         None => match b.next() {
             Some(Ok(_)) => Ok(t.max_steps.unwrap_or(1)),
