@@ -40,6 +40,8 @@ NAME = "gemma4"
 IDX = 4
 FINAL_CAP = 1.5
 EMBED_STD = 0.15
+# Lower for the MoE model: with 0.15 its greedy decoding repeats one id.
+MOE_EMBED_STD = 0.06
 
 
 def gemma4_config():
@@ -73,6 +75,40 @@ def gemma4_config():
     )
 
 
+def gemma4_moe_config():
+    """Mixture of experts: every layer has the dense MLP and, beside it, 4 experts of which each token uses 2."""
+    return Gemma4TextConfig(
+        vocab_size=mf.TOKENIZER_VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        sliding_window=6,
+        num_kv_shared_layers=0,
+        hidden_size_per_layer_input=0,
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=32,
+        final_logit_softcapping=FINAL_CAP,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        rms_norm_eps=1e-6,
+        pad_token_id=mf.PAD_ID,
+        eos_token_id=mf.EOS_ID,
+        bos_token_id=mf.BOS_ID,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+
+
 @torch.no_grad()
 def randomize(model, std, embed_std, seed):
     """N(0, embed_std) for the tied embedding, N(0, std) for the other matrices (the per-layer table included),
@@ -84,8 +120,12 @@ def randomize(model, std, embed_std, seed):
             p.copy_(torch.randn(p.shape, generator=g) * embed_std)
         elif p.ndim == 2:
             p.copy_(torch.randn(p.shape, generator=g) * std)
-        elif name.endswith("norm.weight"):
+        elif (p.ndim == 1 and "norm" in name) or name.endswith("router.scale"):
             p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.1)
+        elif name.endswith("per_expert_scale"):
+            p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.3)
+        elif p.ndim == 3:  # experts.gate_up_proj / experts.down_proj, [experts, out, in]
+            p.copy_(torch.randn(p.shape, generator=g) * std)
         else:
             raise AssertionError(f"unexpected parameter {name}")
     for name, b in model.named_buffers():
@@ -224,7 +264,85 @@ def main():
     finally:
         os.chdir(cwd)
     mf.write_json(d / "reference.json", report)
+    build_moe(tok, vocab)
     print("done")
+
+
+def build_moe(tok, vocab):
+    """The MoE fixture: logits, eval loss, cached greedy, and a PEFT adapter with LoRA on the seven projections and
+    on the routed experts (`target_parameters`), with its loss."""
+    name, idx = "gemma4_moe", IDX + 1
+    d = mf.TINY / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    cfg = gemma4_moe_config()
+    mf.seed_all(mf.SEED + 100 * idx)
+    model = Gemma4ForCausalLM(cfg).eval()
+    randomize(model, cfg.initializer_range, MOE_EMBED_STD, mf.SEED + 100 * idx + 1)
+    model.save_pretrained(str(d), safe_serialization=True)
+    for f in mf.TOK_FILES:
+        shutil.copy(mf.TINY / f, d / f)
+    del model
+    model = mf.load(d, experts_implementation="eager")
+    report = {"model": name, "saved_dtype": "float32"}
+    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 2)
+    input_ids = torch.randint(4, vocab, (2, 20), generator=g, dtype=torch.long)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits.float().contiguous()
+        m64 = mf.load(d, experts_implementation="eager").double()
+        logits64 = m64(input_ids=input_ids).logits.contiguous()
+        del m64
+    save_file({"input_ids": input_ids, "logits": logits, "logits_f64": logits64}, str(d / "reference.safetensors"))
+    # The experts must matter.
+    m2 = mf.load(d, experts_implementation="eager")
+    with torch.no_grad():
+        for layer in m2.model.layers:
+            layer.experts.down_proj.zero_()
+        r = mf.rel_diff(logits, m2(input_ids=input_ids).logits)
+    print(f"  gemma4_moe: without the experts the logits change by {100 * r:.1f}%")
+    assert r > 0.01, r
+    rows, jsonl, text_ids = mf.eval_rows(tok, vocab)
+    with open(d / "eval.jsonl", "w", encoding="utf-8") as f:
+        for row in jsonl:
+            f.write(mf.json.dumps(row, ensure_ascii=False) + "\n")
+    loss, ntok = mf.eval_loss(model, rows)
+    report.update({"eval_loss": loss, "eval_tokens": ntok, "eval_examples": len(rows), "text_ids": text_ids})
+    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 3)
+    prompt = [mf.BOS_ID] + torch.randint(4, vocab, (9,), generator=g).tolist()
+    report["greedy"] = {"prompt_ids": prompt, "new_ids": mf.greedy(model, prompt)}
+    print(f"  gemma4_moe: eval_loss {loss:.6f} over {ntok} tokens; greedy {report['greedy']['new_ids']}")
+    cwd = os.getcwd()
+    os.chdir(mf.TINY)
+    try:
+        rel = Path(name)
+        mf.seed_all(mf.SEED + 100 * idx + 30)
+        lc = mf.lora_config()
+        lc.target_parameters = ["experts.gate_up_proj", "experts.down_proj"]
+        pm = get_peft_model(mf.load(rel, experts_implementation="eager"), lc)
+        mf.randomize_lora(pm, mf.SEED + 100 * idx + 31)
+        pm.eval()
+        pm.save_pretrained(str(rel / "adapter"), safe_serialization=True)
+        loss_a, _ = mf.eval_loss(pm, rows)
+        pm2 = PeftModel.from_pretrained(mf.load(rel, experts_implementation="eager"), str(rel / "adapter")).eval()
+        loss_b, _ = mf.eval_loss(pm2, rows)
+        assert abs(loss_a - loss_b) < 1e-6, (loss_a, loss_b)
+        assert abs(loss_a - loss) > 1e-3, (loss_a, loss)
+        report["eval_loss_adapter"] = loss_a
+        keys = sorted(load_file(str(d / "adapter" / "adapter_model.safetensors")).keys())
+        report["adapter_num_tensors"] = len(keys)
+        report["adapter_expert_keys"] = [(k, list(v.shape)) for k, v in sorted(load_file(str(d / "adapter" / "adapter_model.safetensors")).items()) if "experts" in k and ".layers.0." in k]
+        # The expert LoRA alone must matter too.
+        with torch.no_grad():
+            for n, p in pm2.named_parameters():
+                if "experts" in n and "lora_B" in n:
+                    p.zero_()
+        report["eval_loss_adapter_without_experts"], _ = mf.eval_loss(pm2, rows)
+        assert abs(report["eval_loss_adapter_without_experts"] - loss_a) > 1e-4
+        print(f"  gemma4_moe: eval_loss_adapter {loss_a:.6f} ({len(keys)} tensors), expert keys {report['adapter_expert_keys']}")
+    finally:
+        os.chdir(cwd)
+    mf.write_json(d / "reference.json", report)
 
 
 if __name__ == "__main__":

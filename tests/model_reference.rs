@@ -9,7 +9,7 @@ use lapidary_model::nn::lora::LoraRuntime;
 use lapidary_model::quant::{Int8Weight, Nf4Weight, QuantKind};
 use lapidary_model::{GemmaConfig, ModelFiles, TokenBatch};
 
-const GENS: [&str; 4] = ["gemma1", "gemma2", "gemma3", "gemma4"];
+const GENS: [&str; 5] = ["gemma1", "gemma2", "gemma3", "gemma4", "gemma4_moe"];
 
 fn model_dir(gen: &str) -> std::path::PathBuf {
     fixture(&format!("tiny/{gen}"))

@@ -92,6 +92,15 @@ pub struct LayerSpec {
     pub intermediate_size: usize,
 }
 
+/// Gemma 4's mixture of experts (`enable_moe_block`): beside each layer's dense MLP, `experts` GeGLU experts
+/// of width `intermediate`, of which a router picks `top_k` per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeSpec {
+    pub experts: usize,
+    pub top_k: usize,
+    pub intermediate: usize,
+}
+
 /// Gemma 4's per-layer inputs (PLE): a second token table `[vocab, layers · hidden]` plus a projection of the
 /// embeddings, giving each decoder layer a `hidden`-wide input of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +139,8 @@ pub struct GemmaConfig {
     pub layer_specs: Vec<LayerSpec>,
     /// Gemma 4 only.
     pub per_layer_input: Option<PerLayerInput>,
+    /// Gemma 4 only: every layer has the experts.
+    pub moe: Option<MoeSpec>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -293,6 +304,7 @@ impl GemmaConfig {
             tie_word_embeddings: top.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
             layer_specs,
             per_layer_input,
+            moe: if arch == Arch::Gemma4 { read_moe(&r)? } else { None },
             bos_token_id: single("bos_token_id")?,
             eos_token_ids: eos,
             pad_token_id: single("pad_token_id")?,
@@ -502,11 +514,6 @@ fn check_gemma4(r: &Reader) -> Result<()> {
             ));
         }
     }
-    if r.get("enable_moe_block").and_then(Value::as_bool) == Some(true) {
-        return Err(
-            r.err("enable_moe_block", "mixture-of-experts Gemma 4 checkpoints are not supported yet (dense ones are)")
-        );
-    }
     if r.get("attention_bias").and_then(Value::as_bool) == Some(true) {
         return Err(r.err("attention_bias", "attention biases are not implemented (no published Gemma has them)"));
     }
@@ -629,4 +636,26 @@ fn read_gemma4_layers(
         None => None,
     };
     Ok((specs, ple))
+}
+
+/// `enable_moe_block` with its three sizes, all required when it is on.
+fn read_moe(r: &Reader) -> Result<Option<MoeSpec>> {
+    if r.get("enable_moe_block").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    let spec = MoeSpec {
+        experts: r.usize("num_experts")?,
+        top_k: r.usize("top_k_experts")?,
+        intermediate: r.usize("moe_intermediate_size")?,
+    };
+    if spec.top_k == 0 || spec.top_k > spec.experts || spec.intermediate == 0 {
+        return Err(r.err(
+            "top_k_experts",
+            format!(
+                "{} must be between 1 and num_experts = {} (moe_intermediate_size {})",
+                spec.top_k, spec.experts, spec.intermediate
+            ),
+        ));
+    }
+    Ok(Some(spec))
 }

@@ -14,6 +14,7 @@ use crate::nn::embedding::TokenTable;
 use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::LoraLinear;
 use crate::nn::mlp::Mlp;
+use crate::nn::moe::{MoeBlock, Router};
 use crate::nn::norm::RmsNorm;
 use crate::nn::per_layer::{PerLayerBlock, PerLayerEmbedding};
 use crate::ops::gemma_backend::GemmaBackend;
@@ -196,6 +197,47 @@ pub fn load_gemma<B: GemmaBackend>(
             }),
             None => None,
         };
+        let moe = match c.moe {
+            Some(m) => {
+                let stack = |param: &str, out: usize, inp: usize| -> Result<LoraLinear<B>> {
+                    let rel = format!("layers.{i}.experts.{param}");
+                    if matches!(quant, QuantKind::Gguf) {
+                        return Err(ModelError::format(
+                            src.path(),
+                            format!("`{rel}`: GGUF expert blocks are not supported yet (use --quant nf4 or none)"),
+                        ));
+                    }
+                    let t = names.get(&rel, &[m.experts, out, inp])?;
+                    let each: Vec<FrozenLinear<B>> = t
+                        .data
+                        .chunks(out * inp)
+                        .map(|w| FrozenLinear::new(w.to_vec(), [out, inp], quant, device))
+                        .collect();
+                    Ok(LoraLinear::frozen(
+                        FrozenLinear::Experts(Arc::new(each)),
+                        linear_key(i, &format!("experts.{param}")),
+                    ))
+                };
+                let scale = names.get(&format!("layers.{i}.router.scale"), &[h])?.data;
+                Some(MoeBlock {
+                    router: Router {
+                        norm: RmsNorm::unscaled(h, c.rms_norm_eps, device),
+                        scale: Tensor::from_data(TensorData::new(scale, [h]), device),
+                        // bitsandbytes quantizes the router's linear too; the experts (3-D parameters) it
+                        // leaves unquantized, we quantize (they hold most of an MoE's memory).
+                        proj: frozen(&format!("layers.{i}.router.proj.weight"), m.experts, h, linear_key(i, "router"))?,
+                        per_expert_scale: names.get(&format!("layers.{i}.router.per_expert_scale"), &[m.experts])?.data,
+                    },
+                    gate_up: stack("gate_up_proj", 2 * m.intermediate, h)?,
+                    down: stack("down_proj", h, m.intermediate)?,
+                    pre_norm: norm(&format!("layers.{i}.pre_feedforward_layernorm_2.weight"), h)?,
+                    post_norm_dense: norm(&format!("layers.{i}.post_feedforward_layernorm_1.weight"), h)?,
+                    post_norm: norm(&format!("layers.{i}.post_feedforward_layernorm_2.weight"), h)?,
+                    top_k: m.top_k,
+                })
+            }
+            None => None,
+        };
         let layer_scalar =
             if gemma4 { Some(names.get(&format!("layers.{i}.layer_scalar"), &[1])?.data[0]) } else { None };
         layers.push(DecoderLayer {
@@ -207,6 +249,7 @@ pub fn load_gemma<B: GemmaBackend>(
             post_feedforward_layernorm: opt_norm("post_feedforward_layernorm")?,
             per_layer: per_layer_block,
             layer_scalar,
+            moe,
         });
     }
     Ok(Gemma {

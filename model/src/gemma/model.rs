@@ -25,6 +25,7 @@ use crate::nn::kv_cache::{KvCache, LayerCache};
 use crate::nn::linear::FrozenLinear;
 use crate::nn::lora::{LoraLinear, LoraRuntime};
 use crate::nn::mlp::Mlp;
+use crate::nn::moe::MoeBlock;
 use crate::nn::norm::RmsNorm;
 use crate::nn::per_layer::{PerLayerBlock, PerLayerEmbedding};
 use crate::nn::rope::RopeTables;
@@ -44,6 +45,8 @@ pub struct DecoderLayer<B: GemmaBackend> {
     pub per_layer: Option<PerLayerBlock<B>>,
     /// Gemma 4: the layer's output is multiplied by this (`layer_scalar`).
     pub layer_scalar: Option<f32>,
+    /// Gemma 4 with `enable_moe_block`: the experts beside the dense MLP.
+    pub moe: Option<MoeBlock<B>>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +189,10 @@ impl<B: GemmaBackend> DecoderLayer<B> {
                 let post =
                     self.post_feedforward_layernorm.as_ref().expect("gemma2-4 layer has post_feedforward_layernorm");
                 let m = self.mlp.forward(pre.forward(h.clone()), rt);
+                let m = match &self.moe {
+                    Some(moe) => moe.forward(h.clone(), m, rt),
+                    None => m,
+                };
                 let mut h = h + post.forward(m);
                 if let (Some(block), Some(input)) = (&self.per_layer, per_layer_input) {
                     h = block.forward(h, input, rt);
@@ -328,10 +335,16 @@ impl<B: GemmaBackend> Gemma<B> {
     pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> Self {
         let dt = dtype.dtype();
         self.embed_tokens = self.embed_tokens.with_dtype(dt);
-        let cast_base = |l: &mut LoraLinear<B>| {
-            if let FrozenLinear::Dense(w) = &mut l.base {
-                *w = cast(w.clone(), dt);
+        let cast_base = |l: &mut LoraLinear<B>| match &mut l.base {
+            FrozenLinear::Dense(w) => *w = cast(w.clone(), dt),
+            FrozenLinear::Experts(stack) => {
+                let cast_one = |f: &FrozenLinear<B>| match f {
+                    FrozenLinear::Dense(w) => FrozenLinear::Dense(cast(w.clone(), dt)),
+                    other => other.clone(),
+                };
+                *stack = Arc::new(stack.iter().map(cast_one).collect());
             }
+            FrozenLinear::Packed(_) => {}
         };
         if let Some(p) = self.per_layer.as_mut() {
             p.table = p.table.clone().with_dtype(dt);
@@ -341,6 +354,9 @@ impl<B: GemmaBackend> Gemma<B> {
             if let Some(b) = l.per_layer.as_mut() {
                 cast_base(&mut b.gate);
                 cast_base(&mut b.projection);
+            }
+            if let Some(m) = l.moe.as_mut() {
+                cast_base(&mut m.router.proj);
             }
         }
         for (_, l) in linears_mut(&mut self) {
@@ -375,9 +391,20 @@ pub fn linears_mut<B: GemmaBackend>(model: &mut Gemma<B>) -> Vec<(String, &mut L
                 out.push((format!("layers.{i}.{name}"), lin));
             }
         }
+        if let Some(moe) = l.moe.as_mut() {
+            out.push((format!("layers.{i}.{EXPERTS_GATE_UP}"), &mut moe.gate_up));
+            out.push((format!("layers.{i}.{EXPERTS_DOWN}"), &mut moe.down));
+        }
     }
     out
 }
+
+/// The PEFT module paths (within a layer) of the expert stacks' LoRA, as PEFT names them when an adapter
+/// targets `target_parameters = ["experts.gate_up_proj", "experts.down_proj"]` in that order: the first
+/// parameter's `ParamWrapper` is wrapped by the second's, hence `base_layer` (see `peft::adapter` for other
+/// orders).
+pub const EXPERTS_GATE_UP: &str = "experts.base_layer";
+pub const EXPERTS_DOWN: &str = "experts";
 
 /// Every (PEFT module path, linear) pair of the model, e.g. `("layers.0.self_attn.q_proj", ..)`.
 pub fn linears<B: GemmaBackend>(model: &Gemma<B>) -> Vec<(String, &LoraLinear<B>)> {
@@ -397,6 +424,10 @@ pub fn linears<B: GemmaBackend>(model: &Gemma<B>) -> Vec<(String, &LoraLinear<B>
                 out.push((format!("layers.{i}.{name}"), lin));
             }
         }
+        if let Some(moe) = &l.moe {
+            out.push((format!("layers.{i}.{EXPERTS_GATE_UP}"), &moe.gate_up));
+            out.push((format!("layers.{i}.{EXPERTS_DOWN}"), &moe.down));
+        }
     }
     out
 }
@@ -412,6 +443,9 @@ pub fn other_linears<B: GemmaBackend>(model: &Gemma<B>) -> Vec<(String, &LoraLin
         if let Some(b) = &l.per_layer {
             out.push((format!("layers.{i}.per_layer_input_gate"), &b.gate));
             out.push((format!("layers.{i}.per_layer_projection"), &b.projection));
+        }
+        if let Some(m) = &l.moe {
+            out.push((format!("layers.{i}.router.proj"), &m.router.proj));
         }
     }
     out

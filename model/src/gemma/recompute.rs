@@ -112,10 +112,11 @@ mod tests {
 
     /// Gradients with checkpointing equal those of the ordinary backward (same ops, same dropout masks), on
     /// the tiny Gemma 2 (softcaps, sliding window), Gemma 3 and Gemma 4 (per-layer inputs, keys and values
-    /// shared across layers, keys as values) fixtures with an NF4 base and packed rows.
+    /// shared across layers, keys as values; and the MoE one with LoRA on its experts) fixtures with an NF4 base
+    /// and packed rows.
     #[test]
     fn checkpointed_gradients_equal_the_plain_backward() {
-        for arch in ["gemma2", "gemma3", "gemma4"] {
+        for arch in ["gemma2", "gemma3", "gemma4", "gemma4_moe"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny").join(arch);
             let files = ModelFiles::open(&dir).unwrap();
             let device = Default::default();
@@ -127,7 +128,13 @@ mod tests {
             )
             .unwrap();
             let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
-            init_lora(&mut model, &AdapterConfig::new(4, 8.0, 0.1, &targets, false, None), 3).unwrap();
+            // The MoE model also trains LoRA on its experts (PEFT's target_parameters, which needs no dropout).
+            let cfg = match arch {
+                "gemma4_moe" => AdapterConfig::new(4, 8.0, 0.0, &targets, false, None)
+                    .with_target_parameters(&crate::peft::adapter::EXPERT_PARAMETERS.map(String::from)),
+                _ => AdapterConfig::new(4, 8.0, 0.1, &targets, false, None),
+            };
+            init_lora(&mut model, &cfg, 3).unwrap();
             // A nonzero B, so that A has a gradient too.
             for (k, (_, l)) in linears_mut(&mut model).into_iter().enumerate() {
                 let ad = l.adapter.as_mut().unwrap();

@@ -18,6 +18,10 @@ pub enum FrozenLinear<B: Backend> {
     /// Stored transposed, `[in, out]`, so the forward is a plain matmul.
     Dense(Tensor<B, 2>),
     Packed(Arc<PackedWeight>),
+    /// Gemma 4's routed experts (a checkpoint's 3-D `[experts, out, in]` parameter), one frozen linear each.
+    /// Each token goes through its own experts (`crate::nn::moe`), so the stack as a whole has no forward; it
+    /// is one [`crate::nn::lora::LoraLinear`] so that its LoRA is one PEFT `target_parameters` adapter.
+    Experts(Arc<Vec<FrozenLinear<B>>>),
 }
 
 impl<B: GemmaBackend> FrozenLinear<B> {
@@ -51,6 +55,23 @@ impl<B: GemmaBackend> FrozenLinear<B> {
                 [o, i]
             }
             FrozenLinear::Packed(p) => p.shape(),
+            FrozenLinear::Experts(e) => e[0].shape(),
+        }
+    }
+
+    /// How many experts the weight stacks (1 for an ordinary linear).
+    pub fn experts(&self) -> usize {
+        match self {
+            FrozenLinear::Experts(e) => e.len(),
+            _ => 1,
+        }
+    }
+
+    /// Expert `e` of a stack.
+    pub fn expert(&self, e: usize) -> &FrozenLinear<B> {
+        match self {
+            FrozenLinear::Experts(stack) => &stack[e],
+            _ => panic!("FrozenLinear::expert on a linear that is not an expert stack"),
         }
     }
 
@@ -65,6 +86,7 @@ impl<B: GemmaBackend> FrozenLinear<B> {
                 let prim = B::frozen_matmul(x2.into_primitive().tensor(), p);
                 Tensor::from_primitive(TensorPrimitive::Float(prim))
             }
+            FrozenLinear::Experts(_) => panic!("an expert stack is multiplied per expert (nn::moe)"),
         };
         let o = self.shape()[0];
         y.reshape([b, s, o])
@@ -75,6 +97,7 @@ impl<B: GemmaBackend> FrozenLinear<B> {
         match self {
             FrozenLinear::Dense(w) => FrozenWeight::Dense(w.clone().into_primitive().tensor()),
             FrozenLinear::Packed(p) => FrozenWeight::Packed(p.clone()),
+            FrozenLinear::Experts(_) => panic!("an expert stack is multiplied per expert (nn::moe)"),
         }
     }
 
@@ -83,6 +106,8 @@ impl<B: GemmaBackend> FrozenLinear<B> {
         match self {
             FrozenLinear::Dense(w) => w.clone().transpose().into_data().convert::<f32>().to_vec().unwrap_or_default(),
             FrozenLinear::Packed(p) => p.dequantize(),
+            // `[experts · out, in]`: the checkpoint's `[experts, out, in]` row-major.
+            FrozenLinear::Experts(e) => e.iter().flat_map(|x| x.dense_weight()).collect(),
         }
     }
 
@@ -90,6 +115,7 @@ impl<B: GemmaBackend> FrozenLinear<B> {
         match self {
             FrozenLinear::Dense(w) => w.shape().num_elements() * 4,
             FrozenLinear::Packed(p) => p.resident_bytes(),
+            FrozenLinear::Experts(e) => e.iter().map(|x| x.resident_bytes()).sum(),
         }
     }
 }

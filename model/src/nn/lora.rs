@@ -56,9 +56,17 @@ impl<B: GemmaBackend> LoraLinear<B> {
         Self { base, adapter: None, key }
     }
 
+    /// The adapter's `[A rows, B columns]` for rank `r`: `r` per expert of an expert stack (PEFT's
+    /// `ParamWrapper` keeps one `[r · experts, in]` A and one `[out, r · experts]` B for a 3-D parameter).
+    pub fn adapter_shapes(&self, r: usize) -> ([usize; 2], [usize; 2]) {
+        let [out, inp] = self.base.shape();
+        let r = r * self.base.experts();
+        ([r, inp], [out, r])
+    }
+
     /// A fresh adapter with PEFT's default init, drawn from `seed`.
     pub fn init_adapter(&mut self, r: usize, scale: f64, dropout: f64, seed: u64, device: &B::Device) {
-        let [out, inp] = self.base.shape();
+        let ([r, inp], [out, _]) = self.adapter_shapes(r);
         let bound = 1.0 / (inp as f64).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ self.key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();

@@ -36,6 +36,41 @@ pub struct AdapterConfig {
     pub fan_in_fan_out: bool,
     #[serde(default)]
     pub inference_mode: bool,
+    /// PEFT's `target_parameters`: Gemma 4's routed experts (`experts.gate_up_proj`, `experts.down_proj`).
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    pub target_parameters: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The expert parameters PEFT's `target_parameters` can name in a Gemma 4 layer, in the order the layer
+/// defines them (which is the order PEFT nests their wrappers: the first is the inner `base_layer`).
+pub const EXPERT_PARAMETERS: [&str; 2] = ["experts.gate_up_proj", "experts.down_proj"];
+
+/// PEFT's name for a key under our module paths (`gemma::model::EXPERTS_GATE_UP` is PEFT's path when both expert
+/// parameters are targeted; with only `gate_up_proj` its wrapper is the outer one, `experts`).
+pub fn to_peft_name(name: &str, cfg: &AdapterConfig) -> String {
+    if only_gate_up(cfg) {
+        name.replace(".experts.base_layer.lora_", ".experts.lora_")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The inverse of [`to_peft_name`].
+pub fn from_peft_name(name: &str, cfg: &AdapterConfig) -> String {
+    if only_gate_up(cfg) {
+        name.replace(".experts.lora_", ".experts.base_layer.lora_")
+    } else {
+        name.to_string()
+    }
+}
+
+fn only_gate_up(cfg: &AdapterConfig) -> bool {
+    cfg.target_parameters.iter().any(|t| t.ends_with(EXPERT_PARAMETERS[0]))
+        && !cfg.target_parameters.iter().any(|t| t.ends_with(EXPERT_PARAMETERS[1]))
 }
 
 fn lora_type() -> String {
@@ -75,7 +110,14 @@ impl AdapterConfig {
             bias: none_bias(),
             fan_in_fan_out: false,
             inference_mode: true,
+            target_parameters: Vec::new(),
         }
+    }
+
+    /// The same config with LoRA on these expert parameters too (PEFT's `target_parameters`).
+    pub fn with_target_parameters(mut self, params: &[String]) -> Self {
+        self.target_parameters = params.to_vec();
+        self
     }
     pub fn scale(&self) -> f64 {
         lora_scale(self.r, self.lora_alpha, self.use_rslora)
@@ -111,13 +153,47 @@ pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
             )));
         }
     }
+    let mut experts = Vec::new();
+    for p in &cfg.target_parameters {
+        let Some(e) = EXPERT_PARAMETERS.iter().position(|x| p == x || p.ends_with(&format!(".{x}"))) else {
+            return Err(ModelError::Other(format!(
+                "unknown LoRA target parameter `{p}` (expected some of {})",
+                EXPERT_PARAMETERS.join(", ")
+            )));
+        };
+        experts.push(e);
+    }
+    if !experts.is_empty() && cfg.lora_dropout != 0.0 {
+        // As PEFT: LoRA on a parameter is merged into the weight per forward, where dropout cannot apply.
+        return Err(ModelError::Other(format!(
+            "LoRA on the experts (target_parameters) needs lora_dropout = 0, as in PEFT (got {})",
+            cfg.lora_dropout
+        )));
+    }
     let device = model.device.clone();
     for (module, lin) in linears_mut(model) {
-        if targets.iter().any(|t| t == short(&module)) {
+        let expert = expert_of(&module);
+        let wanted = match expert {
+            Some(e) => experts.contains(&e),
+            None => targets.iter().any(|t| t == short(&module)),
+        };
+        if wanted {
             lin.init_adapter(cfg.r, cfg.scale(), cfg.lora_dropout, seed, &device);
         }
     }
     Ok(())
+}
+
+/// Which of [`EXPERT_PARAMETERS`] a module path (from `gemma::model::linears`) is, if an expert stack.
+fn expert_of(module: &str) -> Option<usize> {
+    use crate::gemma::model::{EXPERTS_DOWN, EXPERTS_GATE_UP};
+    if module.ends_with(&format!(".{EXPERTS_GATE_UP}")) {
+        Some(0)
+    } else if module.ends_with(&format!(".{EXPERTS_DOWN}")) {
+        Some(1)
+    } else {
+        None
+    }
 }
 
 /// Loads a PEFT adapter directory onto the model (replacing any adapter it had).
@@ -141,7 +217,7 @@ pub fn read_adapter_files(dir: &Path) -> Result<(AdapterConfig, AdapterTensors)>
     let mut tensors = AdapterTensors::new();
     for (name, view) in st.tensors() {
         let data = to_f32(&st_path, &name, view.dtype(), view.data())?;
-        tensors.insert(name, (view.shape().to_vec(), data));
+        tensors.insert(from_peft_name(&name, &cfg), (view.shape().to_vec(), data));
     }
     Ok((cfg, tensors))
 }
@@ -159,8 +235,8 @@ pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
         lin.adapter = None;
         let key = |ab: &str| peft_key(&module, ab);
         let (Some(a), Some(b)) = (tensors.get(&key("lora_A")), tensors.get(&key("lora_B"))) else { continue };
-        let [out, inp] = lin.base.shape();
-        for (name, t, want) in [(key("lora_A"), a, [cfg.r, inp]), (key("lora_B"), b, [out, cfg.r])] {
+        let (a_shape, b_shape) = lin.adapter_shapes(cfg.r);
+        for (name, t, want) in [(key("lora_A"), a, a_shape), (key("lora_B"), b, b_shape)] {
             if t.0 != want {
                 return Err(ModelError::Shape {
                     path: st_path.clone(),
@@ -171,8 +247,8 @@ pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
             }
         }
         lin.adapter = Some(LoraAdapter {
-            a: Tensor::from_data(TensorData::new(a.1.clone(), [cfg.r, inp]), &device),
-            b: Tensor::from_data(TensorData::new(b.1.clone(), [out, cfg.r]), &device),
+            a: Tensor::from_data(TensorData::new(a.1.clone(), a_shape), &device),
+            b: Tensor::from_data(TensorData::new(b.1.clone(), b_shape), &device),
             scale,
             dropout: cfg.lora_dropout,
         });
@@ -202,7 +278,7 @@ pub fn save_adapter<B: GemmaBackend>(model: &Gemma<B>, cfg: &AdapterConfig, dir:
         for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
             let shape = t.dims().to_vec();
             let v: Vec<f32> = t.to_data().convert::<f32>().to_vec().unwrap_or_default();
-            data.push((peft_key(&module, ab), shape, bytemuck::cast_slice(&v).to_vec()));
+            data.push((to_peft_name(&peft_key(&module, ab), cfg), shape, bytemuck::cast_slice(&v).to_vec()));
         }
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = data

@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use lapidary_model::gemma::linears_mut;
 use lapidary_model::nn::lora::LoraAdapter;
-use lapidary_model::peft::adapter::{peft_key, AdapterConfig};
+use lapidary_model::peft::adapter::{peft_key, to_peft_name, AdapterConfig};
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
@@ -147,7 +147,7 @@ pub fn split(slots: &[Slot], flat: &[f32]) -> Vec<Param> {
 pub fn write_adapter(params: &[Param], cfg: &AdapterConfig, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let tensors: Vec<(String, [usize; 2], &[f32])> =
-        params.iter().map(|p| (p.name.clone(), p.shape, p.value.as_slice())).collect();
+        params.iter().map(|p| (to_peft_name(&p.name, cfg), p.shape, p.value.as_slice())).collect();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)?;
     let json = serde_json::to_vec_pretty(cfg)?;
@@ -157,6 +157,11 @@ pub fn write_adapter(params: &[Param], cfg: &AdapterConfig, dir: &Path) -> Resul
 
 /// Reads the values of `like` (same names and shapes) from an adapter directory written by [`write_adapter`].
 pub fn read_adapter(like: &[Slot], dir: &Path) -> Result<Vec<Param>> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+    let cfg: AdapterConfig =
+        serde_json::from_str(&text).with_context(|| format!("{}: not an adapter config", cfg_path.display()))?;
+    let cfg = &cfg;
     let path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -165,6 +170,9 @@ pub fn read_adapter(like: &[Slot], dir: &Path) -> Result<Vec<Param>> {
         bail!("{}: {} tensors, this run trains {}", path.display(), st.len(), like.len());
     }
     like.iter()
-        .map(|s| Ok(Param { name: s.name.clone(), shape: s.shape, value: read_f32(&st, &path, &s.name, s.shape)? }))
+        .map(|s| {
+            let value = read_f32(&st, &path, &to_peft_name(&s.name, cfg), s.shape)?;
+            Ok(Param { name: s.name.clone(), shape: s.shape, value })
+        })
         .collect()
 }
