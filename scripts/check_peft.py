@@ -14,6 +14,15 @@ script; runs/ is ignored by git):
     cargo run --release -p lapidary -- train configs/tiny-test.toml --set output.dir=runs/peft-check --overwrite
     rm -rf tests/fixtures/train/adapter && cp -r runs/peft-check/adapter tests/fixtures/train/adapter
     python scripts/check_peft.py
+
+`--gemma4-moe` does the same for an adapter trained on the tiny Gemma 4 mixture-of-experts fixture with LoRA on
+its experts (PEFT's `target_parameters`), written to tests/fixtures/train/peft_check_gemma4_moe.json:
+
+    cargo run --release -p lapidary -- train configs/tiny-test.toml --set output.dir=runs/peft-check-moe \
+        --set model.path=tests/fixtures/tiny/gemma4_moe --set lora.dropout=0 \
+        --set 'lora.target_parameters=["experts.gate_up_proj","experts.down_proj"]' --overwrite
+    rm -rf tests/fixtures/train/adapter_gemma4_moe && cp -r runs/peft-check-moe/adapter tests/fixtures/train/adapter_gemma4_moe
+    python scripts/check_peft.py --gemma4-moe
 """
 
 import json
@@ -33,10 +42,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = ROOT / "tests/fixtures/tiny/gemma3"
-ADAPTER = ROOT / "tests/fixtures/train/adapter"
+MOE = "--gemma4-moe" in sys.argv[1:]
+BASE = ROOT / ("tests/fixtures/tiny/gemma4_moe" if MOE else "tests/fixtures/tiny/gemma3")
+ADAPTER = ROOT / ("tests/fixtures/train/adapter_gemma4_moe" if MOE else "tests/fixtures/train/adapter")
 DATA = BASE / "eval.jsonl"
-OUT = ROOT / "tests/fixtures/train/peft_check.json"
+OUT = ROOT / ("tests/fixtures/train/peft_check_gemma4_moe.json" if MOE else "tests/fixtures/train/peft_check.json")
 
 
 def rows(tok):
@@ -64,8 +74,9 @@ def eval_loss(model, ids_rows):
 def main():
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(BASE))
+    extra = {"experts_implementation": "eager"} if MOE else {}
     base = AutoModelForCausalLM.from_pretrained(
-        str(BASE), dtype=torch.float32, attn_implementation="eager", device_map="cpu"
+        str(BASE), dtype=torch.float32, attn_implementation="eager", device_map="cpu", **extra
     ).eval()
     ids_rows = rows(tok)
     base_loss, n = eval_loss(base, ids_rows)
@@ -85,6 +96,7 @@ def main():
         "eval_tokens": n,
         "lora_parameters": n_lora,
         "adapter_r": cfg["r"],
+        "target_parameters": cfg.get("target_parameters"),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
     OUT.write_text(json.dumps(report, indent=2) + "\n")

@@ -190,7 +190,8 @@ def main():
     del model
 
     model = mf.load(d)
-    report = {"model": NAME, "saved_dtype": "float32"}
+    # What `lapidary inspect` reports as the total (parameters only: layer_scalar is a buffer).
+    report = {"model": NAME, "saved_dtype": "float32", "num_parameters": sum(p.numel() for p in model.parameters())}
     g = torch.Generator().manual_seed(mf.SEED + 100 * IDX + 2)
     input_ids = torch.randint(4, vocab, (2, 20), generator=g, dtype=torch.long)
     with torch.no_grad():
@@ -285,7 +286,7 @@ def build_moe(tok, vocab):
         shutil.copy(mf.TINY / f, d / f)
     del model
     model = mf.load(d, experts_implementation="eager")
-    report = {"model": name, "saved_dtype": "float32"}
+    report = {"model": name, "saved_dtype": "float32", "num_parameters": sum(p.numel() for p in model.parameters())}
     g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 2)
     input_ids = torch.randint(4, vocab, (2, 20), generator=g, dtype=torch.long)
     with torch.no_grad():

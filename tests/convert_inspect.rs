@@ -134,3 +134,17 @@ fn adapter_to_gguf_equals_llama_cpps_converter() {
     let err = lapidary_fails(&[&args[..], &[tmp.path().join("x.safetensors").to_str().unwrap()]].concat());
     assert!(err.contains("must end in .gguf"), "{err}");
 }
+
+/// Gemma 4 (per-layer inputs, KV-shared layers without k/v, global layers without v; and the MoE with its
+/// router and expert stacks): the total is transformers' `sum(p.numel() for p in model.parameters())`
+/// (scripts/make_gemma4_fixtures.py records it).
+#[test]
+fn inspect_counts_gemma4_parameters_as_transformers() {
+    for gen in ["gemma4", "gemma4_moe"] {
+        let dir = fixture(&format!("tiny/{gen}"));
+        let want = read_json(&dir.join("reference.json"))["num_parameters"].as_u64().unwrap();
+        let v = lapidary_json(&["inspect", "--model", dir.to_str().unwrap(), "--quant", "none", "--json"]);
+        assert_eq!(v["parameters"]["total"].as_u64().unwrap(), want, "{gen}: {v}");
+        assert_eq!(v["model_type"], "gemma4_text");
+    }
+}

@@ -220,3 +220,28 @@ fn gguf_base_merge_scores_as_eval_with_adapter() {
         assert!((merged - want).abs() < 1e-4, "--base {how}: merged {merged} vs eval --model GGUF --adapter {want}");
     }
 }
+
+/// Gemma 4: merging the PEFT adapters of the tiny dense model (no k/v on KV-shared layers, no v on global ones)
+/// and of the MoE model (LoRA on the experts, PEFT's target_parameters: each expert's `[out, in]` slice of
+/// the 3-D parameter gets its own `B_e·A_e`) gives a directory that scores PEFT's loss with the adapter.
+#[test]
+fn gemma4_merges_score_as_peft_with_the_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (model, adapter, want) in [
+        (fixture("tiny/gemma4"), fixture("tiny/gemma4/adapter"), {
+            read_json(&fixture("tiny/gemma4/reference.json"))["eval_loss_adapter"].as_f64().unwrap()
+        }),
+        (fixture("tiny/gemma4_moe"), fixture("train/adapter_gemma4_moe"), {
+            read_json(&fixture("train/peft_check_gemma4_moe.json"))["eval_loss_peft"].as_f64().unwrap()
+        }),
+    ] {
+        let out = tmp.path().join(model.file_name().unwrap());
+        let args = ["merge", "--model", model.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()];
+        let r = lapidary_json(&[&args[..], &["--out", out.to_str().unwrap(), "--dtype", "f32", "--json"]].concat());
+        assert!(r["diff"].as_f64().unwrap() <= r["tolerance"].as_f64().unwrap(), "{r}");
+        let data = model.join("eval.jsonl");
+        let v = lapidary_json(&["eval", "--model", out.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]);
+        let got = v["loss"].as_f64().unwrap();
+        assert!(rel(got, want) < 1e-4, "{}: merged {got} vs PEFT with the adapter {want}", model.display());
+    }
+}

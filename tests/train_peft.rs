@@ -29,3 +29,36 @@ fn peft_loads_our_adapter_with_the_same_loss() {
     // And the adapter matters: the base alone is far off.
     assert!((loss - check["eval_loss_base"].as_f64().unwrap()).abs() > 1e-3);
 }
+
+/// The same for an adapter trained on the tiny Gemma 4 mixture-of-experts fixture with LoRA on its routed
+/// experts (PEFT's `target_parameters`): PEFT finds every tensor (the expert ones under its nested
+/// `ParamWrapper` names) and gives the loss `lapidary eval` gives.
+#[test]
+fn peft_loads_our_expert_lora_with_the_same_loss() {
+    let check = read_json(&fixture("train/peft_check_gemma4_moe.json"));
+    let adapter = fixture("train/adapter_gemma4_moe");
+    let bytes = std::fs::read(adapter.join("adapter_model.safetensors")).unwrap();
+    let names: Vec<String> =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+    assert_eq!(check["lora_parameters"], names.len(), "PEFT picked up every lapidary tensor");
+    for key in ["experts.base_layer.lora_A", "experts.base_layer.lora_B", "experts.lora_A", "experts.lora_B"] {
+        assert!(names.iter().any(|n| n.contains(&format!(".{key}."))), "no {key} tensor in {names:?}");
+    }
+    let model = fixture("tiny/gemma4_moe");
+    let data = fixture("tiny/gemma4_moe/eval.jsonl");
+    let got = lapidary_json(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(got["tokens"], check["eval_tokens"]);
+    let loss = got["loss"].as_f64().unwrap();
+    let want = check["eval_loss_peft"].as_f64().unwrap();
+    assert!(rel(loss, want) < 1e-4, "lapidary eval {loss} vs PEFT {want}");
+    assert!((loss - check["eval_loss_base"].as_f64().unwrap()).abs() > 1e-3);
+}

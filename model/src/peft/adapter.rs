@@ -170,6 +170,12 @@ pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
             cfg.lora_dropout
         )));
     }
+    if !experts.is_empty() && model.config.moe.is_none() {
+        return Err(ModelError::Other(format!(
+            "target_parameters {:?}: this model has no experts (only Gemma 4 mixture-of-experts checkpoints do)",
+            cfg.target_parameters
+        )));
+    }
     let device = model.device.clone();
     for (module, lin) in linears_mut(model) {
         let expert = expert_of(&module);

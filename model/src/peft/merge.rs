@@ -78,7 +78,9 @@ impl Method {
     }
 }
 
-/// One projection's LoRA pair on the host: `ΔW = scale · B · A`.
+/// One projection's LoRA pair on the host: `ΔW = scale · B · A`. For a Gemma 4 expert stack (`experts > 1`),
+/// PEFT's `ParamWrapper` layout: `A` `[r, in]` holds expert `e`'s rows at `e·r/E..`, `B` `[out, r]` its columns
+/// `e, e + E, …`, and `ΔW` is `[experts, out, in]` (`scale · B_e · A_e` per expert).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraPair {
     /// `[r, in]`, row-major.
@@ -89,11 +91,26 @@ pub struct LoraPair {
     pub inp: usize,
     pub out: usize,
     pub scale: f64,
+    pub experts: usize,
 }
 
 impl LoraPair {
-    /// `scale · B · A`, `[out, in]` row-major (f64 accumulation).
+    /// `scale · B · A`, `[out, in]` row-major (f64 accumulation); `[experts, out, in]` for an expert stack.
     pub fn delta(&self) -> Vec<f32> {
+        if self.experts > 1 {
+            let (e_n, r) = (self.experts, self.r / self.experts);
+            return (0..e_n)
+                .flat_map(|e| {
+                    let a = self.a[e * r * self.inp..(e + 1) * r * self.inp].to_vec();
+                    let b = (0..self.out)
+                        .flat_map(|o| (0..r).map(move |k| (o, k)))
+                        .map(|(o, k)| self.b[o * self.r + k * e_n + e]);
+                    let one =
+                        LoraPair { a, b: b.collect(), r, inp: self.inp, out: self.out, scale: self.scale, experts: 1 };
+                    one.delta()
+                })
+                .collect();
+        }
         let (r, inp) = (self.r, self.inp);
         let mut d = vec![0f32; self.out * inp];
         let mut acc = vec![0f64; inp];
@@ -132,7 +149,8 @@ pub fn read_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
         let [r, inp] = ad.a.dims();
         let [out, _] = ad.b.dims();
         let host = |t: &Tensor<B, 2>| t.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-        modules.insert(name, LoraPair { a: host(&ad.a), b: host(&ad.b), r, inp, out, scale: ad.scale });
+        let experts = lin.base.experts();
+        modules.insert(name, LoraPair { a: host(&ad.a), b: host(&ad.b), r, inp, out, scale: ad.scale, experts });
     }
     set_adapters(model, &BTreeMap::new());
     Ok(LoadedAdapter { dir: dir.to_path_buf(), config, modules })
@@ -221,6 +239,12 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
         let present: Vec<(&LoraPair, f64)> =
             adapters.iter().zip(&plan.weights).filter_map(|(a, w)| a.modules.get(m).map(|p| (p, *w))).collect();
         let (p0, _) = present[0];
+        if p0.experts > 1 && adapters.len() > 1 {
+            // PEFT's add_weighted_adapter does not combine target_parameters adapters either.
+            return Err(ModelError::Other(format!(
+                "`{m}`: adapters with LoRA on the experts (target_parameters) merge one at a time, not combined"
+            )));
+        }
         if adapters.len() == 1 {
             // PEFT's single-adapter case reduces to `w·s·B·A`; keep the factors as they are.
             let (p, w) = present[0];
@@ -241,7 +265,7 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
                     }
                     col += p.r;
                 }
-                LoraPair { a, b, r, inp: p0.inp, out: p0.out, scale: 1.0 }
+                LoraPair { a, b, r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1 }
             }
             method => {
                 let ws: Vec<f64> = present.iter().map(|(p, w)| w * p.scale).collect();
@@ -253,7 +277,7 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
                 let density = plan.density.unwrap_or(1.0);
                 let a = combine_tensors(method, &a_s, &wa, density, &mut rng);
                 let b = combine_tensors(method, &b_s, &wb, density, &mut rng);
-                LoraPair { a, b, r: p0.r, inp: p0.inp, out: p0.out, scale: 1.0 }
+                LoraPair { a, b, r: p0.r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1 }
             }
         };
         out.insert(m.clone(), pair);
@@ -349,7 +373,8 @@ impl std::str::FromStr for BaseKind {
 }
 
 /// Maps checkpoint tensor names to PEFT module paths (`model.layers.3.mlp.up_proj.weight` →
-/// `layers.3.mlp.up_proj`), for the text model's decoder projections only.
+/// `layers.3.mlp.up_proj`), for the text model's decoder projections and Gemma 4's expert stacks
+/// (`model.layers.3.experts.gate_up_proj` → `layers.3.experts.base_layer`, `…down_proj` → `layers.3.experts`).
 pub fn projection_names(src: &dyn WeightSource) -> BTreeMap<String, String> {
     const PREFIXES: [&str; 3] = ["model.", "language_model.model.", "model.language_model."];
     let names = src.names();
@@ -361,7 +386,19 @@ pub fn projection_names(src: &dyn WeightSource) -> BTreeMap<String, String> {
     names
         .into_iter()
         .filter_map(|n| {
-            let rel = n.strip_prefix(prefix)?.strip_suffix(".weight")?;
+            let rel = n.strip_prefix(prefix)?;
+            if let Some(layer) = rel.strip_prefix("layers.") {
+                let (i, param) = layer.split_once('.')?;
+                let module = match param {
+                    "experts.gate_up_proj" => Some(crate::gemma::model::EXPERTS_GATE_UP),
+                    "experts.down_proj" => Some(crate::gemma::model::EXPERTS_DOWN),
+                    _ => None,
+                };
+                if let (Some(m), true) = (module, i.parse::<usize>().is_ok()) {
+                    return Some((n.clone(), format!("layers.{i}.{m}")));
+                }
+            }
+            let rel = rel.strip_suffix(".weight")?;
             let mut parts = rel.split('.');
             let ok = parts.next() == Some("layers")
                 && parts.next().is_some_and(|i| i.parse::<usize>().is_ok())
@@ -391,8 +428,11 @@ impl<'a> BaseView<'a> {
     /// The tensor before rounding: the projection NF4-round-tripped when the base is `Dequantized`.
     fn base_tensor(&self, name: &str) -> Result<HostTensor> {
         let t = self.src.get(name)?;
-        if self.base == BaseKind::Dequantized && self.projections.contains_key(name) && t.shape.len() == 2 {
-            let w = crate::quant::Nf4Weight::quantize(&t.data, [t.shape[0], t.shape[1]]).dequantize();
+        if self.base == BaseKind::Dequantized && self.projections.contains_key(name) && t.shape.len() >= 2 {
+            // Per matrix: the experts of a 3-D stack are quantized one by one, as loading does.
+            let [o, i] = [t.shape[t.shape.len() - 2], t.shape[t.shape.len() - 1]];
+            let w =
+                t.data.chunks(o * i).flat_map(|m| crate::quant::Nf4Weight::quantize(m, [o, i]).dequantize()).collect();
             return Ok(HostTensor::new(t.shape, w));
         }
         Ok(t)
@@ -402,11 +442,12 @@ impl<'a> BaseView<'a> {
     pub fn merged(&self, name: &str, pairs: &BTreeMap<String, LoraPair>) -> Result<HostTensor> {
         let mut t = self.base_tensor(name)?;
         if let Some(p) = self.projections.get(name).and_then(|m| pairs.get(m)) {
-            if t.shape != [p.out, p.inp] {
+            let expected = if p.experts > 1 { vec![p.experts, p.out, p.inp] } else { vec![p.out, p.inp] };
+            if t.shape != expected {
                 return Err(ModelError::Shape {
                     path: self.src.path().to_path_buf(),
                     name: name.into(),
-                    expected: vec![p.out, p.inp],
+                    expected,
                     actual: t.shape,
                 });
             }
@@ -447,7 +488,7 @@ mod tests {
     fn pair(r: usize, inp: usize, out: usize, seed: u64, scale: f64) -> LoraPair {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut v = |n: usize| (0..n).map(|_| rng.random::<f32>() - 0.5).collect::<Vec<_>>();
-        LoraPair { a: v(r * inp), b: v(out * r), r, inp, out, scale }
+        LoraPair { a: v(r * inp), b: v(out * r), r, inp, out, scale, experts: 1 }
     }
 
     fn adapter(r: usize, seed: u64, scale: f64) -> LoadedAdapter {
@@ -493,6 +534,15 @@ mod tests {
         assert!((kept - 0.5).abs() < 0.02, "kept {kept}");
         let mean = |v: &[f32]| v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
         assert!((mean(&p) / mean(&t) - 1.0).abs() < 0.03);
+    }
+
+    /// An expert stack's ΔW by hand, in PEFT's ParamWrapper layout (`einsum("o r e, e r i -> e o i")`): two
+    /// experts, rank 1, A rows per expert, B columns interleaved by expert.
+    #[test]
+    fn expert_delta_follows_peft_layout() {
+        let p =
+            LoraPair { a: vec![1.0, 2.0, 3.0, 4.0], b: vec![5.0, 7.0], r: 2, inp: 2, out: 1, scale: 0.5, experts: 2 };
+        assert_eq!(p.delta(), vec![2.5, 5.0, 10.5, 14.0]);
     }
 
     /// ties by hand on three entries.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use lapidary_data::RowFormat;
 use lapidary_model::nn::lora::TARGETS;
+use lapidary_model::peft::adapter::EXPERT_PARAMETERS;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -75,6 +76,9 @@ pub struct LoraSection {
     pub alpha: f64,
     pub dropout: f64,
     pub targets: Vec<String>,
+    /// PEFT's `target_parameters`: LoRA on a Gemma 4 MoE's routed experts (`experts.gate_up_proj`,
+    /// `experts.down_proj`); needs `dropout = 0`, as in PEFT.
+    pub target_parameters: Vec<String>,
     pub rslora: bool,
 }
 
@@ -85,6 +89,7 @@ impl Default for LoraSection {
             alpha: 32.0,
             dropout: 0.05,
             targets: TARGETS.iter().map(|s| s.to_string()).collect(),
+            target_parameters: Vec::new(),
             rslora: false,
         }
     }
@@ -317,6 +322,21 @@ impl Recipe {
             if !TARGETS.contains(&tgt.as_str()) {
                 bail!("lora.targets: unknown projection `{tgt}` (expected some of {})", TARGETS.join(", "));
             }
+        }
+        for p in &l.target_parameters {
+            if !EXPERT_PARAMETERS.contains(&p.as_str()) {
+                bail!(
+                    "lora.target_parameters: unknown parameter `{p}` (expected some of {})",
+                    EXPERT_PARAMETERS.join(", ")
+                );
+            }
+        }
+        if !l.target_parameters.is_empty() && l.dropout != 0.0 {
+            bail!(
+                "lora.target_parameters needs lora.dropout = 0 (LoRA on a parameter is merged into the weight per \
+                 forward, where dropout cannot apply; PEFT refuses it too), got {}",
+                l.dropout
+            );
         }
         if d.max_seq_len < 2 {
             bail!("data.max_seq_len must be at least 2, got {}", d.max_seq_len);

@@ -111,7 +111,8 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
         &l.targets,
         l.rslora,
         Some(recipe.model.path.display().to_string()),
-    );
+    )
+    .with_target_parameters(&l.target_parameters);
     init_lora(&mut model, &adapter_cfg, t.seed)?;
     let params = Params::read(&mut model);
     let opt_cfg =
