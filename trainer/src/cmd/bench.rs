@@ -25,8 +25,8 @@ use crate::train::step::train_step;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A published shape with random weights (gemma-2b, gemma-7b, gemma2-2b, gemma3-270m, gemma3-1b), or a
-    /// model directory / .gguf file.
+    /// A published shape with random weights (gemma-2b, gemma-7b, gemma2-2b, gemma3-270m, gemma3-1b,
+    /// gemma4-e2b, gemma4-e4b, gemma4-26b-a4b, gemma4-31b), or a model directory / .gguf file.
     #[arg(long)]
     pub model: String,
     #[arg(long, default_value_t = 256)]
