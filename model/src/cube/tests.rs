@@ -124,7 +124,9 @@ fn logits_and_loss_equal_cpu_on_the_fixtures() {
     if !adapter() {
         return;
     }
-    for arch in ["gemma1", "gemma2", "gemma3"] {
+    // Gemma 4: global layers of head_dim 32 beside sliding ones of 16, shared keys/values, per-layer inputs;
+    // the MoE one's router and expert products.
+    for arch in ["gemma1", "gemma2", "gemma3", "gemma4", "gemma4_moe"] {
         for quant in [QuantKind::None, QuantKind::Nf4, QuantKind::Int8] {
             let (gl, gn) = logits_and_nll::<WgpuGpu>(arch, quant);
             let (cl, cn) = logits_and_nll::<FlexCpu>(arch, quant);
@@ -146,7 +148,11 @@ fn lora_gradients<B: GemmaBackend>(arch: &str) -> (f32, LoraGrads) {
     let mut model =
         load_gemma::<Autodiff<B>>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device).expect("load");
     let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
-    init_lora(&mut model, &AdapterConfig::new(4, 8.0, 0.0, &targets, false, None), 3).expect("lora");
+    let mut cfg = AdapterConfig::new(4, 8.0, 0.0, &targets, false, None);
+    if model.config.moe.is_some() {
+        cfg = cfg.with_target_parameters(&crate::peft::adapter::EXPERT_PARAMETERS.map(String::from));
+    }
+    init_lora(&mut model, &cfg, 3).expect("lora");
     // A and B set by hand (the random init draws from each backend's generator), B nonzero so that A has a
     // gradient too.
     for (k, (_, l)) in linears_mut(&mut model).into_iter().enumerate() {
@@ -178,7 +184,7 @@ fn lora_gradients_equal_cpu_on_the_fixtures() {
     if !adapter() {
         return;
     }
-    for arch in ["gemma1", "gemma2", "gemma3"] {
+    for arch in ["gemma1", "gemma2", "gemma3", "gemma4", "gemma4_moe"] {
         let (gn, gg) = lora_gradients::<WgpuGpu>(arch);
         let (cn, cg) = lora_gradients::<FlexCpu>(arch);
         assert!((gn - cn).abs() <= 1e-5 * cn.abs(), "{arch}: NLL {gn} on wgpu vs {cn} on CPU");

@@ -347,7 +347,7 @@ impl<B: GemmaBackend> Gemma<B> {
             FrozenLinear::Packed(_) => {}
         };
         if let Some(p) = self.per_layer.as_mut() {
-            p.table = p.table.clone().with_dtype(dt);
+            // The per-layer table keeps its storage (bf16 where exact): its rows are cast as looked up.
             cast_base(&mut p.projection);
         }
         for l in self.layers.iter_mut() {

@@ -34,7 +34,7 @@ pub struct PerLayerBlock<B: GemmaBackend> {
     pub norm: RmsNorm<B>,
 }
 
-/// transformers multiplies by its scale cast to the table's dtype (as for the main embedding).
+/// transformers multiplies by its scale cast to the activations' dtype (as for the main embedding).
 fn scale_in(x: f32, dtype: DType) -> f32 {
     match dtype {
         DType::BF16 => half::bf16::from_f32(x).to_f32(),
@@ -48,12 +48,16 @@ impl<B: GemmaBackend> PerLayerEmbedding<B> {
     pub fn inputs(&self, ids: &[u32], embeds: Tensor<B, 3>, device: &B::Device, rt: &LoraRuntime) -> Tensor<B, 4> {
         let [b, s, h] = embeds.dims();
         let (l, p) = (self.layers, self.dim);
-        let scale = scale_in((p as f32).sqrt(), self.table.dtype());
-        let tokens = (self.table.lookup(ids, device) * scale).reshape([b, s, l, p]);
+        // The table may be stored narrower than the compute dtype (bf16 where its values are bf16, as published
+        // checkpoints hold them): rows are cast as they are looked up, then scaled as transformers scales them
+        // in the compute dtype.
+        let dt = embeds.dtype();
+        let scale = scale_in((p as f32).sqrt(), dt);
+        let tokens = (crate::dtype::cast(self.table.lookup(ids, device), dt) * scale).reshape([b, s, l, p]);
         let projected = self.projection.forward(embeds, rt) * (h as f64).powf(-0.5);
         let projected = self.norm.forward(projected.reshape([b, s, l, p]));
-        let dt = projected.dtype();
-        (projected + crate::dtype::cast(tokens, dt)) * std::f64::consts::FRAC_1_SQRT_2
+        let pd = projected.dtype();
+        (projected + crate::dtype::cast(tokens, pd)) * std::f64::consts::FRAC_1_SQRT_2
     }
 }
 

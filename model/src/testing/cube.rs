@@ -62,8 +62,10 @@ type AttnCase = (usize, usize, usize, usize, usize, usize, Option<usize>, Option
 /// Grouped queries, softcapping, a sliding window, packed segments (70 tokens each, positions restarting),
 /// queries after cached keys, a single query; one with `kv heads · rep · queries` rows of 600 (the shape of
 /// Burn's wgpu product bug, `super::product`).
-const ATTN_CASES: [AttnCase; 5] = [
+const ATTN_CASES: [AttnCase; 6] = [
     (2, 300, 300, 4, 2, 16, None, None, false),
+    // Gemma 4's global layers: head_dim 512.
+    (1, 70, 70, 4, 1, 512, None, None, false),
     (1, 300, 300, 4, 1, 8, Some(37), Some(5.0), false),
     (2, 210, 210, 2, 2, 8, None, None, true),
     (2, 3, 260, 4, 2, 8, None, Some(5.0), false),
@@ -126,6 +128,9 @@ pub fn attention_equals_cpu<B: GemmaBackend>(tol: f32, dtype: DType) -> Result<(
                 None => attention_on::<B>(&data, &spec, dtype),
                 Some(c) => crate::cube::attention::with_query_chunk(c, || attention_on::<B>(&data, &spec, dtype)),
             };
+            // Each score sums d products in an order of its own on either side: the rounding difference grows
+            // with d (5.7e-5 of the scale at d = 512 against < 1e-5 at d <= 64 on lavapipe).
+            let tol = tol * (d as f32 / 64.0).max(1.0);
             for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
                 let err = scaled_err(&got[i], &want[i]);
                 if err.is_nan() || err >= tol {
