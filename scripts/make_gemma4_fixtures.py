@@ -171,40 +171,74 @@ def nf4_model(model_dir, rel):
     return m, names
 
 
-def main():
-    mf.seed_all(mf.SEED)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(mf.TINY))
+def build(tok, name, idx, cfg, embed_std, **load_kw):
+    """Saves the random model, then records from the checkpoint as saved: logits of two random rows (and the
+    same model's in f64), the eval rows' loss and cached greedy decoding. Returns (dir, model, report, input_ids,
+    logits, rows, loss)."""
     vocab = len(tok)
-    d = mf.TINY / NAME
+    d = mf.TINY / name
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    cfg = gemma4_config()
-    assert cfg.kv_sharing_modes == [None, None, "store", "store", "reuse", "reuse"], cfg.kv_sharing_modes
-    mf.seed_all(mf.SEED + 100 * IDX)
+    mf.seed_all(mf.SEED + 100 * idx)
     model = Gemma4ForCausalLM(cfg).eval()
-    randomize(model, cfg.initializer_range, EMBED_STD, mf.SEED + 100 * IDX + 1)
+    randomize(model, cfg.initializer_range, embed_std, mf.SEED + 100 * idx + 1)
     model.save_pretrained(str(d), safe_serialization=True)
     for f in mf.TOK_FILES:
         shutil.copy(mf.TINY / f, d / f)
     del model
-
-    model = mf.load(d)
+    model = mf.load(d, **load_kw)
     # What `lapidary inspect` reports as the total (parameters only: layer_scalar is a buffer).
-    report = {"model": NAME, "saved_dtype": "float32", "num_parameters": sum(p.numel() for p in model.parameters())}
-    g = torch.Generator().manual_seed(mf.SEED + 100 * IDX + 2)
+    report = {"model": name, "saved_dtype": "float32", "num_parameters": sum(p.numel() for p in model.parameters())}
+    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 2)
     input_ids = torch.randint(4, vocab, (2, 20), generator=g, dtype=torch.long)
+    # The same model in f64: on the dense fixture (scores up to ~30 with Gemma 4's unit attention scale) f32
+    # rounding alone moves transformers' logits by ~2e-5 of their scale, so the tests can tell noise from error.
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits.float().contiguous()
-    assert logits.shape == (2, 20, vocab)
-    # The same model in f64: on this fixture (scores up to ~30 with Gemma 4's unit attention scale) f32 rounding
-    # alone moves transformers' logits by ~2e-5 of their scale, so the tests can tell noise from error.
-    m64 = mf.load(d).double()
-    with torch.no_grad():
+        m64 = mf.load(d, **load_kw).double()
         logits64 = m64(input_ids=input_ids).logits.contiguous()
-    del m64
+        del m64
+    assert logits.shape == (2, 20, vocab)
     save_file({"input_ids": input_ids, "logits": logits, "logits_f64": logits64}, str(d / "reference.safetensors"))
+    rows, jsonl, text_ids = mf.eval_rows(tok, vocab)
+    with open(d / "eval.jsonl", "w", encoding="utf-8") as f:
+        for row in jsonl:
+            f.write(mf.json.dumps(row, ensure_ascii=False) + "\n")
+    loss, ntok = mf.eval_loss(model, rows)
+    report.update({"eval_loss": loss, "eval_tokens": ntok, "eval_examples": len(rows), "text_ids": text_ids})
+    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 3)
+    # Longer than the window (6) so that cached decoding crosses it on the sliding and KV-shared layers.
+    prompt = [mf.BOS_ID] + torch.randint(4, vocab, (9,), generator=g).tolist()
+    report["greedy"] = {"prompt_ids": prompt, "new_ids": mf.greedy(model, prompt)}
+    print(f"  {name}: eval_loss {loss:.6f} over {ntok} tokens; greedy {report['greedy']['new_ids']}")
+    return d, model, report, input_ids, logits, rows, loss
 
+
+def peft_adapter(name, idx, lc, rows, base_loss, **load_kw):
+    """A PEFT LoRA adapter (random A and B) saved under NAME/adapter; its loss, checked to survive a reload and to
+    differ from the base's. Runs from tests/fixtures/tiny so PEFT records a relative base path."""
+    rel = Path(name)
+    mf.seed_all(mf.SEED + 100 * idx + 30)
+    pm = get_peft_model(mf.load(rel, **load_kw), lc)
+    mf.randomize_lora(pm, mf.SEED + 100 * idx + 31)
+    pm.eval()
+    pm.save_pretrained(str(rel / "adapter"), safe_serialization=True)
+    loss_a, _ = mf.eval_loss(pm, rows)
+    pm2 = PeftModel.from_pretrained(mf.load(rel, **load_kw), str(rel / "adapter")).eval()
+    loss_b, _ = mf.eval_loss(pm2, rows)
+    assert abs(loss_a - loss_b) < 1e-6, (loss_a, loss_b)
+    assert abs(loss_a - base_loss) > 1e-3, (loss_a, base_loss)
+    tensors = load_file(str(mf.TINY / name / "adapter" / "adapter_model.safetensors"))
+    return loss_a, tensors, pm2
+
+
+def main():
+    mf.seed_all(mf.SEED)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(mf.TINY))
+    cfg = gemma4_config()
+    assert cfg.kv_sharing_modes == [None, None, "store", "store", "reuse", "reuse"], cfg.kv_sharing_modes
+    d, model, report, input_ids, logits, rows, loss = build(tok, NAME, IDX, cfg, EMBED_STD)
     # Each feature must change the logits (else the fixture would not test it).
     sd = model.state_dict()
     for what, kw in [
@@ -226,113 +260,48 @@ def main():
         print(f"  gemma4: without {what} the logits change by {100 * r:.1f}%")
         assert r > 0.01, (what, r)
 
-    rows, jsonl, text_ids = mf.eval_rows(tok, vocab)
-    with open(d / "eval.jsonl", "w", encoding="utf-8") as f:
-        for r in jsonl:
-            f.write(mf.json.dumps(r, ensure_ascii=False) + "\n")
-    loss, ntok = mf.eval_loss(model, rows)
-    report.update({"eval_loss": loss, "eval_tokens": ntok, "eval_examples": len(rows), "text_ids": text_ids})
-    g = torch.Generator().manual_seed(mf.SEED + 100 * IDX + 3)
-    # Longer than the window (6) so that cached decoding crosses it on the sliding and KV-shared layers.
-    prompt = [mf.BOS_ID] + torch.randint(4, vocab, (9,), generator=g).tolist()
-    report["greedy"] = {"prompt_ids": prompt, "new_ids": mf.greedy(model, prompt)}
-    print(f"  gemma4: eval_loss {loss:.6f} over {ntok} tokens; greedy {report['greedy']['new_ids']}")
-
     cwd = os.getcwd()
-    os.chdir(mf.TINY)  # PEFT records a relative base_model_name_or_path
+    os.chdir(mf.TINY)
     try:
         rel = Path(NAME)
         m4, names = nf4_model(rel, rel)
         report["nf4_modules"] = names
         report["eval_loss_nf4"], _ = mf.eval_loss(m4, rows)
         print(f"  gemma4: eval_loss_nf4 {report['eval_loss_nf4']:.6f} ({len(names)} Linear4bit)")
-
-        mf.seed_all(mf.SEED + 100 * IDX + 30)
-        pm = get_peft_model(mf.load(rel), mf.lora_config())
-        mf.randomize_lora(pm, mf.SEED + 100 * IDX + 31)
-        pm.eval()
-        pm.save_pretrained(str(rel / "adapter"), safe_serialization=True)
-        loss_a, _ = mf.eval_loss(pm, rows)
-        pm2 = PeftModel.from_pretrained(mf.load(rel), str(rel / "adapter")).eval()
-        loss_b, _ = mf.eval_loss(pm2, rows)
-        assert abs(loss_a - loss_b) < 1e-6, (loss_a, loss_b)
-        assert abs(loss_a - loss) > 1e-3, (loss_a, loss)
+        loss_a, tensors, _ = peft_adapter(NAME, IDX, mf.lora_config(), rows, loss)
         report["eval_loss_adapter"] = loss_a
-        keys = sorted(load_file(str(d / "adapter" / "adapter_model.safetensors")).keys())
-        report["adapter_num_tensors"] = len(keys)
-        report["adapter_modules"] = sorted({k.split(".lora_")[0] for k in keys})
-        print(f"  gemma4: eval_loss_adapter {loss_a:.6f} ({len(keys)} tensors)")
+        report["adapter_num_tensors"] = len(tensors)
+        report["adapter_modules"] = sorted({k.split(".lora_")[0] for k in tensors})
+        print(f"  gemma4: eval_loss_adapter {loss_a:.6f} ({len(tensors)} tensors)")
     finally:
         os.chdir(cwd)
     mf.write_json(d / "reference.json", report)
-    build_moe(tok, vocab)
+    build_moe(tok)
     print("done")
 
 
-def build_moe(tok, vocab):
+def build_moe(tok):
     """The MoE fixture: logits, eval loss, cached greedy, and a PEFT adapter with LoRA on the seven projections and
     on the routed experts (`target_parameters`), with its loss."""
-    name, idx = "gemma4_moe", IDX + 1
-    d = mf.TINY / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    cfg = gemma4_moe_config()
-    mf.seed_all(mf.SEED + 100 * idx)
-    model = Gemma4ForCausalLM(cfg).eval()
-    randomize(model, cfg.initializer_range, MOE_EMBED_STD, mf.SEED + 100 * idx + 1)
-    model.save_pretrained(str(d), safe_serialization=True)
-    for f in mf.TOK_FILES:
-        shutil.copy(mf.TINY / f, d / f)
-    del model
-    model = mf.load(d, experts_implementation="eager")
-    report = {"model": name, "saved_dtype": "float32", "num_parameters": sum(p.numel() for p in model.parameters())}
-    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 2)
-    input_ids = torch.randint(4, vocab, (2, 20), generator=g, dtype=torch.long)
-    with torch.no_grad():
-        logits = model(input_ids=input_ids).logits.float().contiguous()
-        m64 = mf.load(d, experts_implementation="eager").double()
-        logits64 = m64(input_ids=input_ids).logits.contiguous()
-        del m64
-    save_file({"input_ids": input_ids, "logits": logits, "logits_f64": logits64}, str(d / "reference.safetensors"))
+    name, idx, eager = "gemma4_moe", IDX + 1, {"experts_implementation": "eager"}
+    d, model, report, input_ids, logits, rows, loss = build(tok, name, idx, gemma4_moe_config(), MOE_EMBED_STD, **eager)
     # The experts must matter.
-    m2 = mf.load(d, experts_implementation="eager")
+    m2 = mf.load(d, **eager)
     with torch.no_grad():
         for layer in m2.model.layers:
             layer.experts.down_proj.zero_()
         r = mf.rel_diff(logits, m2(input_ids=input_ids).logits)
     print(f"  gemma4_moe: without the experts the logits change by {100 * r:.1f}%")
     assert r > 0.01, r
-    rows, jsonl, text_ids = mf.eval_rows(tok, vocab)
-    with open(d / "eval.jsonl", "w", encoding="utf-8") as f:
-        for row in jsonl:
-            f.write(mf.json.dumps(row, ensure_ascii=False) + "\n")
-    loss, ntok = mf.eval_loss(model, rows)
-    report.update({"eval_loss": loss, "eval_tokens": ntok, "eval_examples": len(rows), "text_ids": text_ids})
-    g = torch.Generator().manual_seed(mf.SEED + 100 * idx + 3)
-    prompt = [mf.BOS_ID] + torch.randint(4, vocab, (9,), generator=g).tolist()
-    report["greedy"] = {"prompt_ids": prompt, "new_ids": mf.greedy(model, prompt)}
-    print(f"  gemma4_moe: eval_loss {loss:.6f} over {ntok} tokens; greedy {report['greedy']['new_ids']}")
     cwd = os.getcwd()
     os.chdir(mf.TINY)
     try:
-        rel = Path(name)
-        mf.seed_all(mf.SEED + 100 * idx + 30)
         lc = mf.lora_config()
         lc.target_parameters = ["experts.gate_up_proj", "experts.down_proj"]
-        pm = get_peft_model(mf.load(rel, experts_implementation="eager"), lc)
-        mf.randomize_lora(pm, mf.SEED + 100 * idx + 31)
-        pm.eval()
-        pm.save_pretrained(str(rel / "adapter"), safe_serialization=True)
-        loss_a, _ = mf.eval_loss(pm, rows)
-        pm2 = PeftModel.from_pretrained(mf.load(rel, experts_implementation="eager"), str(rel / "adapter")).eval()
-        loss_b, _ = mf.eval_loss(pm2, rows)
-        assert abs(loss_a - loss_b) < 1e-6, (loss_a, loss_b)
-        assert abs(loss_a - loss) > 1e-3, (loss_a, loss)
+        loss_a, tensors, pm2 = peft_adapter(name, idx, lc, rows, loss, **eager)
         report["eval_loss_adapter"] = loss_a
-        keys = sorted(load_file(str(d / "adapter" / "adapter_model.safetensors")).keys())
-        report["adapter_num_tensors"] = len(keys)
-        report["adapter_expert_keys"] = [(k, list(v.shape)) for k, v in sorted(load_file(str(d / "adapter" / "adapter_model.safetensors")).items()) if "experts" in k and ".layers.0." in k]
+        report["adapter_num_tensors"] = len(tensors)
+        report["adapter_expert_keys"] = [(k, list(v.shape)) for k, v in sorted(tensors.items()) if "experts" in k and ".layers.0." in k]
         # The expert LoRA alone must matter too.
         with torch.no_grad():
             for n, p in pm2.named_parameters():
@@ -340,7 +309,7 @@ def build_moe(tok, vocab):
                     p.zero_()
         report["eval_loss_adapter_without_experts"], _ = mf.eval_loss(pm2, rows)
         assert abs(report["eval_loss_adapter_without_experts"] - loss_a) > 1e-4
-        print(f"  gemma4_moe: eval_loss_adapter {loss_a:.6f} ({len(keys)} tensors), expert keys {report['adapter_expert_keys']}")
+        print(f"  gemma4_moe: eval_loss_adapter {loss_a:.6f} ({len(tensors)} tensors), expert keys {report['adapter_expert_keys']}")
     finally:
         os.chdir(cwd)
     mf.write_json(d / "reference.json", report)

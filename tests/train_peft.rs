@@ -1,18 +1,14 @@
 //! An adapter written by `lapidary train` means the same to PEFT as to us: `PeftModel.from_pretrained` on the
-//! transformers model (scripts/check_peft.py, result committed in tests/fixtures/train/peft_check.json) gives
+//! transformers model (scripts/check_peft.py, result committed in tests/fixtures/train/peft_check*.json) gives
 //! the loss `lapidary eval --adapter` gives.
 mod common;
 
 use common::*;
 
-#[test]
-fn peft_loads_our_adapter_with_the_same_loss() {
-    let check = read_json(&fixture("train/peft_check.json"));
-    let want = check["eval_loss_peft"].as_f64().unwrap();
-    assert_eq!(check["lora_parameters"], 6 * 7 * 2, "PEFT picked up every lapidary tensor");
-    let model = fixture("tiny/gemma3");
-    let adapter = fixture("train/adapter");
-    let data = fixture("tiny/gemma3/eval.jsonl");
+/// `lapidary eval --adapter` on the check's model and data gives PEFT's loss, and the adapter matters.
+fn assert_eval_equals_peft(check: &serde_json::Value, model: &str, adapter: &str) {
+    let (model, adapter) = (fixture(model), fixture(adapter));
+    let data = model.join("eval.jsonl");
     let got = lapidary_json(&[
         "eval",
         "--model",
@@ -25,9 +21,17 @@ fn peft_loads_our_adapter_with_the_same_loss() {
     ]);
     assert_eq!(got["tokens"], check["eval_tokens"]);
     let loss = got["loss"].as_f64().unwrap();
+    let want = check["eval_loss_peft"].as_f64().unwrap();
     assert!(rel(loss, want) < 1e-4, "lapidary eval {loss} vs PEFT {want}");
-    // And the adapter matters: the base alone is far off.
+    // The base alone is far off.
     assert!((loss - check["eval_loss_base"].as_f64().unwrap()).abs() > 1e-3);
+}
+
+#[test]
+fn peft_loads_our_adapter_with_the_same_loss() {
+    let check = read_json(&fixture("train/peft_check.json"));
+    assert_eq!(check["lora_parameters"], 6 * 7 * 2, "PEFT picked up every lapidary tensor");
+    assert_eval_equals_peft(&check, "tiny/gemma3", "train/adapter");
 }
 
 /// The same for an adapter trained on the tiny Gemma 4 mixture-of-experts fixture with LoRA on its routed
@@ -44,21 +48,5 @@ fn peft_loads_our_expert_lora_with_the_same_loss() {
     for key in ["experts.base_layer.lora_A", "experts.base_layer.lora_B", "experts.lora_A", "experts.lora_B"] {
         assert!(names.iter().any(|n| n.contains(&format!(".{key}."))), "no {key} tensor in {names:?}");
     }
-    let model = fixture("tiny/gemma4_moe");
-    let data = fixture("tiny/gemma4_moe/eval.jsonl");
-    let got = lapidary_json(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(got["tokens"], check["eval_tokens"]);
-    let loss = got["loss"].as_f64().unwrap();
-    let want = check["eval_loss_peft"].as_f64().unwrap();
-    assert!(rel(loss, want) < 1e-4, "lapidary eval {loss} vs PEFT {want}");
-    assert!((loss - check["eval_loss_base"].as_f64().unwrap()).abs() > 1e-3);
+    assert_eval_equals_peft(&check, "tiny/gemma4_moe", "train/adapter_gemma4_moe");
 }
