@@ -589,7 +589,7 @@ fn read_gemma4_layers(
         }
     }
     for (i, s) in specs.iter().enumerate() {
-        if s.kv_heads == 0 || heads % s.kv_heads != 0 || s.head_dim == 0 || s.head_dim % 2 != 0 {
+        if s.kv_heads == 0 || !heads.is_multiple_of(s.kv_heads) || s.head_dim == 0 || !s.head_dim.is_multiple_of(2) {
             return Err(r.err(
                 "per_layer_config",
                 format!(

@@ -91,11 +91,17 @@ impl TokenBatch {
 /// layer, Gemma 4's per-layer inputs, and the keys and values (with the keys' positions) of the layers whose
 /// keys and values later layers reuse.
 pub struct LayerContext<B: GemmaBackend> {
-    ropes: Vec<((LayerType, usize), Rc<RopeTables<B>>)>,
+    /// Keyed by layer type and head_dim (Gemma 4's global layers have their own).
+    ropes: Vec<(RopeKey, Rc<RopeTables<B>>)>,
     masks: Vec<(Option<usize>, Arc<AttnMask>)>,
     per_layer: Option<Tensor<B, 4>>,
-    shared: Vec<Option<(KeysValues<B>, Option<Span>)>>,
+    shared: Vec<Option<SharedKv<B>>>,
 }
+
+type RopeKey = (LayerType, usize);
+
+/// A reused layer's keys and values, with the keys' positions when they come from a cache.
+type SharedKv<B> = (KeysValues<B>, Option<Span>);
 
 impl<B: GemmaBackend> Default for LayerContext<B> {
     fn default() -> Self {
@@ -158,7 +164,7 @@ impl<B: GemmaBackend> LayerContext<B> {
         self.shared[layer] = Some((kv, span));
     }
 
-    fn shared_entry(&self, layer: usize) -> (KeysValues<B>, Option<Span>) {
+    fn shared_entry(&self, layer: usize) -> SharedKv<B> {
         self.shared.get(layer).and_then(|e| e.clone()).expect("a KV-sharing layer runs after the layer it reuses")
     }
 }
@@ -229,13 +235,13 @@ impl<B: GemmaBackend> Gemma<B> {
     pub fn forward_hidden(
         &self,
         tokens: &TokenBatch,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         rt: &LoraRuntime,
     ) -> Tensor<B, 3> {
         let cfg = &self.config;
         let mut x = self.embed(tokens);
         let mut ctx = LayerContext::new();
-        let Some(c) = cache.as_deref_mut() else {
+        let Some(c) = cache else {
             for i in 0..self.layers.len() {
                 x = self.forward_layer(i, x, tokens, &mut ctx, rt);
             }
