@@ -51,6 +51,49 @@ fn unknown_model_type() {
     assert!(err.contains("model_type") && err.contains("llama") && err.contains("config.json"), "{err}");
 }
 
+/// A Gemma 4 config with a setting we do not implement (a future key, an unknown per-layer override, an
+/// incomplete MoE) is an error naming the key and the file, not a silently different model; the same key set
+/// to null / false is accepted.
+#[test]
+fn gemma4_settings_we_do_not_implement() {
+    let data = fixture("tiny/gemma4/eval.jsonl");
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        copy_dir(&fixture("tiny/gemma4"), &dir);
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        f(&mut cfg);
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        (tmp, dir)
+    };
+    for (what, change, key) in [
+        (
+            "a future setting",
+            &(|c: &mut serde_json::Value| c["use_future_routing"] = true.into()) as &dyn Fn(&mut _),
+            "use_future_routing",
+        ),
+        (
+            "an unknown per-layer override",
+            &|c: &mut serde_json::Value| c["per_layer_config"]["2"]["window"] = 8.into(),
+            "per_layer_config.2.window",
+        ),
+        ("MoE without its sizes", &|c: &mut serde_json::Value| c["enable_moe_block"] = true.into(), "num_experts"),
+        (
+            "bidirectional text",
+            &|c: &mut serde_json::Value| c["use_bidirectional_attention"] = "all".into(),
+            "use_bidirectional_attention",
+        ),
+    ] {
+        let (_tmp, dir) = edit(change);
+        let err = lapidary_fails(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+        assert!(err.contains(key) && err.contains("config.json"), "{what}: {err}");
+    }
+    let (_tmp, dir) = edit(&|c| c["use_future_routing"] = serde_json::Value::Null);
+    let ok = lapidary(&eval_args(dir.to_str().unwrap(), data.to_str().unwrap()));
+    assert!(ok.status.success(), "a null unknown key: {}", String::from_utf8_lossy(&ok.stderr));
+}
+
 #[test]
 fn truncated_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
