@@ -65,6 +65,25 @@ impl<'a> Names<'a> {
         Ok(w)
     }
 
+    /// A 3-D expert stack in the file's own ggml blocks, one `[out, in]` weight per expert (`--quant gguf`).
+    fn ggml_experts(&self, rel: &str, expected: [usize; 3]) -> Result<Vec<GgmlWeight>> {
+        let name = format!("{}{rel}", self.prefix);
+        let Some(each) = self.src.ggml_experts(&name)? else {
+            return Err(ModelError::format(
+                self.src.path(),
+                format!("`{name}` is not stored in GGUF blocks: --quant gguf needs a .gguf model (use --quant nf4)"),
+            ));
+        };
+        let [experts, out, inp] = expected;
+        let shape = |w: &GgmlWeight| vec![w.shape[0], w.shape[1]];
+        let actual = match each.first() {
+            Some(w) if each.iter().all(|x| x.shape == w.shape) => [vec![each.len()], shape(w)].concat(),
+            _ => vec![each.len()],
+        };
+        self.check_shape(name, &[experts, out, inp], actual)?;
+        Ok(each)
+    }
+
     fn check_shape(&self, name: String, expected: &[usize], actual: Vec<usize>) -> Result<()> {
         if actual != expected {
             let path = self.src.path().to_path_buf();
@@ -201,18 +220,20 @@ pub fn load_gemma<B: GemmaBackend>(
             Some(m) => {
                 let stack = |param: &str, out: usize, inp: usize| -> Result<LoraLinear<B>> {
                     let rel = format!("layers.{i}.experts.{param}");
-                    if matches!(quant, QuantKind::Gguf) {
-                        return Err(ModelError::format(
-                            src.path(),
-                            format!("`{rel}`: GGUF expert blocks are not supported yet (use --quant nf4 or none)"),
-                        ));
-                    }
-                    let t = names.get(&rel, &[m.experts, out, inp])?;
-                    let each: Vec<FrozenLinear<B>> = t
-                        .data
-                        .chunks(out * inp)
-                        .map(|w| FrozenLinear::new(w.to_vec(), [out, inp], quant, device))
-                        .collect();
+                    let each: Vec<FrozenLinear<B>> = if matches!(quant, QuantKind::Gguf) {
+                        // Each expert's rows of the file's 3-D tensor, in its own blocks.
+                        names
+                            .ggml_experts(&rel, [m.experts, out, inp])?
+                            .into_iter()
+                            .map(|w| FrozenLinear::Packed(Arc::new(PackedWeight::Ggml(w))))
+                            .collect()
+                    } else {
+                        let t = names.get(&rel, &[m.experts, out, inp])?;
+                        t.data
+                            .chunks(out * inp)
+                            .map(|w| FrozenLinear::new(w.to_vec(), [out, inp], quant, device))
+                            .collect()
+                    };
                     Ok(LoraLinear::frozen(
                         FrozenLinear::Experts(Arc::new(each)),
                         linear_key(i, &format!("experts.{param}")),

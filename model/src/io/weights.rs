@@ -36,4 +36,11 @@ pub trait WeightSource {
         let _ = name;
         Ok(None)
     }
+    /// A 3-D `[experts, out, in]` tensor (Gemma 4's `experts.gate_up_proj` / `down_proj`) as one `[out, in]`
+    /// weight per expert in the blocks a GGUF file stores it in, for `--quant gguf`; `None` where the source
+    /// keeps no such blocks.
+    fn ggml_experts(&self, name: &str) -> Result<Option<Vec<GgmlWeight>>> {
+        let _ = name;
+        Ok(None)
+    }
 }

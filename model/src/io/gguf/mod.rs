@@ -1,7 +1,9 @@
 //! GGUF, the file format of llama.cpp / ggml: the container (`file`), a Gemma GGUF seen as a checkpoint under
-//! transformers' names (`model`) and the tokenizer transformers builds from its metadata (`tokenizer`).
+//! transformers' names (`model`; Gemma 4's metadata in `gemma4`) and the tokenizer transformers builds from
+//! its metadata (`tokenizer`).
 //! ggml's block types and their dequantization are storage, in `crate::quant::ggml`.
 pub mod file;
+mod gemma4;
 pub mod model;
 pub mod tokenizer;
 pub mod writer;
@@ -13,3 +15,5 @@ pub use writer::GgufWriter;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_gemma4;

@@ -1,4 +1,5 @@
-//! [`GgufModel`]: a Gemma / Gemma 2 / Gemma 3 GGUF seen as a [`WeightSource`] under Hugging Face names.
+//! [`GgufModel`]: a Gemma / Gemma 2 / Gemma 3 / Gemma 4 GGUF seen as a [`WeightSource`] under Hugging Face
+//! names.
 //!
 //! Conventions checked against llama.cpp's `convert_hf_to_gguf.py` (GemmaModel, Gemma2Model, Gemma3Model),
 //! gguf-py's tensor name map and transformers' GGUF loader (`modeling_gguf_pytorch_utils.py`,
@@ -12,6 +13,16 @@
 //! * Gemma 1's FFN_NORM (`ffn_norm`) is HF `post_attention_layernorm` (the norm before the MLP). For Gemma 2/3,
 //!   `ffn_norm` is `pre_feedforward_layernorm` and HF `post_attention_layernorm` is `post_attention_norm`.
 //! * `token_embd.weight` is stored unscaled (the `sqrt(hidden)` factor is applied in the forward pass in both).
+//!
+//! Gemma 4 (`gemma4`, llama.cpp's `Gemma4Model` converter; its names and metadata are in [`super::gemma4`]):
+//! * No norm shift: Gemma 4's RMSNorm scales by `w` itself (the converter's `norm_shift` is 0).
+//! * Every other tensor is stored as transformers holds it, under gguf-py's names: the per-layer-input table
+//!   unscaled (both scale it by `sqrt(hidden_size_per_layer_input)` in the forward pass), `layer_scalar` as
+//!   `blk.N.layer_output_scale.weight`, the router's `scale` and `per_expert_scale` as
+//!   `blk.N.ffn_gate_inp.scale` / `blk.N.ffn_down_exps.scale`, the experts as 3-D tensors in HF's
+//!   `[experts, out, in]` order (`ffn_gate_up_exps`: each expert's gate rows then its up rows).
+//! * `rope_freqs.weight` is generated (not a weight): it encodes the global layers' partial rotation and is
+//!   read into the config.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -31,6 +42,7 @@ pub enum GemmaArch {
     Gemma,
     Gemma2,
     Gemma3,
+    Gemma4,
 }
 
 impl GemmaArch {
@@ -39,6 +51,7 @@ impl GemmaArch {
             "gemma" => Some(GemmaArch::Gemma),
             "gemma2" => Some(GemmaArch::Gemma2),
             "gemma3" => Some(GemmaArch::Gemma3),
+            "gemma4" => Some(GemmaArch::Gemma4),
             _ => None,
         }
     }
@@ -48,6 +61,7 @@ impl GemmaArch {
             GemmaArch::Gemma => "gemma",
             GemmaArch::Gemma2 => "gemma2",
             GemmaArch::Gemma3 => "gemma3",
+            GemmaArch::Gemma4 => "gemma4",
         }
     }
     /// transformers' `model_type`.
@@ -56,42 +70,54 @@ impl GemmaArch {
             GemmaArch::Gemma => "gemma",
             GemmaArch::Gemma2 => "gemma2",
             GemmaArch::Gemma3 => "gemma3_text",
+            GemmaArch::Gemma4 => "gemma4_text",
         }
     }
-    fn hf_class(self) -> &'static str {
+    pub(super) fn hf_class(self) -> &'static str {
         match self {
             GemmaArch::Gemma => "GemmaForCausalLM",
             GemmaArch::Gemma2 => "Gemma2ForCausalLM",
             GemmaArch::Gemma3 => "Gemma3ForCausalLM",
+            GemmaArch::Gemma4 => "Gemma4ForCausalLM",
         }
+    }
+    /// Whether the converter stores RMSNorm weights as `1 + w` (Gemma 1-3, not Gemma 4).
+    pub fn shifts_norms(self) -> bool {
+        self != GemmaArch::Gemma4
     }
 }
 
+/// Where the values of one HF tensor come from.
 #[derive(Debug, Clone)]
-struct Mapped {
-    gguf: String,
-    /// Subtract [`GGUF_NORM_SHIFT`] after dequantizing.
-    shift: bool,
+pub(super) enum Source {
+    /// One GGUF tensor; `shift`: subtract [`GGUF_NORM_SHIFT`] after dequantizing.
+    Tensor { gguf: String, shift: bool },
+    /// Gemma 4 experts stored as two tensors, `ffn_gate_exps` and `ffn_up_exps` (llama.cpp's loader takes
+    /// them in place of the fused `ffn_gate_up_exps`): HF's `experts.gate_up_proj` holds each expert's gate
+    /// rows, then its up rows.
+    GateUp { gate: String, up: String },
+    /// A Gemma 4 `layer_scalar` the file does not store: llama.cpp's `layer_output_scale` is optional and a
+    /// layer without one is not scaled, i.e. scaled by 1.
+    One,
 }
 
 /// The HF name of a GGUF tensor for this architecture, and whether it is a shifted RMSNorm weight.
 pub fn gguf_to_hf_name(arch: GemmaArch, gguf: &str) -> Option<(String, bool)> {
-    let shift = gguf.ends_with("norm.weight");
-    let direct = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight".to_owned()),
-        "output_norm.weight" => Some("model.norm.weight".to_owned()),
-        "output.weight" => Some("lm_head.weight".to_owned()),
+    let shift = arch.shifts_norms() && gguf.ends_with("norm.weight");
+    let direct = match (gguf, arch) {
+        ("token_embd.weight", _) => Some("model.embed_tokens.weight"),
+        ("output_norm.weight", _) => Some("model.norm.weight"),
+        ("output.weight", _) => Some("lm_head.weight"),
+        ("per_layer_token_embd.weight", GemmaArch::Gemma4) => Some("model.embed_tokens_per_layer.weight"),
+        ("per_layer_model_proj.weight", GemmaArch::Gemma4) => Some("model.per_layer_model_projection.weight"),
+        ("per_layer_proj_norm.weight", GemmaArch::Gemma4) => Some("model.per_layer_projection_norm.weight"),
         _ => None,
     };
     if let Some(n) = direct {
-        return Some((n, shift));
+        return Some((n.to_owned(), shift));
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer_raw, tail) = rest.split_once('.')?;
-    let layer: usize = layer_raw.parse().ok()?;
-    if layer.to_string() != layer_raw {
-        return None; // "01", "+1"...
-    }
+    let (layer, tail) = split_layer(gguf)?;
+    use GemmaArch::*;
     let hf = match (tail, arch) {
         ("attn_q.weight", _) => "self_attn.q_proj.weight",
         ("attn_k.weight", _) => "self_attn.k_proj.weight",
@@ -101,23 +127,47 @@ pub fn gguf_to_hf_name(arch: GemmaArch, gguf: &str) -> Option<(String, bool)> {
         ("ffn_up.weight", _) => "mlp.up_proj.weight",
         ("ffn_down.weight", _) => "mlp.down_proj.weight",
         ("attn_norm.weight", _) => "input_layernorm.weight",
-        ("ffn_norm.weight", GemmaArch::Gemma) => "post_attention_layernorm.weight",
+        ("ffn_norm.weight", Gemma) => "post_attention_layernorm.weight",
         ("ffn_norm.weight", _) => "pre_feedforward_layernorm.weight",
-        ("post_attention_norm.weight", GemmaArch::Gemma2 | GemmaArch::Gemma3) => "post_attention_layernorm.weight",
-        ("post_ffw_norm.weight", GemmaArch::Gemma2 | GemmaArch::Gemma3) => "post_feedforward_layernorm.weight",
-        ("attn_q_norm.weight", GemmaArch::Gemma3) => "self_attn.q_norm.weight",
-        ("attn_k_norm.weight", GemmaArch::Gemma3) => "self_attn.k_norm.weight",
+        ("post_attention_norm.weight", Gemma2 | Gemma3 | Gemma4) => "post_attention_layernorm.weight",
+        ("post_ffw_norm.weight", Gemma2 | Gemma3 | Gemma4) => "post_feedforward_layernorm.weight",
+        ("attn_q_norm.weight", Gemma3 | Gemma4) => "self_attn.q_norm.weight",
+        ("attn_k_norm.weight", Gemma3 | Gemma4) => "self_attn.k_norm.weight",
+        // Gemma 4: the layer's output scale, per-layer inputs, and the mixture of experts.
+        ("layer_output_scale.weight", Gemma4) => "layer_scalar",
+        ("inp_gate.weight", Gemma4) => "per_layer_input_gate.weight",
+        ("proj.weight", Gemma4) => "per_layer_projection.weight",
+        ("post_norm.weight", Gemma4) => "post_per_layer_input_norm.weight",
+        ("ffn_gate_inp.weight", Gemma4) => "router.proj.weight",
+        ("ffn_gate_inp.scale", Gemma4) => "router.scale",
+        ("ffn_down_exps.scale", Gemma4) => "router.per_expert_scale",
+        ("ffn_gate_up_exps.weight", Gemma4) => "experts.gate_up_proj",
+        ("ffn_down_exps.weight", Gemma4) => "experts.down_proj",
+        ("pre_ffw_norm_2.weight", Gemma4) => "pre_feedforward_layernorm_2.weight",
+        ("post_ffw_norm_1.weight", Gemma4) => "post_feedforward_layernorm_1.weight",
+        ("post_ffw_norm_2.weight", Gemma4) => "post_feedforward_layernorm_2.weight",
         _ => return None,
     };
     Some((format!("model.layers.{layer}.{hf}"), shift))
 }
 
+/// `blk.N.rest` -> (N, rest); `None` for other names and for non-canonical numbers ("01", "+1").
+fn split_layer(gguf: &str) -> Option<(usize, &str)> {
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer_raw, tail) = rest.split_once('.')?;
+    let layer: usize = layer_raw.parse().ok()?;
+    if layer.to_string() != layer_raw {
+        return None;
+    }
+    Some((layer, tail))
+}
+
 /// A Gemma-family GGUF as a [`WeightSource`] with Hugging Face names and conventions.
 pub struct GgufModel {
-    file: GgufFile,
+    pub(super) file: GgufFile,
     arch: GemmaArch,
-    /// HF name -> GGUF tensor.
-    map: BTreeMap<String, Mapped>,
+    /// HF name -> where its values are.
+    map: BTreeMap<String, Source>,
 }
 
 impl std::fmt::Debug for GgufModel {
@@ -136,12 +186,12 @@ impl GgufModel {
         let arch = GemmaArch::from_gguf(arch_name).ok_or_else(|| ModelError::Config {
             path: file.path().to_path_buf(),
             key: "general.architecture".into(),
-            msg: format!("architecture `{arch_name}` is not supported (supported: gemma, gemma2, gemma3)"),
+            msg: format!("architecture `{arch_name}` is not supported (supported: gemma, gemma2, gemma3, gemma4)"),
         })?;
         let mut map = BTreeMap::new();
         for t in file.tensors() {
             if let Some((hf, shift)) = gguf_to_hf_name(arch, &t.name) {
-                map.insert(hf, Mapped { gguf: t.name.clone(), shift });
+                map.insert(hf, Source::Tensor { gguf: t.name.clone(), shift });
             }
         }
         if !map.contains_key("model.embed_tokens.weight") {
@@ -149,6 +199,9 @@ impl GgufModel {
                 path: file.path().to_path_buf(),
                 name: "token_embd.weight (model.embed_tokens.weight)".into(),
             });
+        }
+        if arch == GemmaArch::Gemma4 {
+            super::gemma4::add_derived_sources(&file, &mut map)?;
         }
         Ok(GgufModel { file, arch, map })
     }
@@ -160,22 +213,31 @@ impl GgufModel {
         self.arch
     }
 
-    /// The GGUF name behind an HF name.
+    /// The GGUF name behind an HF name (for experts stored as separate gate and up tensors: the gate's; for a
+    /// `layer_scalar` the file does not store: none).
     pub fn gguf_name(&self, hf_name: &str) -> Option<&str> {
-        self.map.get(hf_name).map(|m| m.gguf.as_str())
+        match self.map.get(hf_name)? {
+            Source::Tensor { gguf, .. } => Some(gguf),
+            Source::GateUp { gate, .. } => Some(gate),
+            Source::One => None,
+        }
     }
 
     /// GGUF tensors that have no HF name here (e.g. `rope_freqs.weight`); they are not served.
     pub fn unmapped_tensors(&self) -> Vec<&str> {
-        self.file
-            .tensors()
-            .iter()
-            .filter(|t| gguf_to_hf_name(self.arch, &t.name).is_none())
-            .map(|t| t.name.as_str())
-            .collect()
+        let used: std::collections::BTreeSet<&str> = self
+            .map
+            .values()
+            .flat_map(|s| match s {
+                Source::Tensor { gguf, .. } => vec![gguf.as_str()],
+                Source::GateUp { gate, up } => vec![gate.as_str(), up.as_str()],
+                Source::One => vec![],
+            })
+            .collect();
+        self.file.tensors().iter().map(|t| t.name.as_str()).filter(|n| !used.contains(n)).collect()
     }
 
-    fn mapped(&self, name: &str) -> Result<&Mapped> {
+    fn mapped(&self, name: &str) -> Result<&Source> {
         self.map
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor { path: self.file.path().to_path_buf(), name: name.to_owned() })
@@ -191,10 +253,10 @@ impl GgufModel {
         self.file.get_str("tokenizer.chat_template").ok().flatten().map(str::to_owned)
     }
 
-    fn key(&self, suffix: &str) -> String {
+    pub(super) fn key(&self, suffix: &str) -> String {
         format!("{}.{}", self.arch.gguf_name(), suffix)
     }
-    fn req_u32(&self, suffix: &str) -> Result<u32> {
+    pub(super) fn req_u32(&self, suffix: &str) -> Result<u32> {
         let key = self.key(suffix);
         self.file.get_u32(&key)?.ok_or_else(|| ModelError::Config {
             path: self.file.path().to_path_buf(),
@@ -202,10 +264,10 @@ impl GgufModel {
             msg: "missing".into(),
         })
     }
-    fn opt_u32(&self, suffix: &str) -> Result<Option<u32>> {
+    pub(super) fn opt_u32(&self, suffix: &str) -> Result<Option<u32>> {
         self.file.get_u32(&self.key(suffix))
     }
-    fn opt_f32(&self, suffix: &str) -> Result<Option<f32>> {
+    pub(super) fn opt_f32(&self, suffix: &str) -> Result<Option<f32>> {
         self.file.get_f32(&self.key(suffix))
     }
 
@@ -213,8 +275,14 @@ impl GgufModel {
     ///
     /// Values GGUF does not store are filled as transformers' GGUF loader leaves them (its config class
     /// defaults) or as llama.cpp hard-codes them; each is marked below.
+    ///
+    /// Gemma 4 files are read by [`super::gemma4`]: there every value comes from the file (a model setting it
+    /// does not record is an error naming the key), as transformers 5.x writes a `gemma4_text` config.
     pub fn config_json(&self) -> Result<Value> {
         let arch = self.arch;
+        if arch == GemmaArch::Gemma4 {
+            return super::gemma4::config_json(self);
+        }
         let hidden = self.req_u32("embedding_length")?;
         let layers = self.req_u32("block_count")?;
         let heads = self.req_u32("attention.head_count")?;
@@ -340,38 +408,111 @@ impl WeightSource for GgufModel {
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let m = self.mapped(name)?;
-        Ok(self.file.tensor_info(&m.gguf).expect("mapped tensors exist").shape())
+        Ok(match self.mapped(name)? {
+            Source::Tensor { gguf, .. } => self.file.tensor_info(gguf).expect("mapped tensors exist").shape(),
+            Source::GateUp { gate, .. } => {
+                let mut s = self.file.tensor_info(gate).expect("mapped tensors exist").shape();
+                s[1] *= 2;
+                s
+            }
+            Source::One => vec![1],
+        })
     }
 
     fn get(&self, name: &str) -> Result<HostTensor> {
-        let m = self.mapped(name)?;
-        let mut t = self.file.dequantize(&m.gguf).map_err(|e| with_hf_name(e, name))?;
-        if m.shift {
-            for v in &mut t.data {
-                *v -= GGUF_NORM_SHIFT;
+        match self.mapped(name)? {
+            Source::Tensor { gguf, shift } => {
+                let mut t = self.file.dequantize(gguf).map_err(|e| with_hf_name(e, name))?;
+                if *shift {
+                    for v in &mut t.data {
+                        *v -= GGUF_NORM_SHIFT;
+                    }
+                }
+                Ok(t)
             }
+            Source::GateUp { gate, up } => {
+                let g = self.file.dequantize(gate).map_err(|e| with_hf_name(e, name))?;
+                let u = self.file.dequantize(up).map_err(|e| with_hf_name(e, name))?;
+                let (experts, per) = (g.shape[0], g.data.len() / g.shape[0].max(1));
+                let mut data = Vec::with_capacity(2 * g.data.len());
+                for e in 0..experts {
+                    data.extend_from_slice(&g.data[e * per..(e + 1) * per]);
+                    data.extend_from_slice(&u.data[e * per..(e + 1) * per]);
+                }
+                Ok(HostTensor::new(vec![g.shape[0], 2 * g.shape[1], g.shape[2]], data))
+            }
+            Source::One => Ok(HostTensor::new(vec![1], vec![1.0])),
         }
-        Ok(t)
     }
 
     fn ggml(&self, name: &str) -> Result<Option<GgmlWeight>> {
-        let m = self.mapped(name)?;
-        let info = self.file.tensor_info(&m.gguf).expect("mapped tensors exist");
-        let shape = info.shape();
-        if m.shift || shape.len() != 2 {
+        let Source::Tensor { gguf, shift } = self.mapped(name)? else { return Ok(None) };
+        let shape = self.file.tensor_info(gguf).expect("mapped tensors exist").shape();
+        if *shift || shape.len() != 2 {
             return Ok(None);
         }
-        if !info.dtype.is_supported() {
-            return Err(with_hf_name(self.file.unsupported(info), name));
+        let (info, bytes) = self.blocks(gguf, name)?;
+        GgmlWeight::new(info.dtype, [shape[0], shape[1]], bytes.to_vec())
+            .map(Some)
+            .map_err(|msg| self.blocks_err(gguf, name, msg))
+    }
+
+    fn ggml_experts(&self, name: &str) -> Result<Option<Vec<GgmlWeight>>> {
+        let parts: Vec<&str> = match self.mapped(name)? {
+            Source::Tensor { gguf, .. } => vec![gguf],
+            Source::GateUp { gate, up } => vec![gate, up],
+            Source::One => return Ok(None),
+        };
+        let first = self.file.tensor_info(parts[0]).expect("mapped tensors exist");
+        let [experts, rows, cols] = match first.shape()[..] {
+            [e, r, c] => [e, r, c],
+            _ => return Ok(None),
+        };
+        // Each part is `experts` runs of `rows` whole rows of blocks; expert e's rows of every part, in order.
+        let mut each: Vec<Vec<u8>> = vec![Vec::new(); experts];
+        for part in &parts {
+            let info = self.file.tensor_info(part).expect("mapped tensors exist");
+            if info.dtype != first.dtype {
+                return Err(ModelError::format(
+                    self.file.path(),
+                    format!(
+                        "`{}` is {} but `{part}` is {}: --quant gguf needs both halves of {name} in one type \
+                         (--quant nf4 re-quantizes them instead)",
+                        parts[0], first.dtype, info.dtype
+                    ),
+                ));
+            }
+            let (_, bytes) = self.blocks(part, name)?;
+            let per = bytes.len() / experts.max(1);
+            for (e, out) in each.iter_mut().enumerate() {
+                out.extend_from_slice(&bytes[e * per..(e + 1) * per]);
+            }
         }
-        let bytes = self.file.tensor_bytes(&m.gguf)?.to_vec();
-        GgmlWeight::new(info.dtype, [shape[0], shape[1]], bytes).map(Some).map_err(|msg| {
-            ModelError::format(
-                self.file.path(),
-                format!("tensor `{}` ({name}): {msg}; --quant nf4 re-quantizes it instead", m.gguf),
-            )
-        })
+        let out_rows = rows * parts.len();
+        each.into_iter()
+            .map(|bytes| {
+                GgmlWeight::new(first.dtype, [out_rows, cols], bytes)
+                    .map_err(|msg| self.blocks_err(parts[0], name, msg))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+}
+
+impl GgufModel {
+    /// A tensor's info and bytes, with an error naming the HF tensor too where its type cannot be read.
+    fn blocks(&self, gguf: &str, hf: &str) -> Result<(&super::file::TensorInfo, &[u8])> {
+        let info = self.file.tensor_info(gguf).expect("mapped tensors exist");
+        if !info.dtype.is_supported() {
+            return Err(with_hf_name(self.file.unsupported(info), hf));
+        }
+        Ok((info, self.file.tensor_bytes(gguf)?))
+    }
+    fn blocks_err(&self, gguf: &str, hf: &str, msg: String) -> ModelError {
+        ModelError::format(
+            self.file.path(),
+            format!("tensor `{gguf}` ({hf}): {msg}; --quant nf4 re-quantizes it instead"),
+        )
     }
 }
 

@@ -16,6 +16,12 @@
 //!   (`"  "`...) are not added tokens (they are reached through BPE merges of `▁` instead).
 //! * Post-processor: `<bos> $A` when `tokenizer.ggml.add_bos_token` (default true for "llama" vocabularies),
 //!   `$A <eos>` appended when `add_eos_token`.
+//!
+//! Gemma 4 files (`tokenizer.ggml.model == "gemma4"`, written from the checkpoint's `tokenizer.json` with its
+//! merges) are built as transformers builds them (`GGUF_TOKENIZER_TYPES["gemma4"]`: the same GemmaTokenizer
+//! from the file's vocabulary as spelled and its `tokenizer.ggml.merges`), with the same added tokens, and
+//! without BOS whatever `add_bos_token` says: transformers follows the reference tokenizer, whose chat
+//! template writes `<bos>` itself (llama.cpp adds one).
 use std::collections::HashMap;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -97,16 +103,32 @@ pub fn merges_from_vocab_order(tokens: &[String]) -> Vec<(String, String)> {
     merges.into_iter().map(|m| (tokens[m.l as usize].clone(), tokens[m.r as usize].clone())).collect()
 }
 
+/// `tokenizer.ggml.merges` ("left right" each), as transformers splits them.
+fn file_merges(file: &GgufFile) -> Result<Vec<(String, String)>> {
+    let key = "tokenizer.ggml.merges";
+    let merges = file.get_str_array(key)?.ok_or_else(|| tok_err(file, format!("no {key}")))?;
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.split(' ').collect::<Vec<_>>()[..] {
+            [l, r] => Ok((l.to_owned(), r.to_owned())),
+            _ => Err(tok_err(file, format!("{key}[{i}] = {m:?} is not two tokens separated by one space"))),
+        })
+        .collect()
+}
+
 /// Build the tokenizer transformers would build for this GGUF.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let model = file.get_str("tokenizer.ggml.model")?.ok_or_else(|| tok_err(file, "no tokenizer.ggml.model"))?;
     let arch = file.architecture()?;
-    if model != "llama" || !matches!(arch, "gemma" | "gemma2" | "gemma3") {
+    let gemma4 = model == "gemma4" && arch == "gemma4";
+    if !gemma4 && (model != "llama" || !matches!(arch, "gemma" | "gemma2" | "gemma3")) {
         return Err(tok_err(
             file,
             format!(
                 "tokenizer.ggml.model `{model}` for architecture `{arch}` is not supported \
-                 (only Gemma's sentencepiece-style \"llama\" vocabulary of gemma, gemma2, gemma3)"
+                 (only Gemma's sentencepiece-style \"llama\" vocabulary of gemma, gemma2, gemma3, and \
+                 the \"gemma4\" vocabulary of gemma4)"
             ),
         ));
     }
@@ -136,16 +158,17 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let eos = id_of("eos_token_id")?;
     let unk = id_of("unknown_token_id")?;
     let pad = id_of("padding_token_id")?;
-    // Older files have no flag, and llama.cpp (and transformers) add BOS to a "llama" vocabulary then.
-    let add_bos = file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+    // Older files have no flag, and llama.cpp (and transformers) add BOS to a "llama" vocabulary then. Gemma 4:
+    // never (see the module doc).
+    let add_bos = !gemma4 && file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
     let add_eos = file.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
 
-    let tokens: Vec<String> = raw_tokens.iter().map(|t| respell(t)).collect();
+    let tokens: Vec<String> = raw_tokens.iter().map(|t| if gemma4 { (*t).to_owned() } else { respell(t) }).collect();
     let mut vocab: Vocab = Vocab::default();
     for (i, t) in tokens.iter().enumerate() {
         vocab.insert(t.clone(), i as u32); // last index wins, as in a Python dict
     }
-    let merges = merges_from_vocab_order(&tokens);
+    let merges = if gemma4 { file_merges(file)? } else { merges_from_vocab_order(&tokens) };
 
     // GemmaTokenizer's BPE: unk "<unk>" (its default, not the file's), byte fallback, fused unknowns.
     let mut builder = BPE::builder().vocab_and_merges(vocab.clone(), merges).fuse_unk(true).byte_fallback(true);
