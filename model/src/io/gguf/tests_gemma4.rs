@@ -177,7 +177,7 @@ fn rows(path: &Path, name: &str) -> Vec<Vec<u32>> {
 }
 
 /// Each file with `--quant none` (dequantized to f32) and `--quant gguf` (the file's own blocks) gives
-/// transformers' logits within 1e-4 of their scale: for the f32 file, the checkpoint's own reference; for the
+/// transformers' logits within 1e-4 of their scale (or 2.5× transformers' own f32 noise, see below): for the f32 file, the checkpoint's own reference; for the
 /// q8_0 files, transformers on the checkpoint with every weight replaced by the file's dequantized tensor.
 /// (These random models are chaotic: q8_0 rounding moves transformers' logits by ~60%, so the q8_0 references
 /// pin the exact dequantized weights.)
@@ -192,11 +192,16 @@ fn gemma4_gguf_logits_match_transformers() {
         let m = open(stem);
         let rows = rows(&reference, &format!("{prefix}input_ids"));
         let (_, want) = read(&reference, &format!("{prefix}logits"));
+        // 1e-4, or 2.5 times transformers' own f32 rounding (its distance from the same model in f64, recorded
+        // by the fixture script) where that is larger: 5.0e-5 of the scale on the dense q8_0 model, where we
+        // measured 7.3e-5, so a CPU summing in another order may pass 1e-4 without any error of ours.
+        let noise = report()["files"][stem]["transformers_f32_vs_f64"].as_f64().expect("recorded noise") as f32;
+        let bound = 1e-4f32.max(2.5 * noise);
         for quant in [QuantKind::None, QuantKind::Gguf] {
             let got = logits(&m, quant, &rows);
             let err = scaled_err(&got, &want);
             eprintln!("{stem} --quant {quant:?}: {err:.2e} of the logit scale from transformers");
-            assert!(err < 1e-4, "{stem} --quant {quant:?}: logits {err:e} of their scale from transformers'");
+            assert!(err < bound, "{stem} --quant {quant:?}: logits {err:e} of their scale from transformers'");
         }
     }
 }
