@@ -121,7 +121,8 @@ pub fn config(name: &str) -> Option<GemmaConfig> {
 }
 
 /// Every tensor a Gemma checkpoint of `config` has (the names and shapes transformers saves), with random
-/// values: linears, embeddings and Gemma 4's experts uniform with transformers' init std (0.02); 1-D tensors
+/// values: linears, embeddings and Gemma 4's experts uniform with transformers' init std (0.02), rounded to bf16
+/// as published checkpoints are; 1-D tensors
 /// as transformers initialises them: zero for Gemma 1-3 (their norms scale by `1 + w`), one for Gemma 4 (norms,
 /// `layer_scalar`, the router's scales). Deterministic per name and seed.
 pub struct RandomWeights {
@@ -233,7 +234,9 @@ impl WeightSource for RandomWeights {
         let mut data = vec![0f32; n];
         data.par_chunks_mut(1 << 20).enumerate().for_each(|(i, chunk)| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(key.wrapping_add(i as u64));
-            chunk.iter_mut().for_each(|x| *x = rng.random_range(-bound..bound));
+            // Rounded to bf16, the dtype published checkpoints store: a loader that keeps such values narrow
+            // (Gemma 4's per-layer table) then holds what it would for the real weights.
+            chunk.iter_mut().for_each(|x| *x = half::bf16::from_f32(rng.random_range(-bound..bound)).to_f32());
         });
         Ok(HostTensor::new(shape, data))
     }

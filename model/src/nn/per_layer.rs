@@ -75,3 +75,63 @@ impl<B: GemmaBackend> PerLayerBlock<B> {
         h + self.norm.forward(self.projection.forward(t, rt))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::DType;
+
+    use crate::backends::FlexCpu;
+    use crate::error::Result;
+    use crate::gemma::load::load_gemma;
+    use crate::io::weights::{HostTensor, WeightSource};
+    use crate::nn::lora::LoraRuntime;
+    use crate::quant::QuantKind;
+    use crate::{ModelFiles, TokenBatch};
+
+    /// The tiny Gemma 4 checkpoint with its per-layer table rounded to bf16, as published checkpoints store it.
+    struct Bf16Table<'a>(&'a dyn WeightSource);
+
+    impl WeightSource for Bf16Table<'_> {
+        fn path(&self) -> &std::path::Path {
+            self.0.path()
+        }
+        fn names(&self) -> Vec<String> {
+            self.0.names()
+        }
+        fn shape(&self, name: &str) -> Result<Vec<usize>> {
+            self.0.shape(name)
+        }
+        fn get(&self, name: &str) -> Result<HostTensor> {
+            let mut t = self.0.get(name)?;
+            if name.ends_with("embed_tokens_per_layer.weight") {
+                t.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+            }
+            Ok(t)
+        }
+    }
+
+    /// A table whose values are all bf16 is held in bf16 (half the bytes) and gives exactly the logits of the
+    /// same values held in f32; the fixture's own (f32) table stays f32.
+    #[test]
+    fn a_bf16_table_is_kept_in_bf16_without_changing_the_model() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/gemma4");
+        let files = ModelFiles::open(&dir).unwrap();
+        let device = Default::default();
+        let plain = load_gemma::<FlexCpu>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device).unwrap();
+        assert_eq!(plain.per_layer.as_ref().unwrap().table.dtype(), DType::F32);
+        let src = Bf16Table(files.weights.as_ref());
+        let narrow = load_gemma::<FlexCpu>(&files.config, &src, QuantKind::Nf4, &device).unwrap();
+        let table = &narrow.per_layer.as_ref().unwrap().table;
+        assert_eq!(table.dtype(), DType::BF16);
+        let [v, w] = table.dims();
+        assert_eq!(table.resident_bytes(), v * w * 2);
+        let mut wide = narrow.clone();
+        let p = wide.per_layer.as_mut().unwrap();
+        p.table = p.table.clone().with_dtype(DType::F32);
+        let tokens = TokenBatch::from_rows(&[(3..19).collect(), (100..116).collect()]);
+        let rt = LoraRuntime::default();
+        let a = narrow.forward(&tokens, &rt).into_data().to_vec::<f32>().unwrap();
+        let b = wide.forward(&tokens, &rt).into_data().to_vec::<f32>().unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "bf16 storage changed the logits");
+    }
+}
