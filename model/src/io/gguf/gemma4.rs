@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use super::arch::{f32_to_json_f64, GemmaArch, Source};
 use super::file::{GgufFile, GgufValue};
-use super::model::{f32_to_json_f64, GgufModel, Source};
 use crate::error::{ModelError, Result};
 
 const ARCH: &str = "gemma4";
@@ -117,12 +117,20 @@ fn same(file: &GgufFile, suffix: &str, values: &[u32], which: &[usize], what: &s
     Ok(Some(first))
 }
 
-fn req_u32(m: &GgufModel, suffix: &str) -> Result<u32> {
-    m.req_u32(suffix)
+fn opt_u32(file: &GgufFile, suffix: &str) -> Result<Option<u32>> {
+    file.get_u32(&key(suffix))
 }
 
-fn req_f32(m: &GgufModel, suffix: &str, why: &str) -> Result<f32> {
-    m.opt_f32(suffix)?.ok_or_else(|| config_err(&m.file, key(suffix), format!("missing{why}")))
+fn opt_f32(file: &GgufFile, suffix: &str) -> Result<Option<f32>> {
+    file.get_f32(&key(suffix))
+}
+
+fn req_u32(file: &GgufFile, suffix: &str) -> Result<u32> {
+    opt_u32(file, suffix)?.ok_or_else(|| config_err(file, key(suffix), "missing"))
+}
+
+fn req_f32(file: &GgufFile, suffix: &str, why: &str) -> Result<f32> {
+    opt_f32(file, suffix)?.ok_or_else(|| config_err(file, key(suffix), format!("missing{why}")))
 }
 
 /// The global layers' rotated fraction from `rope_freqs.weight` (see the module doc).
@@ -158,14 +166,13 @@ fn partial_rotary_factor(file: &GgufFile, head_dim: u32) -> Result<f64> {
 }
 
 /// `config.json` (transformers 5.x `gemma4_text`) from a Gemma 4 file.
-pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
-    let file = &m.file;
-    let n = req_u32(m, "block_count")? as usize;
+pub(super) fn config_json(file: &GgufFile) -> Result<Value> {
+    let n = req_u32(file, "block_count")? as usize;
     if n == 0 {
         return Err(config_err(file, key("block_count"), "0 layers"));
     }
     let all: Vec<usize> = (0..n).collect();
-    let hidden = req_u32(m, "embedding_length")?;
+    let hidden = req_u32(file, "embedding_length")?;
 
     // Layer types: true = sliding.
     let pattern_key = key("attention.sliding_window_pattern");
@@ -195,12 +202,12 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
         .expect("n > 0");
     let kv = per_layer(file, "attention.head_count_kv", n)?;
     let kv_sliding = same(file, "attention.head_count_kv", &kv, &sliding, "the sliding layers' KV heads")?;
-    let head_dim = req_u32(m, "attention.key_length_swa")?;
-    let global_head_dim = req_u32(m, "attention.key_length")?;
+    let head_dim = req_u32(file, "attention.key_length_swa")?;
+    let global_head_dim = req_u32(file, "attention.key_length")?;
     for (k, v) in
         [("attention.key_length_swa", "attention.value_length_swa"), ("attention.key_length", "attention.value_length")]
     {
-        let (kk, vv) = (req_u32(m, k)?, req_u32(m, v)?);
+        let (kk, vv) = (req_u32(file, k)?, req_u32(file, v)?);
         if kk != vv {
             return Err(config_err(
                 file,
@@ -213,7 +220,7 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
     let num_kv = kv_sliding.unwrap_or(kv[n - 1]);
 
     // KV sharing, and whether the global layers' values are their keys (no attn_v).
-    let shared = req_u32(m, "attention.shared_kv_layers")? as usize;
+    let shared = req_u32(file, "attention.shared_kv_layers")? as usize;
     if shared >= n {
         return Err(config_err(file, key("attention.shared_kv_layers"), format!("{shared} of {n} layers")));
     }
@@ -271,10 +278,10 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
 
     // RoPE.
     let why_theta = " (the RoPE base of the global / sliding layers)";
-    let theta = req_f32(m, "rope.freq_base", why_theta)?;
-    let theta_swa = req_f32(m, "rope.freq_base_swa", why_theta)?;
+    let theta = req_f32(file, "rope.freq_base", why_theta)?;
+    let theta_swa = req_f32(file, "rope.freq_base_swa", why_theta)?;
     for (suffix, want) in [("rope.dimension_count", global_head_dim), ("rope.dimension_count_swa", head_dim)] {
-        let got = req_u32(m, suffix)?;
+        let got = req_u32(file, suffix)?;
         if got != want {
             return Err(config_err(
                 file,
@@ -283,7 +290,7 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
             ));
         }
     }
-    if let Some(f) = m.opt_f32("rope.scaling.factor")?.filter(|&f| f != 0.0 && f != 1.0) {
+    if let Some(f) = opt_f32(file, "rope.scaling.factor")?.filter(|&f| f != 0.0 && f != 1.0) {
         return Err(config_err(file, key("rope.scaling.factor"), format!("{f}: Gemma 4 has no RoPE scaling")));
     }
     let fraction = if global.is_empty() { 1.0 } else { partial_rotary_factor(file, global_head_dim)? };
@@ -299,16 +306,16 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
     // The converter writes the cap only when the model has one; llama.cpp then falls back to 30 without it, so
     // a file without it does not say which.
     let softcap = req_f32(
-        m,
+        file,
         "final_logit_softcapping",
         " (written when the model caps its logits; llama.cpp assumes 30 without it)",
     )?;
-    let eps = req_f32(m, "attention.layer_norm_rms_epsilon", "")?;
-    let window = req_u32(m, "attention.sliding_window")?;
-    let ctx = req_u32(m, "context_length")?;
+    let eps = req_f32(file, "attention.layer_norm_rms_epsilon", "")?;
+    let window = req_u32(file, "attention.sliding_window")?;
+    let ctx = req_u32(file, "context_length")?;
 
     // Per-layer inputs.
-    let ple = req_u32(m, "embedding_length_per_layer_input")?;
+    let ple = req_u32(file, "embedding_length_per_layer_input")?;
     let ple_vocab = if ple > 0 {
         let name = "per_layer_token_embd.weight";
         let t = file.tensor_info(name).ok_or_else(|| ModelError::MissingTensor {
@@ -329,11 +336,11 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
 
     // Mixture of experts: every layer has it, or none.
     let routers = all.iter().filter(|&&i| has(file, &format!("blk.{i}.ffn_gate_inp.weight"))).count();
-    let experts = m.opt_u32("expert_count")?.filter(|&e| e > 0);
+    let experts = opt_u32(file, "expert_count")?.filter(|&e| e > 0);
     let moe = match (experts, routers) {
         (None, 0) => None,
         (Some(e), r) if r == n => {
-            let used = req_u32(m, "expert_used_count")?;
+            let used = req_u32(file, "expert_used_count")?;
             let width = per_layer(file, "expert_feed_forward_length", n)?;
             let width = same(file, "expert_feed_forward_length", &width, &all, "the experts' widths")?.expect("n > 0");
             Some((e, used, width))
@@ -367,8 +374,8 @@ pub(super) fn config_json(m: &GgufModel) -> Result<Value> {
     }
 
     let mut c = Map::new();
-    c.insert("architectures".into(), json!([m.arch().hf_class()]));
-    c.insert("model_type".into(), json!(m.arch().model_type()));
+    c.insert("architectures".into(), json!([GemmaArch::Gemma4.hf_class()]));
+    c.insert("model_type".into(), json!(GemmaArch::Gemma4.model_type()));
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_size".into(), json!(hidden));
     c.insert("intermediate_size".into(), json!(intermediate));

@@ -1,7 +1,8 @@
 //! GGUF, the file format of llama.cpp / ggml: the container (`file`), a Gemma GGUF seen as a checkpoint under
-//! transformers' names (`model`; Gemma 4's metadata in `gemma4`) and the tokenizer transformers builds from
+//! transformers' names (`model`; Gemma 4's metadata in `gemma4`; what both share in `arch`) and the tokenizer transformers builds from
 //! its metadata (`tokenizer`).
 //! ggml's block types and their dequantization are storage, in `crate::quant::ggml`.
+mod arch;
 pub mod file;
 mod gemma4;
 pub mod model;
