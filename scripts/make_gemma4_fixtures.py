@@ -44,68 +44,56 @@ EMBED_STD = 0.15
 MOE_EMBED_STD = 0.06
 
 
+# What the dense and the MoE fixture share.
+COMMON = dict(
+    vocab_size=mf.TOKENIZER_VOCAB,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    global_head_dim=32,
+    num_global_key_value_heads=1,
+    attention_k_eq_v=True,
+    sliding_window=6,
+    final_logit_softcapping=FINAL_CAP,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    rms_norm_eps=1e-6,
+    pad_token_id=mf.PAD_ID,
+    eos_token_id=mf.EOS_ID,
+    bos_token_id=mf.BOS_ID,
+    tie_word_embeddings=True,
+    attn_implementation="eager",
+)
+
+
 def gemma4_config():
     return Gemma4TextConfig(
-        vocab_size=mf.TOKENIZER_VOCAB,
-        hidden_size=64,
+        **COMMON,
         intermediate_size=128,
         num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        global_head_dim=32,
-        num_global_key_value_heads=1,
-        attention_k_eq_v=True,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
-        sliding_window=6,
         num_kv_shared_layers=2,
         use_double_wide_mlp=True,
         hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=mf.TOKENIZER_VOCAB,
-        final_logit_softcapping=FINAL_CAP,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        rms_norm_eps=1e-6,
-        pad_token_id=mf.PAD_ID,
-        eos_token_id=mf.EOS_ID,
-        bos_token_id=mf.BOS_ID,
-        tie_word_embeddings=True,
-        attn_implementation="eager",
     )
 
 
 def gemma4_moe_config():
     """Mixture of experts: every layer has the dense MLP and, beside it, 4 experts of which each token uses 2."""
     return Gemma4TextConfig(
-        vocab_size=mf.TOKENIZER_VOCAB,
-        hidden_size=64,
+        **COMMON,
         intermediate_size=96,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        global_head_dim=32,
-        num_global_key_value_heads=1,
-        attention_k_eq_v=True,
         layer_types=["sliding_attention", "full_attention"] * 2,
-        sliding_window=6,
         num_kv_shared_layers=0,
         hidden_size_per_layer_input=0,
         enable_moe_block=True,
         num_experts=4,
         top_k_experts=2,
         moe_intermediate_size=32,
-        final_logit_softcapping=FINAL_CAP,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        rms_norm_eps=1e-6,
-        pad_token_id=mf.PAD_ID,
-        eos_token_id=mf.EOS_ID,
-        bos_token_id=mf.BOS_ID,
-        tie_word_embeddings=True,
-        attn_implementation="eager",
     )
 
 
