@@ -148,3 +148,24 @@ fn inspect_counts_gemma4_parameters_as_transformers() {
         assert_eq!(v["model_type"], "gemma4_text");
     }
 }
+
+/// A Gemma 4 GGUF (llama.cpp's converter) converts to a directory that scores as the file does, and whose
+/// tokenizer_config.json says what its tokenizer.json does: no BOS (transformers builds Gemma 4's GGUF
+/// tokenizer without one), where Gemma 1-3's say true.
+#[test]
+fn gemma4_gguf_converts_to_a_directory_that_scores_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("g4.gguf");
+    std::fs::copy(fixture("gguf/tiny_gemma4_q8_0.gguf.bin"), &gguf).unwrap();
+    let out = tmp.path().join("dir");
+    let o = lapidary(&["convert", "--model", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_json(&out.join("tokenizer_config.json"))["add_bos_token"], false);
+    let data = fixture("tiny/gemma4/eval.jsonl");
+    let eval = |m: &std::path::Path| {
+        lapidary_json(&["eval", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"])
+    };
+    let (a, b) = (eval(&gguf), eval(&out));
+    assert_eq!(a["tokens"], b["tokens"]);
+    assert!(rel(a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap()) < 1e-6, "{a} vs {b}");
+}

@@ -212,9 +212,13 @@ pub fn side_files(model: &Path, config: &Value) -> Result<Vec<(String, Vec<u8>)>
         out.push(("tokenizer.json".into(), json.into_bytes()));
         let tok_name = |id: Option<u64>| id.and_then(|i| tokenizer.id_to_token(i as u32));
         let cfg_u = |k: &str| config.get(k).and_then(|v| v.as_u64());
+        // Says what tokenizer.json does: Gemma 1-3 GGUF tokenizers prepend BOS, Gemma 4's (as transformers
+        // builds it from the file) does not.
+        let adds_bos = cfg_u("bos_token_id")
+            .is_some_and(|b| tokenizer.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&(b as u32))));
         let mut tc = json!({
             "tokenizer_class": "GemmaTokenizer",
-            "add_bos_token": true,
+            "add_bos_token": adds_bos,
             "add_eos_token": false,
             "bos_token": tok_name(cfg_u("bos_token_id")),
             "eos_token": tok_name(cfg_u("eos_token_id")),
