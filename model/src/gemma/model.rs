@@ -469,21 +469,7 @@ mod tests {
     use crate::gemma::loss::shifted_targets;
     use crate::io::files::ModelFiles;
     use crate::quant::QuantKind;
-    use crate::testing::scaled_err;
-
-    fn read(path: &PathBuf, name: &str) -> (Vec<usize>, Vec<f32>) {
-        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let data = match t.dtype() {
-            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(t.data()),
-            safetensors::Dtype::I64 => {
-                bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as f32).collect()
-            }
-            other => panic!("{name}: unexpected dtype {other:?}"),
-        };
-        (t.shape().to_vec(), data)
-    }
+    use crate::testing::{read_safetensor as read, scaled_err};
 
     /// In bf16 the tiny Gemma 1/2/3 give transformers' bf16 loss (scripts/make_bf16_fixtures.py) to ~1e-4 and
     /// its bf16 logits to within bf16's own spread: on these random models rounding to bf16 moves the logits

@@ -19,6 +19,21 @@ pub fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
 }
 
+/// A tensor of a safetensors fixture as f32 (int64 ids converted): its shape and values.
+pub fn read_safetensor(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let data = match t.dtype() {
+        safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(t.data()),
+        safetensors::Dtype::I64 => {
+            bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as f32).collect()
+        }
+        other => panic!("{name}: unexpected dtype {other:?}"),
+    };
+    (t.shape().to_vec(), data)
+}
+
 /// A tensor's values as f32 on the host.
 pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")

@@ -19,7 +19,7 @@ use crate::io::safetensors::SafetensorsDir;
 use crate::io::weights::WeightSource;
 use crate::nn::lora::LoraRuntime;
 use crate::quant::QuantKind;
-use crate::testing::scaled_err;
+use crate::testing::{read_safetensor as read, scaled_err};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -36,21 +36,6 @@ fn checkpoint(model: &str) -> PathBuf {
 fn report() -> Value {
     let p = fixtures().join("gguf/tiny_gemma4.json");
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-/// A tensor of a safetensors file as f32 (int64 ids converted).
-fn read(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let data = match t.dtype() {
-        safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(t.data()),
-        safetensors::Dtype::I64 => {
-            bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as f32).collect()
-        }
-        other => panic!("{name}: {other:?}"),
-    };
-    (t.shape().to_vec(), data)
 }
 
 /// The file's config as lapidary reads it, with `raw` cleared so two configs compare by what they build.
