@@ -136,6 +136,15 @@ impl<B: GemmaBackend> LayerContext<B> {
         mask
     }
 
+    /// The context of a pass whose first layer's input, the scaled embeddings of `tokens`, the caller already
+    /// has: Gemma 4's per-layer inputs are computed from them instead of looking the tokens up again.
+    pub fn with_embeddings(mut self, m: &Gemma<B>, tokens: &TokenBatch, embeds: &Tensor<B, 3>) -> Self {
+        if let Some(ple) = &m.per_layer {
+            self.per_layer = Some(ple.inputs(&tokens.ids, embeds.clone(), &m.device, &LoraRuntime::default()));
+        }
+        self
+    }
+
     /// Layer `layer`'s per-layer input `[batch, seq, P]` (Gemma 4), computed for all layers on first use.
     fn per_layer_input(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Option<Tensor<B, 3>> {
         let ple = m.per_layer.as_ref()?;
@@ -240,7 +249,7 @@ impl<B: GemmaBackend> Gemma<B> {
     ) -> Tensor<B, 3> {
         let cfg = &self.config;
         let mut x = self.embed(tokens);
-        let mut ctx = LayerContext::new();
+        let mut ctx = LayerContext::new().with_embeddings(self, tokens, &x);
         let Some(c) = cache else {
             for i in 0..self.layers.len() {
                 x = self.forward_layer(i, x, tokens, &mut ctx, rt);

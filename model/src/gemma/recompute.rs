@@ -23,11 +23,11 @@ impl<B: GemmaBackend> Gemma<Autodiff<B>> {
         scale: f32,
         mut on_grad: impl FnMut(&str, Tensor<B, 2>, Tensor<B, 2>),
     ) -> f64 {
-        let mut ctx = LayerContext::new();
         // Forward with nothing tracked (adapters included): no graph is built, only the layer inputs are kept.
         set_adapters_require_grad(self, false);
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = self.embed_tokens_of(tokens).detach();
+        let mut ctx = LayerContext::new().with_embeddings(self, tokens, &x);
         for i in 0..self.layers.len() {
             inputs.push(x.clone());
             x = self.forward_layer(i, x, tokens, &mut ctx, rt).detach();
