@@ -136,8 +136,8 @@ impl<B: GemmaBackend> LayerContext<B> {
         mask
     }
 
-    /// The context of a pass whose first layer's input, the scaled embeddings of `tokens`, the caller already
-    /// has: Gemma 4's per-layer inputs are computed from them instead of looking the tokens up again.
+    /// The context of a pass given its first layer's input, the scaled embeddings of `tokens`: Gemma 4's
+    /// per-layer inputs are computed from them (not from a second lookup of the tokens).
     pub fn with_embeddings(mut self, m: &Gemma<B>, tokens: &TokenBatch, embeds: &Tensor<B, 3>) -> Self {
         if let Some(ple) = &m.per_layer {
             self.per_layer = Some(ple.inputs(&tokens.ids, embeds.clone(), &m.device, &LoraRuntime::default()));
@@ -145,12 +145,10 @@ impl<B: GemmaBackend> LayerContext<B> {
         self
     }
 
-    /// Layer `layer`'s per-layer input `[batch, seq, P]` (Gemma 4), computed for all layers on first use.
-    fn per_layer_input(&mut self, m: &Gemma<B>, tokens: &TokenBatch, layer: usize) -> Option<Tensor<B, 3>> {
-        let ple = m.per_layer.as_ref()?;
-        let all = self
-            .per_layer
-            .get_or_insert_with(|| ple.inputs(&tokens.ids, m.embed(tokens), &m.device, &LoraRuntime::default()));
+    /// Layer `layer`'s per-layer input `[batch, seq, P]` (Gemma 4), from those [`Self::with_embeddings`] made.
+    fn per_layer_input(&self, m: &Gemma<B>, layer: usize) -> Option<Tensor<B, 3>> {
+        m.per_layer.as_ref()?;
+        let all = self.per_layer.as_ref().expect("a Gemma 4 pass builds its context with_embeddings");
         let [b, s, _, p] = all.dims();
         Some(all.clone().narrow(2, layer, 1).reshape([b, s, p]))
     }
@@ -259,7 +257,7 @@ impl<B: GemmaBackend> Gemma<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let window = cfg.window_for(i);
             let rope = ctx.rope(self, tokens, i);
-            let ple = ctx.per_layer_input(self, tokens, i);
+            let ple = ctx.per_layer_input(self, i);
             let spec = cfg.layer_specs[i];
             let (y, _) = match spec.kv_source {
                 Some(src) => {
@@ -303,7 +301,7 @@ impl<B: GemmaBackend> Gemma<B> {
     ) -> Tensor<B, 3> {
         let rope = ctx.rope(self, tokens, i);
         let mask = ctx.mask(self, tokens, i);
-        let ple = ctx.per_layer_input(self, tokens, i);
+        let ple = ctx.per_layer_input(self, i);
         let kv = match self.config.layer_specs[i].kv_source {
             Some(src) => {
                 let (kv, _) = ctx.shared_entry(src);
