@@ -48,6 +48,7 @@ pub mod chat;
 pub mod error;
 pub mod format;
 pub mod pack;
+pub mod numpy_rng;
 pub mod pipeline;
 mod reader_arrow;
 mod reader_jsonl;

@@ -86,21 +86,37 @@ pub fn resolve(path: &Path) -> Result<(FileKind, Vec<PathBuf>)> {
 
 /// Opens a dataset file or directory as one stream of rows (see [`resolve`] for the layouts).
 pub fn open_dataset(path: impl AsRef<Path>) -> Result<Box<dyn RowSource>> {
+    open_dataset_with(path, &[])
+}
+
+/// As [`open_dataset`], with columnar readers also decoding the `extra` columns (the dataset's names that
+/// `data.columns` maps to the formats' fields).
+pub fn open_dataset_with(path: impl AsRef<Path>, extra: &[String]) -> Result<Box<dyn RowSource>> {
     let (kind, files) = resolve(path.as_ref())?;
-    let open: fn(&Path) -> Result<Box<dyn RowSource>> = match kind {
-        FileKind::Jsonl => |p| Ok(Box::new(reader_jsonl::JsonlReader::open(p)?)),
-        FileKind::Parquet => |p| Ok(Box::new(reader_parquet::ParquetReader::open(p, KNOWN_FIELDS)?)),
-        FileKind::Arrow => |p| Ok(Box::new(reader_arrow::ArrowReader::open(p, KNOWN_FIELDS)?)),
-    };
-    Ok(Box::new(Shards { files: files.into_iter(), open, current: None, failed: false }))
+    let mut fields: Vec<String> = KNOWN_FIELDS.iter().map(|s| s.to_string()).collect();
+    fields.extend(extra.iter().cloned());
+    Ok(Box::new(Shards { files: files.into_iter(), kind, fields, current: None, failed: false }))
 }
 
 /// Reads files one after another, opening each only when the previous one is exhausted.
 struct Shards {
     files: std::vec::IntoIter<PathBuf>,
-    open: fn(&Path) -> Result<Box<dyn RowSource>>,
+    kind: FileKind,
+    /// The columns columnar readers decode.
+    fields: Vec<String>,
     current: Option<Box<dyn RowSource>>,
     failed: bool,
+}
+
+impl Shards {
+    fn open(&self, p: &Path) -> Result<Box<dyn RowSource>> {
+        let known: Vec<&str> = self.fields.iter().map(String::as_str).collect();
+        Ok(match self.kind {
+            FileKind::Jsonl => Box::new(reader_jsonl::JsonlReader::open(p)?),
+            FileKind::Parquet => Box::new(reader_parquet::ParquetReader::open(p, &known)?),
+            FileKind::Arrow => Box::new(reader_arrow::ArrowReader::open(p, &known)?),
+        })
+    }
 }
 
 impl Iterator for Shards {
@@ -122,7 +138,7 @@ impl Iterator for Shards {
                 }
             }
             let file = self.files.next()?;
-            match (self.open)(&file) {
+            match self.open(&file) {
                 Ok(src) => self.current = Some(src),
                 Err(e) => {
                     self.failed = true;
