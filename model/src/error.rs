@@ -23,6 +23,9 @@ pub enum ModelError {
     Config { path: PathBuf, key: String, msg: String },
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
+    /// A Hub id that the cache cannot serve (it names the cache folder and the `hf download` command).
+    #[error(transparent)]
+    Hub(#[from] lapidary_hub::HubError),
     #[error("{0}")]
     Other(String),
 }

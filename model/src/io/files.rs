@@ -1,5 +1,5 @@
-//! Opening a model by path: a Hugging Face directory or a `.gguf` file. Both give a config, weights under
-//! transformers' names and a tokenizer.
+//! Opening a model by path: a Hugging Face directory or a `.gguf` file, or a Hub id naming one in the Hugging
+//! Face cache (`super::hub`). Both give a config, weights under transformers' names and a tokenizer.
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
@@ -23,6 +23,8 @@ pub fn is_gguf(path: &Path) -> bool {
 
 impl ModelFiles {
     pub fn open(path: &Path) -> Result<Self> {
+        let resolved = crate::io::hub::resolve_model(path)?;
+        let path = resolved.as_path();
         if !path.exists() {
             return Err(ModelError::format(path, "no such file or directory"));
         }
