@@ -9,7 +9,8 @@
 //!
 //! - **Reading** ([`open_dataset`], [`source::resolve`]): JSONL (line by line), Parquet (a file or a directory
 //!   of shards, by record batch, only the known columns decoded), Arrow IPC file and stream formats, and
-//!   `datasets.Dataset.save_to_disk` directories. Rows ([`Row`], [`RowSource`], in [`record`]) are JSON
+//!   `datasets.Dataset.save_to_disk` directories; `hf://datasets/ORG/NAME/…` from the Hugging Face cache
+//!   ([`hub`]). Rows ([`Row`], [`RowSource`], in [`record`]) are JSON
 //!   records with a [`Location`] (file and line or row) used by every error. Modules depend one way:
 //!   `source` → `reader_*` → `arrow_value` → `record` → `error`; `format` also builds on `record`.
 //! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, alpaca, pre-tokenized;
@@ -47,6 +48,7 @@ pub mod batch;
 pub mod chat;
 pub mod error;
 pub mod format;
+pub mod hub;
 pub mod pack;
 pub mod numpy_rng;
 pub mod pipeline;

@@ -40,8 +40,13 @@ impl FileKind {
 /// - a file: by extension (`.jsonl`/`.ndjson`/`.json`, `.parquet`, `.arrow`/`.arrows`/`.ipc`/`.feather`);
 /// - a `datasets.Dataset.save_to_disk` directory (`state.json` + `dataset_info.json`): the `data-*.arrow` files
 ///   listed in `state.json`, in that order;
-/// - any other directory: its files of one kind, sorted by name (e.g. `train-00000-of-00002.parquet`, ...).
+/// - any other directory: its files of one kind, sorted by name (e.g. `train-00000-of-00002.parquet`, ...);
+/// - `hf://datasets/ORG/NAME[@REVISION][/PATH]`: that file or folder of a Hub dataset, from the Hugging Face
+///   cache ([`crate::hub`]).
 pub fn resolve(path: &Path) -> Result<(FileKind, Vec<PathBuf>)> {
+    if let Some(local) = crate::hub::resolve_hf(path, |p| FileKind::of(p).is_some())? {
+        return resolve(&local);
+    }
     let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_file() {
         let kind = FileKind::of(path).ok_or_else(|| DataError::UnknownFormat { path: path.to_path_buf() })?;
