@@ -91,7 +91,7 @@ pub enum DataError {
     MissingField { loc: Location, field: String, format: &'static str },
     #[error("{loc}: field `{field}`: {message}")]
     Field { loc: Location, field: String, message: String },
-    #[error("{loc}: cannot tell the row format from fields [{fields}]; expected `text`, `prompt`+`completion`, `messages`, `instruction`+`output` or `input_ids`")]
+    #[error("{loc}: cannot tell the row format from fields [{fields}]; expected `text`, `prompt`+`completion`, `messages`, `conversations`, `instruction`+`output` or `input_ids`")]
     UnknownRowFormat { loc: Location, fields: String },
     #[error("{loc}: field `messages`: {source}")]
     Chat { loc: Location, source: ChatError },

@@ -5,11 +5,12 @@
 //! | `text`              | `text`                                              | everything                          |
 //! | `prompt_completion` | `prompt`, `completion`                              | `completion` + eos                  |
 //! | `messages`          | `messages`: list of `{role, content}`               | model turns' content + `<end_of_turn>` |
+//! | `sharegpt`          | `conversations`: list of `{from, value}`            | as `messages` (see [`crate::sharegpt`]) |
 //! | `alpaca`            | `instruction`, optional `input`, `output`           | `output` + eos                      |
 //! | `tokens`            | `input_ids`, optional `labels` (default `input_ids`) | as given                           |
 //!
 //! `auto` decides per row, in this order: `input_ids`/`labels` → tokens, `messages` → messages,
-//! `prompt`/`completion` → prompt_completion, `instruction`/`output` → alpaca, `text` → text. Because one
+//! `conversations` → sharegpt, `prompt`/`completion` → prompt_completion, `instruction`/`output` → alpaca, `text` → text. Because one
 //! field of a pair is enough to pick the format, a row with `prompt` but no `completion` is reported as
 //! missing `completion`, not as an unknown format. A null field counts as absent.
 
@@ -20,10 +21,21 @@ use serde_json::Value;
 
 use crate::error::{DataError, Location, Result};
 use crate::record::{json_kind, Row};
+use crate::sharegpt::{turns, Roles};
 
 /// The fields any format reads; columnar readers decode only these columns.
-pub const KNOWN_FIELDS: &[&str] =
-    &["text", "prompt", "completion", "messages", "instruction", "input", "output", "input_ids", "labels"];
+pub const KNOWN_FIELDS: &[&str] = &[
+    "text",
+    "prompt",
+    "completion",
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "input_ids",
+    "labels",
+];
 
 /// The label value the loss ignores (PyTorch's `ignore_index`, Hugging Face's convention).
 pub const IGNORE_INDEX: i64 = -100;
@@ -36,6 +48,7 @@ pub enum RowFormat {
     Text,
     PromptCompletion,
     Messages,
+    Sharegpt,
     Alpaca,
     Tokens,
 }
@@ -47,6 +60,7 @@ impl RowFormat {
             RowFormat::Text => "text",
             RowFormat::PromptCompletion => "prompt_completion",
             RowFormat::Messages => "messages",
+            RowFormat::Sharegpt => "sharegpt",
             RowFormat::Alpaca => "alpaca",
             RowFormat::Tokens => "tokens",
         }
@@ -67,11 +81,12 @@ impl std::str::FromStr for RowFormat {
             "text" => RowFormat::Text,
             "prompt_completion" => RowFormat::PromptCompletion,
             "messages" => RowFormat::Messages,
+            "sharegpt" => RowFormat::Sharegpt,
             "alpaca" => RowFormat::Alpaca,
             "tokens" => RowFormat::Tokens,
             _ => {
                 return Err(DataError::Config(format!(
-                    "unknown row format `{s}` (expected auto, text, prompt_completion, messages, alpaca or tokens)"
+                    "unknown row format `{s}` (expected auto, text, prompt_completion, messages, sharegpt, alpaca or tokens)"
                 )))
             }
         })
@@ -110,8 +125,13 @@ pub enum Sample {
     Tokens { input_ids: Vec<u32>, labels: Option<Vec<i64>> },
 }
 
-/// Reads `row` as `format` (or detects it, for `Auto`).
+/// Reads `row` as `format` (or detects it, for `Auto`); ShareGPT roles as [`Roles::default`].
 pub fn parse_row(row: &Row, format: RowFormat) -> Result<Sample> {
+    parse_row_with(row, format, &Roles::default())
+}
+
+/// As [`parse_row`], with ShareGPT's `from` names mapped by `roles`.
+pub fn parse_row_with(row: &Row, format: RowFormat, roles: &Roles) -> Result<Sample> {
     let f = Fields { row };
     let format = match format {
         RowFormat::Auto => detect(&f)?,
@@ -130,6 +150,12 @@ pub fn parse_row(row: &Row, format: RowFormat) -> Result<Sample> {
             output: f.string("output", name)?,
         },
         RowFormat::Messages => Sample::Messages(f.messages(name)?),
+        RowFormat::Sharegpt => Sample::Messages(
+            turns(f.require("conversations", name)?, roles, f.loc())?
+                .into_iter()
+                .map(|(role, content)| Message { role: role.to_string(), content: Content::Text(content) })
+                .collect(),
+        ),
         RowFormat::Tokens => {
             let input_ids = f.ids("input_ids", name)?;
             let labels = f.labels("labels")?;
@@ -153,6 +179,8 @@ fn detect(f: &Fields<'_>) -> Result<RowFormat> {
         RowFormat::Tokens
     } else if has("messages") {
         RowFormat::Messages
+    } else if has("conversations") {
+        RowFormat::Sharegpt
     } else if has("prompt") || has("completion") {
         RowFormat::PromptCompletion
     } else if has("instruction") || has("output") {

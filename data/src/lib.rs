@@ -13,8 +13,11 @@
 //!   ([`hub`]). Rows ([`Row`], [`RowSource`], in [`record`]) are JSON
 //!   records with a [`Location`] (file and line or row) used by every error. Modules depend one way:
 //!   `source` → `reader_*` → `arrow_value` → `record` → `error`; `format` also builds on `record`.
-//! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, alpaca, pre-tokenized;
-//!   detected per row with `auto`. See [`format`].
+//! - **What is read** ([`DataSpec`], [`Dataset`], in [`dataset`]): one dataset, or several mixed by weight as
+//!   `datasets.interleave_datasets` mixes them ([`mix`], with numpy's generator in [`numpy_rng`]); a dataset's
+//!   columns renamed to the formats' fields ([`columns`]); one side of a seeded held-out split ([`split`]).
+//! - **Row formats** ([`RowFormat`], [`parse_row`]): text, prompt/completion, messages, ShareGPT
+//!   ([`sharegpt`], read as messages), alpaca, pre-tokenized; detected per row with `auto`. See [`format`].
 //! - **Chat template** ([`ChatTemplate`]): the checkpoint's own when it ships one (`chat_template.jinja` or
 //!   `tokenizer_config.json`'s `chat_template`, see [`template_dir`]), rendered as transformers'
 //!   `apply_chat_template` renders it ([`template`]), its model turns found for the training mask from renderings
@@ -46,18 +49,23 @@
 mod arrow_value;
 pub mod batch;
 pub mod chat;
+pub mod columns;
+pub mod dataset;
 pub mod error;
 pub mod format;
 pub mod hub;
-pub mod pack;
+pub mod mix;
 pub mod numpy_rng;
+pub mod pack;
 pub mod pipeline;
 mod reader_arrow;
 mod reader_jsonl;
 mod reader_parquet;
 pub mod record;
+pub mod sharegpt;
 pub mod shuffle;
 pub mod source;
+pub mod split;
 pub mod template;
 pub mod template_dir;
 pub mod template_mask;
@@ -66,15 +74,20 @@ pub mod tokenize;
 
 pub use batch::{Batch, PadTo};
 pub use chat::{chat_pieces, render_chat, Piece};
+pub use columns::Columns;
+pub use dataset::{DataSpec, Dataset, Source};
 pub use error::{ChatError, DataError, Location, Result, Unit};
-pub use format::{parse_row, Content, Message, RowFormat, Sample, IGNORE_INDEX, KNOWN_FIELDS};
+pub use format::{parse_row, parse_row_with, Content, Message, RowFormat, Sample, IGNORE_INDEX, KNOWN_FIELDS};
+pub use mix::Stopping;
 pub use pack::{PackedRow, Packer};
 pub use pipeline::{examples, Batches, DataConfig, DataPosition, Summary};
 pub use reader_arrow::ArrowReader;
 pub use reader_jsonl::JsonlReader;
 pub use reader_parquet::ParquetReader;
 pub use record::{Record, Row, RowSource};
+pub use sharegpt::Roles;
 pub use shuffle::ShuffleBuffer;
-pub use source::open_dataset;
+pub use source::{open_dataset, open_dataset_with};
+pub use split::{Side, Split};
 pub use template::ChatTemplate;
-pub use tokenize::{alpaca_prompt, load_tokenizer, EncodeConfig, Encoder, Example, SpecialTokens};
+pub use tokenize::{alpaca_prompt, load_tokenizer, EncodeConfig, Encoder, Example, SpecialTokens, TrainOn};

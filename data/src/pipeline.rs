@@ -13,20 +13,21 @@
 //! and the same config (seed, buffer size, format, lengths, batch size, packing); seed and buffer size are
 //! checked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::batch::{Batch, PadTo};
+use crate::dataset::{DataSpec, Dataset};
 use crate::error::{DataError, Result};
-use crate::format::{parse_row, RowFormat};
+use crate::format::{parse_row, parse_row_with, RowFormat};
 use crate::pack::{PackedRow, Packer};
-use crate::record::{Row, RowSource};
+use crate::record::Row;
 use crate::shuffle::ShuffleBuffer;
 use crate::source::open_dataset;
 use crate::template::ChatTemplate;
-use crate::tokenize::{EncodeConfig, Encoder, Example, SpecialTokens};
+use crate::tokenize::{EncodeConfig, Encoder, Example, SpecialTokens, TrainOn};
 
 /// Everything that shapes the stream of batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +50,9 @@ pub struct DataConfig {
     pub epochs: Option<u64>,
     /// Skip (and count) malformed rows instead of stopping with an error.
     pub skip_bad_rows: bool,
+    /// Which model turns of chat rows are trained when `completion_only`.
+    #[serde(default)]
+    pub train_on: TrainOn,
 }
 
 impl Default for DataConfig {
@@ -64,6 +68,7 @@ impl Default for DataConfig {
             seed: 0,
             epochs: Some(1),
             skip_bad_rows: false,
+            train_on: TrainOn::AllAssistant,
         }
     }
 }
@@ -118,17 +123,20 @@ pub struct DataPosition {
     pub summary: Summary,
 }
 
+/// A row and the index of the source it came from.
+type SourcedRow = (Row, usize);
+
 /// One epoch's rows in shuffled order. Row errors are passed through where they occur (not buffered).
 struct EpochStream {
-    source: Box<dyn RowSource>,
-    buffer: ShuffleBuffer<Row>,
+    source: Box<dyn Iterator<Item = Result<SourcedRow>> + Send>,
+    buffer: ShuffleBuffer<SourcedRow>,
     source_done: bool,
 }
 
 impl EpochStream {
-    fn open(path: &Path, config: &DataConfig, epoch: u64) -> Result<Self> {
+    fn open(dataset: &Dataset, config: &DataConfig, epoch: u64) -> Result<Self> {
         Ok(Self {
-            source: open_dataset(path)?,
+            source: dataset.rows()?,
             buffer: ShuffleBuffer::new(config.shuffle_buffer, config.seed, epoch),
             source_done: false,
         })
@@ -136,8 +144,8 @@ impl EpochStream {
 }
 
 impl Iterator for EpochStream {
-    type Item = Result<Row>;
-    fn next(&mut self) -> Option<Result<Row>> {
+    type Item = Result<SourcedRow>;
+    fn next(&mut self) -> Option<Result<SourcedRow>> {
         while !self.source_done {
             match self.source.next() {
                 Some(Ok(row)) => {
@@ -163,7 +171,7 @@ struct Mark {
 /// The batch iterator the trainer consumes. Stops after the last epoch (the final batch may be smaller) or
 /// at the first error (a row error only when `skip_bad_rows` is off).
 pub struct Batches {
-    path: PathBuf,
+    dataset: Dataset,
     config: DataConfig,
     encoder: Encoder,
     stream: Option<EpochStream>,
@@ -194,6 +202,12 @@ impl Batches {
         special: SpecialTokens,
         config: DataConfig,
     ) -> Result<Self> {
+        Self::from_spec(DataSpec::file(path.as_ref()), tokenizer, special, config)
+    }
+
+    /// Batches of a [`DataSpec`]: several sources mixed, columns renamed, a side of a held-out split.
+    /// Checks the spec (and finds the held-out rows) now.
+    pub fn from_spec(spec: DataSpec, tokenizer: Tokenizer, special: SpecialTokens, config: DataConfig) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(DataError::Config("batch_size must be at least 1".into()));
         }
@@ -204,10 +218,10 @@ impl Batches {
             tokenizer,
             special,
             EncodeConfig { max_seq_len: config.max_seq_len, completion_only: config.completion_only },
-        )?;
-        let path = path.as_ref().to_path_buf();
-        // Fail early on a missing file or an unknown layout, not at the first `next()`.
-        crate::source::resolve(&path)?;
+        )?
+        .with_train_on(config.train_on);
+        // Fails early on a missing file or an unknown layout, not at the first `next()`.
+        let dataset = Dataset::new(spec)?;
         let position = DataPosition {
             seed: config.seed,
             shuffle_buffer: config.shuffle_buffer,
@@ -216,7 +230,7 @@ impl Batches {
             summary: Summary::default(),
         };
         Ok(Self {
-            path,
+            dataset,
             packer: Packer::new(config.max_seq_len, config.packing),
             config,
             encoder,
@@ -247,8 +261,18 @@ impl Batches {
         config: DataConfig,
         position: &DataPosition,
     ) -> Result<Self> {
+        Self::resume_spec(DataSpec::file(path.as_ref()), tokenizer, config, position)
+    }
+
+    /// [`Batches::resume`] for a [`DataSpec`].
+    pub fn resume_spec(
+        spec: DataSpec,
+        tokenizer: Tokenizer,
+        config: DataConfig,
+        position: &DataPosition,
+    ) -> Result<Self> {
         let special = SpecialTokens::from_tokenizer(&tokenizer)?;
-        let mut b = Self::with_special_tokens(path, tokenizer, special, config)?;
+        let mut b = Self::from_spec(spec, tokenizer, special, config)?;
         b.seek(position)?;
         Ok(b)
     }
@@ -272,7 +296,7 @@ impl Batches {
         if self.finished || position.rows_in_epoch == 0 {
             return Ok(());
         }
-        let mut stream = EpochStream::open(&self.path, &self.config, self.epoch)?;
+        let mut stream = EpochStream::open(&self.dataset, &self.config, self.epoch)?;
         for done in 0..position.rows_in_epoch {
             match stream.next() {
                 Some(Ok(_)) => {}
@@ -282,7 +306,7 @@ impl Batches {
                     return Err(DataError::Position(format!(
                         "epoch {} of {} has only {done} rows, the position is at row {}; did the data change?",
                         self.epoch,
-                        self.path.display(),
+                        self.dataset.spec().label(),
                         position.rows_in_epoch
                     )))
                 }
@@ -322,7 +346,7 @@ impl Batches {
                 return Ok(None);
             }
             if self.stream.is_none() {
-                self.stream = Some(EpochStream::open(&self.path, &self.config, self.epoch)?);
+                self.stream = Some(EpochStream::open(&self.dataset, &self.config, self.epoch)?);
             }
             let before = self.live_mark();
             let item = self.stream.as_mut().and_then(Iterator::next);
@@ -332,8 +356,10 @@ impl Batches {
             };
             self.rows_in_epoch += 1;
             self.summary.rows += 1;
-            let example = item.and_then(|row| {
-                let sample = parse_row(&row, self.config.format)?;
+            let example = item.and_then(|(row, source)| {
+                let d = &self.dataset;
+                let sample = parse_row_with(&row, d.format(source, self.config.format), d.roles())
+                    .map_err(|e| d.columns().explain(e))?;
                 self.encoder.encode(&sample, &row.loc)
             });
             match example {
@@ -355,7 +381,8 @@ impl Batches {
 
     fn end_epoch(&mut self) -> Result<()> {
         if self.started_at_zero && self.examples_in_epoch == 0 {
-            return Err(DataError::dataset(&self.path, "has no usable examples"));
+            let d = self.dataset.spec();
+            return Err(DataError::dataset(d.label().as_ref(), "has no usable examples"));
         }
         self.stream = None;
         self.epoch += 1;

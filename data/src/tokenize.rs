@@ -9,7 +9,7 @@
 //! | text                | bos, text, eos                                   | all but position 0                  |
 //! | prompt_completion   | bos, prompt, completion, eos                     | completion, eos                     |
 //! | alpaca              | bos, alpaca prompt(instruction, input), output, eos | output, eos                      |
-//! | messages            | bos, rendered template pieces                     | model content + end-of-turn marker  |
+//! | messages            | bos, rendered template pieces                     | model content + end-of-turn marker (all turns, or the last with `TrainOn::LastTurn`) |
 //! | tokens              | input_ids as given (no bos/eos added)            | `labels`, or input_ids              |
 //!
 //! `labels[0]` is always [`IGNORE_INDEX`]: labels are aligned with `input_ids` and the model shifts them
@@ -91,6 +91,17 @@ impl Example {
     }
 }
 
+/// Which model turns of a chat row are trained when answers only are (`data.train_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainOn {
+    /// Every assistant turn (TRL's `assistant_only_loss`, Axolotl's `roles_to_train: ["assistant"]`).
+    #[default]
+    AllAssistant,
+    /// Only the conversation's last assistant turn; earlier ones are context.
+    LastTurn,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncodeConfig {
     /// Longest example kept; longer ones are cut to this length and counted as truncated.
@@ -108,6 +119,7 @@ pub struct Encoder {
     has_turn_tokens: bool,
     /// The checkpoint's chat template; `None`: the hand-written Gemma template of [`crate::chat`].
     template: Option<ChatTemplate>,
+    train_on: TrainOn,
 }
 
 impl Encoder {
@@ -117,7 +129,13 @@ impl Encoder {
         }
         let has_turn_tokens =
             tokenizer.token_to_id(START_OF_TURN).is_some() && tokenizer.token_to_id(END_OF_TURN).is_some();
-        Ok(Self { tokenizer, special, config, has_turn_tokens, template: None })
+        Ok(Self { tokenizer, special, config, has_turn_tokens, template: None, train_on: TrainOn::AllAssistant })
+    }
+
+    /// Which model turns a chat row trains when `completion_only` (all of them by default).
+    pub fn with_train_on(mut self, train_on: TrainOn) -> Self {
+        self.train_on = train_on;
+        self
     }
 
     /// Renders `messages` rows with `template` (a checkpoint's, [`ChatTemplate::for_model`]) instead of the
@@ -169,8 +187,12 @@ impl Encoder {
                 self.push(&mut b, t.without_bos(&text), true, loc)?;
             }
             Sample::Messages(messages) => {
-                for piece in self.pieces(messages, false, loc)? {
-                    self.push(&mut b, &piece.text, piece.trained || train_prompt, loc)?;
+                let pieces = self.pieces(messages, false, loc)?;
+                // A trained piece is one model turn (content and end-of-turn marker; untrained text in between).
+                let last = pieces.iter().rposition(|p| p.trained);
+                for (i, piece) in pieces.iter().enumerate() {
+                    let turn = piece.trained && (self.train_on == TrainOn::AllAssistant || Some(i) == last);
+                    self.push(&mut b, &piece.text, turn || train_prompt, loc)?;
                 }
             }
             Sample::Tokens { input_ids, labels } => {
