@@ -57,6 +57,9 @@ impl EvalSet {
         chat_template: Option<&ChatTemplate>,
         eos: &[u32],
     ) -> Result<Option<Self>> {
+        if let Some(spec) = recipe.eval_split_spec() {
+            return Self::held_out(recipe, spec, tokenizer, chat_template, eos).map(Some);
+        }
         let Some(path) = &recipe.data.eval else { return Ok(None) };
         let t = &recipe.train;
         let has = |m| t.eval_metrics.contains(&m);
@@ -98,6 +101,38 @@ impl EvalSet {
             chat_template: chat_template.cloned(),
             eos: eos.to_vec(),
         }))
+    }
+
+    /// `data.eval_split`'s held-out training rows, for `loss` (the only metric validation lets through).
+    fn held_out(
+        recipe: &Recipe,
+        spec: lapidary_data::DataSpec,
+        tokenizer: &tokenizers::Tokenizer,
+        chat_template: Option<&ChatTemplate>,
+        eos: &[u32],
+    ) -> Result<Self> {
+        let label = format!("the rows data.eval_split holds out of {}", spec.label());
+        let special = lapidary_data::SpecialTokens::from_tokenizer(tokenizer)?;
+        let batches = Batches::from_spec(spec, tokenizer.clone(), special, recipe.eval_data())
+            .map(|b| b.with_chat_template(chat_template.cloned()))
+            .and_then(|b| b.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("eval data: {label}"))?;
+        Ok(Self {
+            path: PathBuf::from(label),
+            loss: Some(batches),
+            exact: None,
+            choice: None,
+            options: ExactOptions {
+                max_new_tokens: recipe.train.eval_max_new_tokens,
+                chat: false,
+                stop_at_newline: false,
+                rule: MatchRule::Equal,
+            },
+            max_seq_len: recipe.data.max_seq_len,
+            tokenizer: tokenizer.clone(),
+            chat_template: chat_template.cloned(),
+            eos: eos.to_vec(),
+        })
     }
 
     /// Every asked-for metric on `model` (dropout off); a non-finite loss is an error naming the step.

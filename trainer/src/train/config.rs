@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lapidary_data::RowFormat;
+use lapidary_data::{Columns, Roles, RowFormat, Stopping, TrainOn};
 use lapidary_model::nn::lora::TARGETS;
 use lapidary_model::peft::adapter::EXPERT_PARAMETERS;
 use serde::{Deserialize, Serialize};
@@ -98,10 +98,31 @@ impl Default for LoraSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    pub train: PathBuf,
+    /// The training set; or several, weighted, in `[[data.sources]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<PathBuf>,
+    /// Training sets mixed as `datasets.interleave_datasets(probabilities=weights/sum, seed=train.seed)` mixes
+    /// them (see lapidary_data::mix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceSection>,
+    /// When a mixture ends: `first_exhausted` (a source ran out) or `all_exhausted` (every source did).
+    #[serde(default)]
+    pub stopping_strategy: Stopping,
     #[serde(default)]
     pub eval: Option<PathBuf>,
     #[serde(default)]
+    /// Without `eval`: this fraction of the training rows is held out and evaluated on (`eval_loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<f64>,
+    /// The dataset's column for a field a format reads: `{instruction = "question"}`.
+    #[serde(default, skip_serializing_if = "Columns::is_empty")]
+    pub columns: Columns,
+    /// ShareGPT `from` names per chat role: `{user = ["human", "user"], assistant = ["gpt", "model"]}`.
+    #[serde(default)]
+    pub roles: Roles,
+    /// Chat rows with `completion_only`: train every assistant turn (`all_assistant`) or the last (`last_turn`).
+    #[serde(default)]
+    pub train_on: TrainOn,
     pub format: RowFormat,
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
@@ -117,6 +138,23 @@ pub struct DataSection {
 }
 
 fn default_max_seq_len() -> usize {
+/// One training set of a mixture (`[[data.sources]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    pub path: PathBuf,
+    /// Relative weight: only the ratios matter.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// This source's row format; `data.format` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<RowFormat>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
     512
 }
 fn yes() -> bool {
@@ -273,6 +311,9 @@ impl Default for TrainSection {
 pub struct OutputSection {
     pub dir: PathBuf,
 }
+    /// Also log the metrics as TensorBoard event files in `OUT/tensorboard/`.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates. Relative paths
@@ -346,6 +387,7 @@ impl Recipe {
         }
         if t.max_steps == Some(0) {
             bail!("train.max_steps must be at least 1");
+        self.validate_data_recipe()?;
         }
         if t.epochs == Some(0) {
             bail!("train.epochs must be at least 1");
@@ -391,6 +433,76 @@ impl Recipe {
         let all = "loss, exact_match, choice";
         if t.eval_metrics.is_empty() {
             bail!("train.eval_metrics is empty; list one or more of {all}");
+    /// `data.train` or `data.sources`, the weights, the split, the renames, the roles.
+    fn validate_data_recipe(&self) -> Result<()> {
+        let d = &self.data;
+        match (&d.train, d.sources.is_empty()) {
+            (Some(_), false) => bail!("set data.train (one dataset) or [[data.sources]] (several, weighted), not both"),
+            (None, true) => bail!("set data.train (the training set) or [[data.sources]] (several, weighted)"),
+            _ => {}
+        }
+        for (i, s) in d.sources.iter().enumerate() {
+            if !(s.weight.is_finite() && s.weight > 0.0) {
+                bail!("data.sources[{i}].weight ({}) must be a positive number, got {}", s.path.display(), s.weight);
+            }
+        }
+        if let Some(f) = d.eval_split {
+            if !(f > 0.0 && f < 1.0) {
+                bail!("data.eval_split must be between 0 and 1 (exclusive), got {f}");
+            }
+            if d.eval.is_some() {
+                bail!("data.eval_split holds rows out when there is no data.eval; set one of them");
+            }
+        }
+        if let Err((key, m)) = d.columns.check() {
+            bail!("data.columns.{key}: {m}");
+        }
+        if let Err(m) = d.roles.check() {
+            bail!("{m}");
+        }
+        if d.train_on == TrainOn::LastTurn && !d.completion_only {
+            bail!("data.train_on = \"last_turn\" needs data.completion_only = true (otherwise every token is trained)");
+        }
+        Ok(())
+    }
+
+    /// What the training set is: its sources, renames, roles and, with `eval_split`, the training side.
+    pub fn train_spec(&self) -> lapidary_data::DataSpec {
+        let d = &self.data;
+        let sources = match &d.train {
+            Some(p) => vec![lapidary_data::Source { path: p.clone(), weight: 1.0, format: None }],
+            None => d
+                .sources
+                .iter()
+                .map(|s| lapidary_data::Source { path: s.path.clone(), weight: s.weight, format: s.format })
+                .collect(),
+        };
+        lapidary_data::DataSpec {
+            sources,
+            stopping: d.stopping_strategy,
+            seed: self.train.seed,
+            columns: d.columns.clone(),
+            roles: d.roles.clone(),
+            split: d.eval_split.map(|fraction| lapidary_data::Split {
+                fraction,
+                seed: self.train.seed,
+                side: lapidary_data::Side::Train,
+            }),
+        }
+    }
+
+    /// The rows `data.eval_split` holds out of the training set (`None` without it).
+    pub fn eval_split_spec(&self) -> Option<lapidary_data::DataSpec> {
+        let mut spec = self.train_spec();
+        spec.split.as_mut()?.side = lapidary_data::Side::Eval;
+        Some(spec)
+    }
+
+    /// The training set, for messages: its file, or its files joined by ` + `.
+    pub fn train_label(&self) -> String {
+        self.train_spec().label()
+    }
+
         }
         for (i, m) in t.eval_metrics.iter().enumerate() {
             if t.eval_metrics[..i].contains(m) {
@@ -406,7 +518,11 @@ impl Recipe {
         }
         if self.data.eval.is_none() {
             if let Some(m) = t.eval_metrics.iter().find(|m| **m != EvalMetric::Loss) {
-                bail!("train.eval_metrics has `{}` but data.eval is not set (the rows to evaluate)", m.name());
+                bail!(
+                    "train.eval_metrics has `{}` but data.eval is not set (the rows to evaluate; data.eval_split \
+                     gives `loss` only)",
+                    m.name()
+                );
             }
         }
         if t.eval_max_new_tokens == 0 {
@@ -443,6 +559,7 @@ impl Recipe {
 
     /// The eval set: file order, one pass, no packing.
     pub fn eval_data(&self) -> lapidary_data::DataConfig {
+            train_on: self.data.train_on,
         lapidary_data::DataConfig {
             batch_size: self.eval_batch_size(),
             packing: false,
@@ -456,7 +573,7 @@ impl Recipe {
     /// `eval_every`, may change). Returns the first differing key.
     pub fn resume_mismatch(&self, old: &Recipe) -> Option<&'static str> {
         let (a, b) = (self, old);
-        let checks: [(&'static str, bool); 14] = [
+        let checks: [(&'static str, bool); 20] = [
             ("model.path", a.model.path == b.model.path),
             ("model.quant", a.model.quant == b.model.quant),
             ("lora", a.lora == b.lora),
@@ -466,6 +583,12 @@ impl Recipe {
             ("data.packing", a.data.packing == b.data.packing),
             ("data.completion_only", a.data.completion_only == b.data.completion_only),
             ("data.shuffle_buffer", a.data.shuffle_buffer == b.data.shuffle_buffer),
+            ("data.sources", a.data.sources == b.data.sources),
+            ("data.stopping_strategy", a.data.stopping_strategy == b.data.stopping_strategy),
+            ("data.eval_split", a.data.eval_split == b.data.eval_split),
+            ("data.columns", a.data.columns == b.data.columns),
+            ("data.roles", a.data.roles == b.data.roles),
+            ("data.train_on", a.data.train_on == b.data.train_on),
             ("data.skip_bad_rows", a.data.skip_bad_rows == b.data.skip_bad_rows),
             ("train.batch_size", a.train.batch_size == b.train.batch_size),
             ("train.grad_accum", a.train.grad_accum == b.train.grad_accum),

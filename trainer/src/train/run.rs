@@ -142,8 +142,7 @@ struct Start<B: GemmaBackend> {
 
 /// A new run: zero moments, step 0, the data from its beginning.
 fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>) -> Result<Start<B>> {
-    let batches = Batches::new(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data())?
-        .with_chat_template(setup.chat_template.clone());
+    let batches = train_batches(recipe, &setup.tokenizer)?.with_chat_template(setup.chat_template.clone());
     let state = TrainState {
         step: 0,
         data: batches.position(),
@@ -172,8 +171,8 @@ fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) ->
     let ck = checkpoint::load(dir, &setup.params, setup.opt_cfg, &setup.device)?;
     setup.params = ck.params;
     setup.params.write(&mut setup.model, false);
-    let batches = Batches::resume(&recipe.data.train, setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
-        .with_context(|| format!("training data {}", recipe.data.train.display()))?
+    let batches = Batches::resume_spec(recipe.train_spec(), setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
+        .with_context(|| format!("training data {}", recipe.train_label()))?
         .with_chat_template(setup.chat_template.clone());
     Ok(Start { opt: ck.opt, state: ck.state, batches })
 }
@@ -313,7 +312,7 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
                 }
             }
             let window = next_window(&mut self.batches, t.grad_accum)
-                .with_context(|| format!("training data {}", recipe.data.train.display()))?;
+                .with_context(|| format!("training data {}", recipe.train_label()))?;
             if window.is_empty() {
                 break; // the epochs ran out a little before the planned step count
             }
@@ -495,16 +494,14 @@ fn check_output(out: &Path, opts: &Options) -> Result<Option<(u64, PathBuf)>> {
 /// at least one batch before anything is written.
 fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, chat_template: Option<&ChatTemplate>) -> Result<u64> {
     let t = &recipe.train;
-    let path = &recipe.data.train;
-    let ctx = || format!("training data {}", path.display());
-    let mut b = Batches::new(path, tokenizer.clone(), recipe.train_data())
-        .with_context(ctx)?
-        .with_chat_template(chat_template.cloned());
+    let label = recipe.train_label();
+    let ctx = || format!("training data {label}");
+    let mut b = train_batches(recipe, tokenizer)?.with_chat_template(chat_template.cloned());
     match t.epochs {
         None => match b.next() {
             Some(Ok(_)) => Ok(t.max_steps.unwrap_or(1)),
             Some(Err(e)) => Err(e).with_context(ctx),
-            None => bail!("{}: no training batches", path.display()),
+            None => bail!("{label}: no training batches"),
         },
         Some(_) => {
             let mut n = 0u64;
@@ -516,6 +513,14 @@ fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, chat_template:
             Ok(t.max_steps.map_or(steps, |m| m.min(steps)))
         }
     }
+}
+
+/// The training batches from the start: `data.train` or the `data.sources` mixture, without the rows
+/// `data.eval_split` holds out.
+fn train_batches(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer) -> Result<Batches> {
+    let special = lapidary_data::SpecialTokens::from_tokenizer(tokenizer)?;
+    Batches::from_spec(recipe.train_spec(), tokenizer.clone(), special, recipe.train_data())
+        .with_context(|| format!("training data {}", recipe.train_label()))
 }
 
 /// Up to `grad_accum` batches (fewer only at the very end of the data).
