@@ -87,8 +87,11 @@ pub fn built_without_cuda() -> anyhow::Error {
 
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A Hugging Face model directory or a .gguf file.
-    #[arg(long)]
+    /// A Hugging Face model directory, a .gguf file, or a Hub id: ORG/NAME[@REVISION] or
+    /// ORG/NAME[@REVISION]/FILE.gguf, read from the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub,
+    /// ~/.cache/huggingface/hub) and downloaded into it when missing (HF_TOKEN for gated models; not with
+    /// HF_HUB_OFFLINE=1).
+    #[arg(long, value_parser = model_path)]
     pub model: PathBuf,
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
@@ -104,6 +107,13 @@ pub struct ModelArgs {
     /// What the model computes in.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Dtype,
+}
+
+/// `--model`'s value as a local path: a Hub id becomes its snapshot folder (or GGUF file) in the Hugging Face
+/// cache here, once, so that everything reading the model (config, weights, tokenizer, chat template) reads
+/// the same files.
+pub fn model_path(s: &str) -> std::result::Result<PathBuf, String> {
+    lapidary_model::io::hub::resolve_model(std::path::Path::new(s)).map_err(|e| e.to_string())
 }
 
 impl ModelArgs {

@@ -17,8 +17,9 @@ use lapidary_model::{GemmaConfig, WeightSource};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The .gguf file (or, with --adapter, the adapter's base: a .gguf file or a model directory).
-    #[arg(long)]
+    /// The .gguf file (or, with --adapter, the adapter's base: a .gguf file or a model directory); a Hub id
+    /// names either (see `lapidary eval --help`).
+    #[arg(long, value_parser = crate::common::model_path)]
     pub model: PathBuf,
     /// A PEFT LoRA adapter directory to write as a llama.cpp GGUF adapter (--out must end in .gguf).
     #[arg(long)]

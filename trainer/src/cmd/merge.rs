@@ -23,8 +23,8 @@ use crate::eval::loss::eval_rows;
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// The base: a Hugging Face model directory or a .gguf file.
-    #[arg(long)]
+    /// The base: a Hugging Face model directory or a .gguf file, or a Hub id (see `lapidary eval --help`).
+    #[arg(long, value_parser = crate::common::model_path)]
     pub model: PathBuf,
     /// A PEFT LoRA adapter directory; repeat to combine several.
     #[arg(long, required = true)]

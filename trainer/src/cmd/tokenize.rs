@@ -7,8 +7,8 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// A Hugging Face model directory or a .gguf file.
-    #[arg(long)]
+    /// A Hugging Face model directory or a .gguf file, or a Hub id (see `lapidary eval --help`).
+    #[arg(long, value_parser = crate::common::model_path)]
     pub model: PathBuf,
     #[arg(long)]
     pub text: String,

@@ -32,7 +32,8 @@ pub struct Recipe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A Hugging Face model directory or a `.gguf` file.
+    /// A Hugging Face model directory or a `.gguf` file, or a Hub id (`ORG/NAME[@REVISION]`,
+    /// `ORG/NAME/FILE.gguf`) read from the Hugging Face cache.
     pub path: PathBuf,
     /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA), `int8`, or `gguf` (a `.gguf` model's
     /// projections in the file's own blocks, the weights llama.cpp runs).
@@ -317,11 +318,15 @@ pub struct OutputSection {
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates. Relative paths
-    /// in the recipe stay relative to the working directory, as a user typing them would expect.
+    /// in the recipe stay relative to the working directory, as a user typing them would expect. A Hub id in
+    /// `model.path` becomes its snapshot folder in the Hugging Face cache here (downloaded if need be), so
+    /// `OUT/config.toml` records the exact commit trained on and a resume checks it is the same.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let recipe = Self::parse(&text, path, overrides)?;
+        let mut recipe = Self::parse(&text, path, overrides)?;
         recipe.validate().with_context(|| format!("{}: invalid recipe", path.display()))?;
+        recipe.model.path = lapidary_model::io::hub::resolve_model(&recipe.model.path)
+            .with_context(|| format!("{}: model.path", path.display()))?;
         Ok(recipe)
     }
 
