@@ -100,8 +100,8 @@ fn eval_and_tokenize_through_a_hub_id() {
     assert_eq!(tok(GEMMA), tok(fixture("tiny/gemma3").to_str().unwrap()));
 }
 
-/// `lapidary train` with the recipe's model.path a Hub id and data.train / data.eval `hf://datasets/…` files
-/// logs the losses of the same recipe on the local files.
+/// `lapidary train` with the recipe's model.path a Hub id and data.train / data.eval `hf://datasets/…` files,
+/// or a folder of Parquet shards, logs the losses of the same recipe on the local files.
 #[test]
 fn train_from_a_hub_model_and_dataset() {
     let tmp = tempfile::tempdir().unwrap();
@@ -133,6 +133,12 @@ fn train_from_a_hub_model_and_dataset() {
         ],
     );
     assert!(local.iter().any(|(l, _)| l.is_number()) && local.iter().any(|(_, e)| e.is_number()), "{local:?}");
+    assert_eq!(hub, local);
+    // A folder of the dataset repository: its Parquet shards, as the local folder they were copied from.
+    let shards = fixture("data/rows_shards");
+    let local = train(&tmp.path().join("local_shards"), &[&format!("data.train={}", shards.display())]);
+    let hub = train(&tmp.path().join("hub_shards"), &["data.train=hf://datasets/lapidary-test/tiny-rows/data"]);
+    assert!(local.iter().filter(|(l, _)| l.is_number()).count() == 3, "{local:?}");
     assert_eq!(hub, local);
 }
 
