@@ -452,6 +452,8 @@ fn read_rope(r: &Reader, arch: Arch) -> Result<(RopeConfig, RopeConfig)> {
 /// not know, so loading would silently build a different model: it is an error unless it is null/false.
 const GEMMA4_KEYS: &[&str] = &[
     "_name_or_path",
+    // Read by `crate::io::bnb` (a bitsandbytes checkpoint), not a model setting.
+    "quantization_config",
     "architectures",
     "attention_bias",
     "attention_dropout",

@@ -98,7 +98,8 @@ pub struct ModelArgs {
     pub adapter: Option<PathBuf>,
     /// How the frozen base is stored [default: gguf for a .gguf model (its own blocks, multiplied as
     /// stored, as llama.cpp does: the same results as none, in a third of the memory and, for generation,
-    /// several times faster), none otherwise].
+    /// several times faster); for a bitsandbytes checkpoint the kind it stores (nf4 or int8, taken as
+    /// stored); none otherwise].
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
     /// Backend: flex or ndarray (CPU), cuda (an NVIDIA GPU; binaries built with `--features cuda`).
@@ -119,7 +120,16 @@ pub fn model_path(s: &str) -> std::result::Result<PathBuf, String> {
 impl ModelArgs {
     /// `--quant`, or its default for this model (see the flag's help).
     pub fn quant(&self) -> Quant {
-        self.quant.unwrap_or(if lapidary_model::io::files::is_gguf(&self.model) { Quant::Gguf } else { Quant::None })
+        self.quant.unwrap_or_else(|| {
+            if lapidary_model::io::files::is_gguf(&self.model) {
+                return Quant::Gguf;
+            }
+            match lapidary_model::io::bnb::stored_quant(&self.model) {
+                Some(QuantKind::Nf4) => Quant::Nf4,
+                Some(QuantKind::Int8) => Quant::Int8,
+                _ => Quant::None,
+            }
+        })
     }
 }
 

@@ -7,7 +7,8 @@
 //! shift. Layouts, from bitsandbytes:
 //! - NF4: element `i` is the high nibble of byte `i / 2` when `i` is even, the low nibble when odd; its
 //!   64-block `b = i / 64` has the quantized absmax byte `absmax_q[b]`, rebuilt as
-//!   `DYN[absmax_q[b]] · absmax2[b / 256] + offset`, and `w = NF4[code] · absmax`.
+//!   `DYN[absmax_q[b]] · absmax2[b / nested_block] + offset` (`nested_block` 256, or 1 for a checkpoint saved
+//!   without double quantization), and `w = NF4[code] · absmax`.
 //! - int8: `w = CB[i] · SCB[row] · (1/127)` (bitsandbytes' constant), `CB` signed.
 //!
 //! Rounding: the kernels compute the same f32 operations in the same order as the host, but NVRTC may
@@ -27,6 +28,7 @@ fn nf4_kernel<F: Float>(
     absmax2: &Array<f32>,
     tables: &Array<f32>,
     offset: f32,
+    nested_block: u32,
     out: &mut Array<F>,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -40,7 +42,7 @@ fn nf4_kernel<F: Float>(
     let code = (byte >> (4 - 4 * u32::cast_from(i % 2))) & 0xf;
     let block = i / 64;
     let q = (absmax_q[block / 4] >> (u32::cast_from(block % 4) * 8)) & 0xff;
-    let absmax = tables[16 + usize::cast_from(q)] * absmax2[block / 256] + offset;
+    let absmax = tables[16 + usize::cast_from(q)] * absmax2[block / usize::cast_from(nested_block)] + offset;
     out[i] = F::cast_from(tables[usize::cast_from(code)] * absmax);
 }
 
@@ -77,6 +79,8 @@ pub struct Nf4Device {
     pub absmax2: (cubecl::server::Handle, usize),
     pub tables: (cubecl::server::Handle, usize),
     pub offset: f32,
+    /// 64-blocks per `absmax2` value.
+    pub nested_block: u32,
 }
 
 /// Device buffers of one int8 weight.
@@ -109,6 +113,7 @@ impl Nf4Device {
             absmax2: upload_f32(client, &w.absmax2),
             tables: upload_f32(client, &tables),
             offset: w.offset,
+            nested_block: 1 << w.nested_shift,
         }
     }
 
@@ -127,6 +132,7 @@ impl Nf4Device {
             arg(&self.absmax2),
             arg(&self.tables),
             self.offset,
+            self.nested_block,
             // SAFETY: `out` holds `numel` values of `dtype` (at least one).
             unsafe { ArrayArg::from_raw_parts(out.clone(), self.numel) },
             dtype.into(),

@@ -51,6 +51,16 @@ impl<'a> Names<'a> {
         Ok(t)
     }
 
+    /// The weight as a pre-quantized checkpoint stores it (bitsandbytes), `None` where it is stored dense.
+    fn packed(&self, rel: &str, expected: [usize; 2]) -> Result<Option<PackedWeight>> {
+        let name = format!("{}{rel}", self.prefix);
+        let p = self.src.packed(&name)?;
+        if let Some(p) = &p {
+            self.check_shape(name, &expected, p.shape().to_vec())?;
+        }
+        Ok(p)
+    }
+
     /// The tensor in the file's own ggml blocks (`--quant gguf`); an error naming the file where the source
     /// has none (a safetensors directory).
     fn ggml(&self, rel: &str, expected: [usize; 2]) -> Result<GgmlWeight> {
@@ -128,6 +138,25 @@ pub fn load_gemma<B: GemmaBackend>(
     device: &B::Device,
 ) -> Result<Gemma<B>> {
     let names = Names::new(src);
+    // A pre-quantized (bitsandbytes) checkpoint: with its own kind each weight is taken as stored, and what
+    // it stores in 16-bit (`llm_int8_skip_modules`, 3-D experts) stays dense, as transformers loads it; `none`
+    // dequantizes; any other kind would quantize already-quantized values a second time.
+    let as_stored = src.stored_quant().is_some_and(|s| s == quant);
+    if let Some(stored) = src.stored_quant() {
+        if !as_stored && quant != QuantKind::None {
+            let name = |q: QuantKind| format!("{q:?}").to_lowercase();
+            return Err(ModelError::format(
+                src.path().join("config.json"),
+                format!(
+                    "quantization_config: the checkpoint is stored quantized by bitsandbytes ({stored}); quant \
+                     {asked} would quantize its dequantized weights a second time: use quant {stored} (the weights as \
+                     stored) or none (dequantized to f32)",
+                    stored = name(stored),
+                    asked = name(quant),
+                ),
+            ));
+        }
+    }
     let c = config;
     let h = c.hidden_size;
     let adds_one = c.arch.norm_adds_one();
@@ -137,6 +166,10 @@ pub fn load_gemma<B: GemmaBackend>(
     let frozen = |rel: &str, out: usize, inp: usize, key: u64| -> Result<LoraLinear<B>> {
         let base = match quant {
             QuantKind::Gguf => FrozenLinear::Packed(Arc::new(PackedWeight::Ggml(names.ggml(rel, [out, inp])?))),
+            _ if as_stored => match names.packed(rel, [out, inp])? {
+                Some(p) => FrozenLinear::Packed(Arc::new(p)),
+                None => FrozenLinear::new(names.get(rel, &[out, inp])?.data, [out, inp], QuantKind::None, device),
+            },
             _ => FrozenLinear::new(names.get(rel, &[out, inp])?.data, [out, inp], quant, device),
         };
         Ok(LoraLinear::frozen(base, key))
@@ -256,10 +289,9 @@ pub fn load_gemma<B: GemmaBackend>(
                             .collect()
                     } else {
                         let t = names.get(&rel, &[m.experts, out, inp])?;
-                        t.data
-                            .chunks(out * inp)
-                            .map(|w| FrozenLinear::new(w.to_vec(), [out, inp], quant, device))
-                            .collect()
+                        // bitsandbytes leaves 3-D parameters in 16-bit: so does loading its checkpoints as stored.
+                        let q = if as_stored { QuantKind::None } else { quant };
+                        t.data.chunks(out * inp).map(|w| FrozenLinear::new(w.to_vec(), [out, inp], q, device)).collect()
                     };
                     Ok(LoraLinear::frozen(
                         FrozenLinear::Experts(Arc::new(each)),

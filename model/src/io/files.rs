@@ -42,13 +42,14 @@ impl ModelFiles {
             return Err(ModelError::format(path, "config.json is missing from this model directory"));
         }
         let config = GemmaConfig::from_file(&config_path)?;
-        let weights = SafetensorsDir::open(path)?;
+        // A bitsandbytes checkpoint (`quantization_config`) is read through its quant states.
+        let weights = crate::io::bnb::open(path, SafetensorsDir::open(path)?)?;
         let tokenizer = load_tokenizer(path)?;
         let chat_template = std::fs::read_to_string(path.join("tokenizer_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("chat_template").and_then(|c| c.as_str()).map(str::to_string));
-        Ok(Self { path: path.to_path_buf(), config, weights: Box::new(weights), tokenizer, chat_template })
+        Ok(Self { path: path.to_path_buf(), config, weights, tokenizer, chat_template })
     }
 
     fn open_gguf(path: &Path) -> Result<Self> {

@@ -176,9 +176,11 @@ impl HfDirWriter {
     }
 }
 
-/// `config.json` with its dtype key (`dtype` in transformers 5, `torch_dtype` in 4.x) set to `dtype`.
+/// `config.json` with its dtype key (`dtype` in transformers 5, `torch_dtype` in 4.x) set to `dtype`, and
+/// no `quantization_config`: the weights written are dense (a bitsandbytes base is written dequantized).
 pub fn config_with_dtype(mut config: Value, dtype: OutDtype) -> Value {
     if let Some(obj) = config.as_object_mut() {
+        obj.remove("quantization_config");
         if obj.contains_key("torch_dtype") {
             obj.insert("torch_dtype".into(), dtype.torch_name().into());
         }

@@ -4,6 +4,7 @@
 //! cache: `hub`), published shapes with random weights for benchmarks (`shapes`); out: transformers
 //! directories (`hf_dir`), files written whole (`atomic`). No Burn here: tensors become the model's in `crate::gemma::load`.
 pub mod atomic;
+pub mod bnb;
 pub mod files;
 pub mod gguf;
 pub mod hf_dir;

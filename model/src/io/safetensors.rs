@@ -59,6 +59,16 @@ impl SafetensorsDir {
         Ok(Self { dir: dir.to_path_buf(), shards, index })
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// A tensor as stored: its shard's path, dtype, shape and bytes (for packed formats read as they are).
+    pub fn raw(&self, name: &str) -> Result<(&Path, Dtype, Vec<usize>, &[u8])> {
+        let (path, view) = self.view(name)?;
+        Ok((path, view.dtype(), view.shape().to_vec(), view.data()))
+    }
+
     fn view(&self, name: &str) -> Result<(&Path, safetensors::tensor::TensorView<'_>)> {
         let &i = self
             .index

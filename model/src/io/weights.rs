@@ -3,6 +3,7 @@
 //! conventions (row-major, `[out_features, in_features]` for linears, Gemma norms stored as `w`, not `1 + w`).
 use crate::error::Result;
 use crate::quant::ggml::GgmlWeight;
+use crate::quant::{PackedWeight, QuantKind};
 
 /// A dense f32 tensor on the host, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,17 @@ pub trait WeightSource {
     /// A 2-D tensor in the blocks a GGUF file stores it in, for `--quant gguf`: `None` where the source keeps
     /// no such blocks (safetensors) or the tensor is not stored as it is used (GGUF norms, stored as `1 + w`).
     fn ggml(&self, name: &str) -> Result<Option<GgmlWeight>> {
+        let _ = name;
+        Ok(None)
+    }
+    /// The kind a pre-quantized checkpoint stores its linears in (a bitsandbytes `load_in_4bit` / `load_in_8bit`
+    /// directory: `Nf4` / `Int8`); `None` for full-precision weights.
+    fn stored_quant(&self) -> Option<QuantKind> {
+        None
+    }
+    /// A weight as the checkpoint stores it quantized (bitsandbytes' NF4 or int8 state, taken as it is);
+    /// `None` where it is stored in full precision. `get` gives the same tensor dequantized.
+    fn packed(&self, name: &str) -> Result<Option<PackedWeight>> {
         let _ = name;
         Ok(None)
     }

@@ -43,6 +43,9 @@ pub struct Nf4Weight {
     pub absmax2: Vec<f32>,
     /// Mean of the f32 absmax values, added back after dequantizing them.
     pub offset: f32,
+    /// `absmax2` holds one value per `1 << nested_shift` 64-blocks: 8 (256, bitsandbytes' double quantization),
+    /// or 0 for a checkpoint saved without double quantization ([`Nf4Weight::single_level`]).
+    pub nested_shift: u32,
 }
 
 impl Nf4Weight {
@@ -78,7 +81,16 @@ impl Nf4Weight {
         }
         let packed = codes.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
         let (absmax_q, absmax2, offset) = double_quantize(&absmax);
-        Nf4Weight { shape, packed, absmax_q, absmax2, offset }
+        Nf4Weight { shape, packed, absmax_q, absmax2, offset, nested_shift: ABSMAX_BLOCK.trailing_zeros() }
+    }
+
+    /// A weight bitsandbytes quantized without double quantization (`bnb_4bit_use_double_quant = False`): one
+    /// f32 absmax per 64-block. Held in the double-quantized layout every kernel reads, exactly: each block's
+    /// quantized absmax selects the dynamic map's 1.0, its own f32 absmax is its second-level scale and the
+    /// offset is 0, so a block's scale is `1.0 · absmax + 0.0`, the stored f32.
+    pub fn single_level(shape: [usize; 2], packed: Vec<u8>, absmax: Vec<f32>) -> Self {
+        debug_assert_eq!(dynamic_map()[255], 1.0);
+        Nf4Weight { shape, packed, absmax_q: vec![255; absmax.len()], absmax2: absmax, offset: 0.0, nested_shift: 0 }
     }
 
     pub fn numel(&self) -> usize {
@@ -94,7 +106,7 @@ impl Nf4Weight {
     /// The absmax of 64-block `b` (`dynm`: [`dynamic_map`]), computed as bitsandbytes dequantizes it.
     #[inline(always)]
     pub fn block_scale(&self, b: usize, dynm: &[f32; 256]) -> f32 {
-        dynm[self.absmax_q[b] as usize] * self.absmax2[b / ABSMAX_BLOCK] + self.offset
+        dynm[self.absmax_q[b] as usize] * self.absmax2[b >> self.nested_shift] + self.offset
     }
 
     /// Dequantize into `out` (row-major `[out_features, in_features]`).
@@ -176,6 +188,21 @@ mod tests {
         let back = w.dequantize();
         for (a, b) in back.iter().zip(&data) {
             assert!((a - b).abs() <= 2.0 * 0.01, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn single_level_scales_are_the_stored_absmax() {
+        // Awkward f32 absmax values (not representable by the 8-bit map) come back bit for bit.
+        let absmax = vec![0.123_456_79f32, 3.0e-7, 17.25, 1.0e-38];
+        let packed: Vec<u8> = (0..128u32).map(|i| (i * 37 % 256) as u8).collect();
+        let w = Nf4Weight::single_level([4, 64], packed.clone(), absmax.clone());
+        assert_eq!(w.absmax(), absmax);
+        let code = nf4_code();
+        let d = w.dequantize();
+        for (i, v) in d.iter().enumerate() {
+            let q = if i % 2 == 0 { packed[i / 2] >> 4 } else { packed[i / 2] & 15 };
+            assert_eq!(v.to_bits(), (code[q as usize] * absmax[i / 64]).to_bits());
         }
     }
 }

@@ -19,9 +19,12 @@ use crate::quant::{Int8Weight, Nf4Weight, PackedWeight};
 pub fn dequant_equals_host<R: Gemm, BT: BoolElement>(shapes: &[[usize; 2]], device: &R::Device) -> Result<(), String> {
     for &shape in shapes {
         let data = values(shape[0] * shape[1], shape[1] as u64, 0.05);
-        let nf4 = Arc::new(PackedWeight::Nf4(Nf4Weight::quantize(&data, shape)));
+        let q = Nf4Weight::quantize(&data, shape);
+        // A checkpoint saved without double quantization: one f32 absmax per block.
+        let single = Arc::new(PackedWeight::Nf4(Nf4Weight::single_level(shape, q.packed.clone(), q.absmax())));
+        let nf4 = Arc::new(PackedWeight::Nf4(q));
         let int8 = Arc::new(PackedWeight::Int8(Int8Weight::quantize(&data, shape)));
-        for (name, w) in [("nf4", nf4), ("int8", int8)] {
+        for (name, w) in [("nf4", nf4), ("nf4 single-level", single), ("int8", int8)] {
             let got = host(crate::cube::weights::dense_tensor::<R, BT>(&w, device));
             let want = w.dequantize();
             if got.len() != want.len() {
