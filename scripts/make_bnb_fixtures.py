@@ -7,7 +7,7 @@
 
     python scripts/make_bnb_fixtures.py
 
-Needs tests/fixtures/tiny/gemma3 (scripts/make_fixtures.py). Loaded in bfloat16 as published checkpoints are, so
+Needs tests/fixtures/tiny/gemma3 (scripts/make_fixtures.py) and tiny/gemma4_moe (scripts/make_gemma4_fixtures.py). Loaded in bfloat16 as published checkpoints are, so
 norms and the embedding are stored in bf16 and each quant state records `"dtype": "bfloat16"`.
 
 | directory | what |
@@ -16,6 +16,7 @@ norms and the embedding are stored in bf16 and each quant state records `"dtype"
 | gemma3_nf4_single | nf4 without double quantization (plain f32 absmax), bfloat16 quant_storage |
 | gemma3_int8 | `load_in_8bit` (LLM.int8: int8 `weight` + f32 `SCB`) |
 | gemma3_fp4 | fp4 (lapidary refuses it: only the checkpoint, no reference) |
+| gemma4_moe_nf4 | tests/fixtures/tiny/gemma4_moe as gemma3_nf4 (no skipped modules): a `gemma4_text` config; the router's linear is quantized, the 3-D experts stay bf16 (bitsandbytes replaces nn.Linear only) |
 
 References (`reference.json`, `reference_state.safetensors` in each directory): the eval loss of the rows in
 `eval.jsonl` computed in f32 with every quantized weight dequantized from the file *in plain torch* (bitsandbytes'
@@ -44,34 +45,35 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import BitsAndBytesConfig, PreTrainedTokenizerFast  # noqa: E402
 
-SRC = mf.TINY / "gemma3"
 OUT = mf.FIX / "bnb"
 IDX = 9
-# Weights whose dequantized values are recorded: one of every shape kind, and the layer unsloth-style skipping hits.
-PROBE = ["model.layers.0.self_attn.q_proj.weight", "model.layers.4.mlp.down_proj.weight"]
 
 
 def variants():
+    """name -> (source fixture, config)."""
     common = dict(bnb_4bit_compute_dtype=torch.bfloat16)
+    nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, **common)
+    g3 = mf.TINY / "gemma3"
     return {
-        "gemma3_nf4": BitsAndBytesConfig(
+        "gemma3_nf4": (g3, BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=["lm_head", "model.layers.5.mlp"],
             **common,
-        ),
-        "gemma3_nf4_single": BitsAndBytesConfig(
+        )),
+        "gemma3_nf4_single": (g3, BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=False,
             bnb_4bit_quant_storage=torch.bfloat16,
             **common,
-        ),
-        "gemma3_int8": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0),
-        "gemma3_fp4": BitsAndBytesConfig(
+        )),
+        "gemma3_int8": (g3, BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)),
+        "gemma3_fp4": (g3, BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True, **common
-        ),
+        )),
+        "gemma4_moe_nf4": (mf.TINY / "gemma4_moe", BitsAndBytesConfig(**nf4)),
     }
 
 
@@ -108,30 +110,37 @@ def dequant_int8(t, w):
     return t[w].float() * scb.float().unsqueeze(1) * 7.874015718698502e-3
 
 
-def build(name, qcfg, tok, rows):
+def build(name, src_dir, qcfg):
+    tok = PreTrainedTokenizerFast.from_pretrained(str(src_dir))
+    rows = []
+    for line in (src_dir / "eval.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        rows.append(r["input_ids"] if "input_ids" in r else tok(r["text"])["input_ids"])
     d = OUT / name
     if d.exists():
         shutil.rmtree(d)
     mf.seed_all(mf.SEED + 100 * IDX)
     m = mf.AutoModelForCausalLM.from_pretrained(
-        str(SRC), dtype=torch.bfloat16, quantization_config=qcfg, device_map="cpu", attn_implementation="eager"
+        str(src_dir), dtype=torch.bfloat16, quantization_config=qcfg, device_map="cpu", attn_implementation="eager"
     ).eval()
     m.save_pretrained(str(d), safe_serialization=True)
     del m
     for f in mf.TOK_FILES + ["eval.jsonl"]:
-        shutil.copy(SRC / f, d / f)
+        shutil.copy(src_dir / f, d / f)
     (d / "generation_config.json").unlink(missing_ok=True)
-    shutil.copy(SRC / "generation_config.json", d / "generation_config.json")
+    shutil.copy(src_dir / "generation_config.json", d / "generation_config.json")
 
     t = read_file(d / "model.safetensors")
     cfg = json.loads((d / "config.json").read_text())["quantization_config"]
-    src = mf.load(SRC)  # the f32 source weights, rounded to bf16 below as transformers loaded them
+    src = mf.load(src_dir)  # the f32 source weights, rounded to bf16 below as transformers loaded them
     sd = {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}
     four = cfg.get("load_in_4bit", False)
     quantized = sorted(k[: -len(".absmax")] for k in t if k.endswith(".weight.absmax"))
     if not four:
         quantized = sorted(k[: -len(".SCB")] + ".weight" for k in t if k.endswith(".SCB"))
-    dense_linears = sorted(k for k in t if t[k].ndim == 2 and "layers." in k and k not in quantized)
+    dense_linears = sorted(
+        k for k in t if t[k].ndim == 2 and "layers." in k and k.endswith("proj.weight") and k not in quantized
+    )
     report = {
         "variant": name,
         "quantization_config": cfg,
@@ -161,11 +170,19 @@ def build(name, qcfg, tok, rows):
             cb, scb, _ = bnbF.int8_vectorwise_quant(sd[w].to(torch.float16))
             assert torch.equal(cb, t[w]) and torch.equal(scb, t[w[: -len(".weight")] + ".SCB"]), w
 
-    # The reference model: f32, every quantized weight dequantized from the file in plain torch, the rest upcast.
-    ref = mf.load(SRC)
+    # The reference model: f32, every quantized weight dequantized from the file in plain torch, the rest
+    # (parameters and buffers, e.g. Gemma 4's layer_scalar) upcast from the file.
+    ref = mf.load(src_dir)
+    # Weights whose dequantized values are recorded: the first and a middle one.
+    probe = [quantized[0], quantized[len(quantized) // 2]]
     state, offsets = {}, {}
+    used = set()
     with torch.no_grad():
-        for k, p in ref.named_parameters():
+        for k, p in ref.state_dict(keep_vars=True).items():
+            if k not in t:
+                assert k.endswith("inv_freq") or k == "lm_head.weight", k  # computed / tied, not stored
+                continue
+            used.add(k)
             if k in quantized:
                 if four:
                     v, qs = dequant_4bit(t, k)
@@ -173,12 +190,16 @@ def build(name, qcfg, tok, rows):
                     offsets[k] = qs.get("nested_offset")
                 else:
                     v = dequant_int8(t, k)
-                if k in PROBE:
+                if k in probe:
                     state[k + ".dequantized"] = v.contiguous()
             else:
                 v = t[k].float()
             assert v.shape == p.shape, (k, v.shape, p.shape)
-            p.copy_(v)
+            p.data.copy_(v)
+    state_suffixes = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB", ".weight_format")
+    rest = [k for k in t if k not in used and not k.endswith(state_suffixes) and ".quant_state." not in k]
+    assert not rest, rest
+    report["probe"] = probe
     report["eval_loss_dequantized_f32"], n = mf.eval_loss(ref, rows)
     assert n == report["eval_tokens"]
     if offsets and any(o is not None for o in offsets.values()):
@@ -197,16 +218,11 @@ def build(name, qcfg, tok, rows):
 
 
 def main():
-    tok = PreTrainedTokenizerFast.from_pretrained(str(SRC))
-    rows = []
-    for line in (SRC / "eval.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        rows.append(r["input_ids"] if "input_ids" in r else tok(r["text"])["input_ids"])
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, qcfg in variants().items():
+    for name, (src_dir, qcfg) in variants().items():
         if sys.argv[1:] and name not in sys.argv[1:]:
             continue
-        build(name, qcfg, tok, rows)
+        build(name, src_dir, qcfg)
     print("done")
 
 
