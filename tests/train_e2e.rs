@@ -1,6 +1,7 @@
 //! `lapidary train` end to end on the tiny Gemma 3 fixture (configs/tiny-test.toml): the loss falls, the
 //! adapter loads back with the logged eval loss, resume is bit-exact, accumulation equals a bigger batch,
-//! gradient checkpointing trains the same adapter, Ctrl-C checkpoints and exits cleanly.
+//! gradient checkpointing trains the same adapter, Ctrl-C checkpoints and exits cleanly; a recipe mixing
+//! sources (ShareGPT among them) with a held-out split resumes exactly and logs to TensorBoard.
 mod common;
 
 use common::*;
@@ -272,4 +273,188 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let steps = metrics(&out).iter().filter(|r| r.get("loss").is_some()).count();
     let state = read_json(&out.join(format!("checkpoints/step-{steps}/state.json")));
     assert_eq!(state["step"].as_u64().unwrap() as usize, steps);
+}
+
+/// The scalars of a TensorBoard events file: (step, tag, value) per summary event, and the step of each
+/// session start, in file order. A minimal reader of the Event protobuf (the writer is tested byte for byte
+/// against tensorboard's in trainer/src/train/tensorboard.rs); records' checksums are not checked here.
+#[derive(Debug, PartialEq)]
+enum TbEvent {
+    Scalar(i64, String, f32),
+    Start(i64),
+}
+
+fn tb_events(path: &Path) -> Vec<TbEvent> {
+    fn varint(b: &[u8], at: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = b[*at];
+            *at += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    /// (field, wire type, value bytes or the varint) of a message's fields.
+    fn fields(b: &[u8]) -> Vec<(u64, Vec<u8>, u64)> {
+        let (mut at, mut out) = (0, Vec::new());
+        while at < b.len() {
+            let key = varint(b, &mut at);
+            let (field, wire) = (key >> 3, key & 7);
+            match wire {
+                0 => {
+                    let v = varint(b, &mut at);
+                    out.push((field, Vec::new(), v));
+                }
+                1 => {
+                    out.push((field, b[at..at + 8].to_vec(), 0));
+                    at += 8;
+                }
+                2 => {
+                    let n = varint(b, &mut at) as usize;
+                    out.push((field, b[at..at + n].to_vec(), 0));
+                    at += n;
+                }
+                5 => {
+                    out.push((field, b[at..at + 4].to_vec(), 0));
+                    at += 4;
+                }
+                w => panic!("wire type {w}"),
+            }
+        }
+        out
+    }
+    let bytes = std::fs::read(path).unwrap();
+    let (mut at, mut out) = (0, Vec::new());
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let event = fields(&bytes[at + 12..at + 12 + len]);
+        at += 16 + len;
+        let step = event.iter().find(|f| f.0 == 2).map_or(0, |f| f.2 as i64);
+        for (field, body, _) in &event {
+            match field {
+                5 => {
+                    for (_, value, _) in fields(body).iter().filter(|f| f.0 == 1) {
+                        let v = fields(value);
+                        let tag = String::from_utf8(v.iter().find(|f| f.0 == 1).unwrap().1.clone()).unwrap();
+                        let x = f32::from_le_bytes(v.iter().find(|f| f.0 == 2).unwrap().1[..].try_into().unwrap());
+                        out.push(TbEvent::Scalar(step, tag, x));
+                    }
+                }
+                7 => out.push(TbEvent::Start(step)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The run's TensorBoard scalars as TensorBoard's reader shows them: files in name order, a session start
+/// dropping what earlier files logged at its step and later.
+fn tb_scalars(out: &Path) -> Vec<(i64, String, f32)> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(out.join("tensorboard")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut seen: Vec<(i64, String, f32)> = Vec::new();
+    for f in &files {
+        assert!(f.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."), "{}", f.display());
+        for e in tb_events(f) {
+            match e {
+                TbEvent::Start(s) => seen.retain(|x| x.0 < s),
+                TbEvent::Scalar(s, tag, v) => seen.push((s, tag, v)),
+            }
+        }
+    }
+    seen.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    seen
+}
+
+/// A recipe mixing the shipped rows with ShareGPT rows (weights 2:1), holding 20% of the rows out for the eval
+/// loss, training only the last assistant turn: it trains, the eval rows are logged, a run stopped and resumed
+/// equals the uninterrupted one (metrics and adapter), and `OUT/tensorboard/` holds the metrics of
+/// metrics.jsonl, with the resumed run's file superseding the steps it redid.
+#[test]
+fn mixed_sources_with_a_held_out_split_resume_exactly_and_log_to_tensorboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sharegpt = tmp.path().join("chat.jsonl");
+    let rows: String = (0..10)
+        .map(|i| {
+            format!(
+                "{{\"conversations\": [{{\"from\": \"human\", \"value\": \"Count to {i}\"}}, {{\"from\": \"gpt\", \
+                 \"value\": \"{i}\"}}, {{\"from\": \"human\", \"value\": \"And twice?\"}}, {{\"from\": \"gpt\", \
+                 \"value\": \"{} twice\"}}]}}\n",
+                i
+            )
+        })
+        .collect();
+    std::fs::write(&sharegpt, rows).unwrap();
+    let text = std::fs::read_to_string(recipe()).unwrap();
+    let text = text
+        .replace("train = \"tests/fixtures/train/train.jsonl\"", "")
+        .replace("eval = \"tests/fixtures/train/eval.jsonl\"", "")
+        .replace(
+            "completion_only = true",
+            &format!(
+                "completion_only = true\neval_split = 0.2\ntrain_on = \"last_turn\"\nstopping_strategy = \
+                 \"all_exhausted\"\n[[data.sources]]\npath = \"tests/fixtures/train/train.jsonl\"\nweight = \
+                 2.0\n[[data.sources]]\npath = \"{}\"\nweight = 1.0\nformat = \"sharegpt\"\n",
+                sharegpt.display()
+            ),
+        );
+    // `[[data.sources]]` ends the [data] table: the sections after it must still follow.
+    assert!(text.find("[[data.sources]]").unwrap() < text.find("[train]").unwrap());
+    let r = tmp.path().join("mix.toml");
+    std::fs::write(&r, text).unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", r.to_str().unwrap(), "--set"];
+        let dir = format!("output.dir={}", out.display());
+        args.push(&dir);
+        args.extend(["--set", "train.max_steps=8", "--set", "train.save_every=3", "--set", "train.eval_every=4"]);
+        args.extend(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lapidary"))
+            .current_dir(repo_root())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run(&a, &[]);
+    run(&b, &["--stop-after", "5"]);
+    run(&b, &["--resume"]);
+
+    let m = metrics(&a);
+    let evals: Vec<&serde_json::Value> = m.iter().filter(|r| r.get("eval_loss").is_some()).collect();
+    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 4, 8]);
+    assert!(evals[2]["eval_loss"].as_f64().unwrap() < evals[0]["eval_loss"].as_f64().unwrap());
+    assert_eq!(metrics_text(&a), metrics_text(&b));
+    assert_eq!(
+        std::fs::read(a.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(b.join("adapter/adapter_model.safetensors")).unwrap()
+    );
+
+    // TensorBoard: one file for the run, two for the stopped and resumed one; the same losses and eval losses
+    // as metrics.jsonl (as f32, TensorBoard's scalar type), the resumed run's superseding the redone steps.
+    assert_eq!(std::fs::read_dir(a.join("tensorboard")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(b.join("tensorboard")).unwrap().count(), 2);
+    let from_metrics: Vec<(i64, String, f32)> = {
+        let mut v: Vec<(i64, String, f32)> = m
+            .iter()
+            .flat_map(|r| {
+                let step = r["step"].as_i64().unwrap();
+                [("loss", "train/loss"), ("grad_norm", "train/grad_norm"), ("eval_loss", "eval/loss")]
+                    .into_iter()
+                    .filter_map(move |(k, tag)| r.get(k).map(|x| (step, tag.to_string(), x.as_f64().unwrap() as f32)))
+            })
+            .collect();
+        v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        v
+    };
+    let keep = |v: Vec<(i64, String, f32)>| -> Vec<(i64, String, f32)> {
+        v.into_iter().filter(|x| ["train/loss", "train/grad_norm", "eval/loss"].contains(&x.1.as_str())).collect()
+    };
+    assert_eq!(keep(tb_scalars(&a)), from_metrics);
+    assert_eq!(keep(tb_scalars(&b)), from_metrics);
 }

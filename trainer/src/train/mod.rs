@@ -9,6 +9,7 @@
 //! - [`step`]: one optimizer step over a gradient-accumulation window.
 //! - [`checkpoint`]: `OUT/checkpoints/step-N/`, written atomically, for exact resume.
 //! - [`metrics`]: `OUT/metrics.jsonl` and `OUT/loss.png`.
+//! - [`tensorboard`]: the same metrics as TensorBoard event files in `OUT/tensorboard/`.
 //! - [`memory`]: the process's resident memory (the run's summary, `lapidary bench`).
 //! - [`run`]: the run: setup, resume, the loop, finish.
 //!
@@ -23,4 +24,5 @@ pub mod params;
 pub mod run;
 pub mod schedule;
 pub mod step;
+pub mod tensorboard;
 pub mod tensor_file;

@@ -4,7 +4,8 @@
 //!    checked, the model is loaded and gets a fresh adapter; nothing is written yet.
 //! 2. [`resume`] (with `--resume`: the parameters, AdamW's moments, the counters and the data position from
 //!    the newest checkpoint) or [`fresh`].
-//! 3. [`Run::begin`]: the output directory becomes the run's (`OUT/config.toml`, `OUT/metrics.jsonl`).
+//! 3. [`Run::begin`]: the output directory becomes the run's (`OUT/config.toml`, `OUT/metrics.jsonl`,
+//!    a new events file in `OUT/tensorboard/`).
 //! 4. [`Run::train`], the loop; each step: lr → maybe eval → micro-batches → clip → AdamW → log → maybe
 //!    checkpoint. Ctrl-C and `--stop-after` checkpoint and stop.
 //! 5. [`Run::finish`]: a last eval, a last checkpoint, `OUT/adapter/` and the summary.
@@ -30,6 +31,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
 use super::step::{check_finite, train_step, StepStats};
+use super::tensorboard::TensorBoard;
 use crate::common::{BackendKind, Quant};
 use crate::eval::during_training::{EvalSet, Scores};
 
@@ -171,9 +173,10 @@ fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) ->
     let ck = checkpoint::load(dir, &setup.params, setup.opt_cfg, &setup.device)?;
     setup.params = ck.params;
     setup.params.write(&mut setup.model, false);
-    let batches = Batches::resume_spec(recipe.train_spec(), setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
-        .with_context(|| format!("training data {}", recipe.train_label()))?
-        .with_chat_template(setup.chat_template.clone());
+    let batches =
+        Batches::resume_spec(recipe.train_spec(), setup.tokenizer.clone(), recipe.train_data(), &ck.state.data)
+            .with_context(|| format!("training data {}", recipe.train_label()))?
+            .with_chat_template(setup.chat_template.clone());
     Ok(Start { opt: ck.opt, state: ck.state, batches })
 }
 
@@ -181,7 +184,7 @@ fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) ->
 /// then `OUT/config.toml` (the run's first write).
 fn take_output(out: &Path, recipe_toml: &str, overwrite: bool) -> Result<()> {
     if overwrite {
-        for p in ["checkpoints", "adapter"] {
+        for p in ["checkpoints", "adapter", "tensorboard"] {
             let p = out.join(p);
             if p.exists() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("{}: cannot remove", p.display()))?;
@@ -232,6 +235,8 @@ struct Run<'a, B: GemmaBackend> {
     total_steps: u64,
     schedule: Schedule,
     metrics: Metrics,
+    /// `OUT/tensorboard/` (`output.tensorboard`).
+    tensorboard: Option<TensorBoard>,
     pb: ProgressBar,
     stop: Arc<AtomicBool>,
     /// The step of the newest checkpoint written.
@@ -255,6 +260,10 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
         // From here on the output directory is ours.
         take_output(out, &setup.recipe_toml, opts.overwrite)?;
         let metrics = Metrics::open(out, resumed_at)?;
+        let tensorboard = match recipe.output.tensorboard {
+            true => Some(TensorBoard::open(out, resumed_at, &metrics.rows)?),
+            false => None,
+        };
         let stop = stop_on_ctrl_c();
 
         let n_params = setup.params.len();
@@ -276,6 +285,7 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             total_steps,
             schedule,
             metrics,
+            tensorboard,
             pb,
             stop,
             last_ckpt: resumed_at,
@@ -360,7 +370,7 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
     /// without one).
     fn report_step(&mut self, lr: f64, stats: &StepStats, dt: f64) -> Result<()> {
         let tps = stats.tokens as f64 / dt.max(1e-9);
-        self.metrics.log(Row::Train {
+        self.log(Row::Train {
             step: self.state.step,
             loss: stats.loss,
             lr,
@@ -438,8 +448,16 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
     fn evaluate(&mut self, step: u64) -> Result<Option<Scores>> {
         let Some(set) = &self.eval_set else { return Ok(None) };
         let scores = set.run(&self.model, step)?;
-        self.metrics.log(Row::eval(step, &scores))?;
+        self.log(Row::eval(step, &scores))?;
         Ok(Some(scores))
+    }
+
+    /// A row in `OUT/metrics.jsonl` and, with `output.tensorboard`, in the run's TensorBoard events file.
+    fn log(&mut self, row: Row) -> Result<()> {
+        if let Some(tb) = &mut self.tensorboard {
+            tb.log(&row)?;
+        }
+        self.metrics.log(row)
     }
 
     /// A checkpoint of the run as it is, and `OUT/loss.png` redrawn (failing to draw only warns).
