@@ -185,7 +185,7 @@ fn ids_the_cache_cannot_serve() {
 #[test]
 fn unreachable_hub() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd_env = |args: &[&str]| {
+    let cmd_env = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lapidary"));
         c.current_dir(repo_root()).args(args).env("HF_HUB_CACHE", tmp.path()).env("HF_ENDPOINT", "http://127.0.0.1:9");
         for v in ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HOME"] {

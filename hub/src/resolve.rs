@@ -11,6 +11,9 @@ use crate::download::{offline, Failure, Online};
 use crate::error::{HubError, Result};
 use crate::repo::Repo;
 
+/// Given a repository's file names, the ones to download, or why this repository cannot serve.
+pub type Pick<'a> = dyn Fn(&[String]) -> std::result::Result<Vec<String>, String> + 'a;
+
 pub struct Hub {
     cache: Cache,
     offline: bool,
@@ -95,12 +98,7 @@ impl Hub {
     /// A snapshot folder of `repo` holding what the caller needs. `missing(snapshot)` names the files a cached
     /// snapshot lacks (none: it is used as it is). Otherwise the repository's file list goes to `pick`, which
     /// returns the files to download (or why this repository cannot serve), and those not yet cached are fetched.
-    pub fn snapshot(
-        &self,
-        repo: &Repo,
-        missing: &dyn Fn(&Path) -> Vec<String>,
-        pick: &dyn Fn(&[String]) -> std::result::Result<Vec<String>, String>,
-    ) -> Result<PathBuf> {
+    pub fn snapshot(&self, repo: &Repo, missing: &dyn Fn(&Path) -> Vec<String>, pick: &Pick) -> Result<PathBuf> {
         let miss = match self.cache.snapshot(repo) {
             Ok(snap) => {
                 let lacks = missing(&snap);

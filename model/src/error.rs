@@ -23,11 +23,18 @@ pub enum ModelError {
     Config { path: PathBuf, key: String, msg: String },
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
-    /// A Hub id that the cache cannot serve (it names the cache folder and the `hf download` command).
+    /// A Hub id that the cache cannot serve (it names the cache folder and the `hf download` command); boxed,
+    /// as it is the largest variant and rare.
     #[error(transparent)]
-    Hub(#[from] lapidary_hub::HubError),
+    Hub(Box<lapidary_hub::HubError>),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<lapidary_hub::HubError> for ModelError {
+    fn from(e: lapidary_hub::HubError) -> Self {
+        ModelError::Hub(Box::new(e))
+    }
 }
 
 impl ModelError {
