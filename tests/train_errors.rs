@@ -154,3 +154,75 @@ fn bad_eval_metrics_name_the_key() {
     assert!(err.contains("train.eval_metrics") && err.contains("data.eval is not set"), "{err}");
     assert!(!tmp.path().join("out").exists(), "nothing written for a bad recipe");
 }
+
+/// Data recipes: mixing weights, the held-out split, column renames, ShareGPT roles; each names the key (and
+/// the line, for what TOML parsing sees, or the row, for the data) and writes nothing.
+#[test]
+fn bad_data_recipes_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mixed = |sources: &str| {
+        recipe(tmp.path(), |t| {
+            t.replace("train = \"tests/fixtures/train/train.jsonl\"", "")
+                .replace("[train]", &format!("{sources}\n[train]"))
+        })
+    };
+    let two = |w: &str| {
+        mixed(&format!(
+            "[[data.sources]]\npath = \"tests/fixtures/train/train.jsonl\"\n[[data.sources]]\npath = \
+             \"tests/fixtures/train/train.jsonl\"\nweight = {w}\n"
+        ))
+    };
+    for w in ["-1.0", "0.0"] {
+        let err = fails(&[&two(w)]);
+        assert!(
+            err.contains("data.sources[1].weight") && err.contains(&format!("got {}", w.trim_end_matches(".0"))),
+            "{err}"
+        );
+    }
+    let r = mixed("[[data.sources]]\npath = \"tests/fixtures/train/train.jsonl\"\nwieght = 2.0\n");
+    let err = fails(&[&r]);
+    assert!(err.contains("r.toml:26") && err.contains("unknown key `data.sources.wieght`"), "{err}");
+    let r = mixed("[[data.sources]]\npath = \"tests/fixtures/train/train.jsonl\"\nformat = \"chatml\"\n");
+    let err = fails(&[&r]);
+    assert!(err.contains("r.toml:26") && err.contains("chatml") && err.contains("sharegpt"), "{err}");
+    let r = recipe(tmp.path(), |t| {
+        t.replace("[train]", "[[data.sources]]\npath = \"tests/fixtures/train/train.jsonl\"\n[train]")
+    });
+    assert!(fails(&[&r]).contains("set data.train (one dataset) or [[data.sources]]"));
+
+    let r = recipe(tmp.path(), |t| t.replace("eval = \"tests/fixtures/train/eval.jsonl\"", ""));
+    for f in ["0", "1.0", "-0.1", "1.5"] {
+        let err = fails(&[&r, "--set", &format!("data.eval_split={f}")]);
+        assert!(err.contains("data.eval_split must be between 0 and 1"), "{err}");
+    }
+    let err = fails(&[&recipe(tmp.path(), |t| t), "--set", "data.eval_split=0.1"]);
+    assert!(err.contains("data.eval_split") && err.contains("data.eval"), "{err}");
+
+    let err = fails(&[&r, "--set", "data.columns={instrution = \"question\"}"]);
+    assert!(err.contains("data.columns.instrution") && err.contains("not a field"), "{err}");
+    let err = fails(&[&r, "--set", "data.roles={user = [\"human\"], robot = [\"gpt\"]}"]);
+    assert!(err.contains("unknown key `data.roles.robot`"), "{err}");
+    let err = fails(&[&r, "--set", "data.roles={user = [\"gpt\"]}"]);
+    assert!(err.contains("`gpt` is listed under both user and assistant"), "{err}");
+    let err = fails(&[&r, "--set", "data.train_on=\"last_turn\"", "--set", "data.completion_only=false"]);
+    assert!(err.contains("data.train_on") && err.contains("completion_only"), "{err}");
+
+    // A ShareGPT row with a role data.roles does not map: the file, the line and the key.
+    let data = tmp.path().join("chat.jsonl");
+    std::fs::write(
+        &data,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n\
+         {\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"bot\", \"value\": \"yo\"}]}\n",
+    )
+    .unwrap();
+    let r = recipe(tmp.path(), |t| t.replace("tests/fixtures/train/train.jsonl", data.to_str().unwrap()));
+    let err = fails(&[&r]);
+    assert!(err.contains("chat.jsonl:2") && err.contains("unknown role `bot`") && err.contains("data.roles"), "{err}");
+    // A renamed column a row lacks: the row, the column and the key.
+    let err = fails(&[&r, "--set", "data.columns={conversations = \"dialog\"}"]);
+    assert!(
+        err.contains("chat.jsonl:1") && err.contains("`dialog`") && err.contains("data.columns.conversations"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out").exists(), "nothing written for a bad data recipe");
+}

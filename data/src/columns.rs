@@ -63,9 +63,20 @@ impl Columns {
         row.fields.extend(moved);
     }
 
-    /// A missing-field error for a mapped field names the dataset's column instead, saying where it comes from.
-    pub fn explain(&self, err: DataError) -> DataError {
+    /// A missing-field error for a mapped field names the dataset's column instead, saying where it comes from;
+    /// so does a row whose format cannot be told because a mapped column is missing from it (`row`, renamed).
+    pub fn explain(&self, err: DataError, row: &Row) -> DataError {
         match err {
+            DataError::UnknownRowFormat { loc, fields } => {
+                match self.0.iter().find(|(field, _)| row.fields.get(*field).is_none_or(|v| v.is_null())) {
+                    Some((field, column)) => DataError::Field {
+                        loc,
+                        field: column.clone(),
+                        message: format!("missing (data.columns.{field} reads it as `{field}`)"),
+                    },
+                    None => DataError::UnknownRowFormat { loc, fields },
+                }
+            }
             DataError::MissingField { loc, field, format } if self.0.contains_key(&field) => {
                 let column = self.0[&field].clone();
                 DataError::Field {
@@ -98,7 +109,7 @@ mod tests {
 
         let mut row = Row { fields: serde_json::json!({"question": "q"}).as_object().unwrap().clone(), ..row };
         c.apply(&mut row);
-        let e = c.explain(parse_row(&row, RowFormat::Alpaca).unwrap_err()).to_string();
+        let e = c.explain(parse_row(&row, RowFormat::Alpaca).unwrap_err(), &row).to_string();
         assert_eq!(
             e,
             "d.jsonl:2: field `answer`: missing (data.columns.output reads it as `output`, which alpaca rows need)"

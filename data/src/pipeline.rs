@@ -359,7 +359,7 @@ impl Batches {
             let example = item.and_then(|(row, source)| {
                 let d = &self.dataset;
                 let sample = parse_row_with(&row, d.format(source, self.config.format), d.roles())
-                    .map_err(|e| d.columns().explain(e))?;
+                    .map_err(|e| d.columns().explain(e, &row))?;
                 self.encoder.encode(&sample, &row.loc)
             });
             match example {
