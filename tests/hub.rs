@@ -152,6 +152,7 @@ fn ids_the_cache_cannot_serve() {
     inspect_fails(
         "lapidary-test/absent",
         &[
+            "no such file or folder here",
             "models--lapidary-test--absent",
             "not in the Hugging Face cache",
             "HF_HUB_OFFLINE",

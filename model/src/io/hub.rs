@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use lapidary_hub::cache::files_under;
 use lapidary_hub::{parse_model, Hub, HubError, HubPath, Repo};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 /// `path` itself when it exists or is not shaped like a Hub id; otherwise what the id names, from the
 /// Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`, `~/.cache/huggingface/hub`), downloaded first when it is
@@ -17,7 +17,9 @@ pub fn resolve_model(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     match path.to_str().and_then(parse_model) {
-        Some(spec) => resolve_in(&Hub::from_env(), &spec),
+        // A mistyped local path can look like an id too: the message says both.
+        Some(spec) => resolve_in(&Hub::from_env(), &spec)
+            .map_err(|e| ModelError::format(path, format!("no such file or folder here; as a Hub id: {e}"))),
         None => Ok(path.to_path_buf()),
     }
 }
