@@ -15,6 +15,9 @@ use crate::sharegpt::Roles;
 use crate::source::{open_dataset_with, resolve};
 use crate::split::{count_rows, filter, held_out, Side, Split};
 
+/// Rows with the index of their source.
+pub type SourcedRows = Box<dyn Iterator<Item = Result<(Row, usize)>> + Send>;
+
 /// One dataset of a mixture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
@@ -139,21 +142,20 @@ impl Dataset {
 
     /// Every row with its source's index, columns renamed: one source as it is; several mixed (training side)
     /// or one after another (the held-out side, every held-out row once).
-    pub fn rows(&self) -> Result<Box<dyn Iterator<Item = Result<(Row, usize)>> + Send>> {
-        let rows: Box<dyn Iterator<Item = Result<(Row, usize)>> + Send> =
-            if self.spec.sources.len() > 1 && self.side() == Side::Train {
-                Box::new(self.mix()?)
-            } else {
-                let (spec, held) = (self.spec.clone(), self.held.clone());
-                let n = spec.sources.len();
-                let per_source =
-                    (0..n).map(move |i| Self::open_source(&spec, &held, i).map(|s| s.map(move |r| r.map(|r| (r, i)))));
-                let mut chained: Vec<Box<dyn Iterator<Item = Result<(Row, usize)>> + Send>> = Vec::new();
-                for s in per_source {
-                    chained.push(Box::new(s?));
-                }
-                Box::new(chained.into_iter().flatten())
-            };
+    pub fn rows(&self) -> Result<SourcedRows> {
+        let rows: SourcedRows = if self.spec.sources.len() > 1 && self.side() == Side::Train {
+            Box::new(self.mix()?)
+        } else {
+            let (spec, held) = (self.spec.clone(), self.held.clone());
+            let n = spec.sources.len();
+            let per_source =
+                (0..n).map(move |i| Self::open_source(&spec, &held, i).map(|s| s.map(move |r| r.map(|r| (r, i)))));
+            let mut chained: Vec<SourcedRows> = Vec::new();
+            for s in per_source {
+                chained.push(Box::new(s?));
+            }
+            Box::new(chained.into_iter().flatten())
+        };
         let columns = self.spec.columns.clone();
         Ok(Box::new(rows.map(move |item| {
             item.map(|(mut row, i)| {

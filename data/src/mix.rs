@@ -65,7 +65,7 @@ impl Mix {
         if self.done {
             return Ok(None);
         }
-        let s = self.choice.next();
+        let s = self.choice.draw();
         if self.streams[s].is_none() {
             self.streams[s] = Some((self.open)(s)?.peekable());
         }

@@ -107,7 +107,7 @@ impl WeightedChoice {
         Self { rng: NumpyRng::new(seed), cdf }
     }
 
-    pub fn next(&mut self) -> usize {
+    pub fn draw(&mut self) -> usize {
         let u = self.rng.random();
         // searchsorted(side='right'): the count of entries <= u. The last entry is 1.0 > u, so this is < n.
         self.cdf.partition_point(|&c| c <= u)
@@ -137,7 +137,7 @@ mod tests {
         let mut r = NumpyRng::new(big);
         assert_eq!([r.random(), r.random()], [0.829812891829413, 0.25530515834910417]);
         let mut c = WeightedChoice::new(3, &[0.5, 0.3, 0.2]);
-        let drawn: Vec<usize> = (0..12).map(|_| c.next()).collect();
+        let drawn: Vec<usize> = (0..12).map(|_| c.draw()).collect();
         assert_eq!(drawn, [0, 0, 2, 1, 0, 0, 0, 0, 1, 0, 0, 1]);
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::batch::{Batch, PadTo};
-use crate::dataset::{DataSpec, Dataset};
+use crate::dataset::{DataSpec, Dataset, SourcedRows};
 use crate::error::{DataError, Result};
 use crate::format::{parse_row, parse_row_with, RowFormat};
 use crate::pack::{PackedRow, Packer};
@@ -128,7 +128,7 @@ type SourcedRow = (Row, usize);
 
 /// One epoch's rows in shuffled order. Row errors are passed through where they occur (not buffered).
 struct EpochStream {
-    source: Box<dyn Iterator<Item = Result<SourcedRow>> + Send>,
+    source: SourcedRows,
     buffer: ShuffleBuffer<SourcedRow>,
     source_done: bool,
 }
