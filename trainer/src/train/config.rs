@@ -111,7 +111,6 @@ pub struct DataSection {
     pub stopping_strategy: Stopping,
     #[serde(default)]
     pub eval: Option<PathBuf>,
-    #[serde(default)]
     /// Without `eval`: this fraction of the training rows is held out and evaluated on (`eval_loss`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_split: Option<f64>,
@@ -124,6 +123,7 @@ pub struct DataSection {
     /// Chat rows with `completion_only`: train every assistant turn (`all_assistant`) or the last (`last_turn`).
     #[serde(default)]
     pub train_on: TrainOn,
+    #[serde(default)]
     pub format: RowFormat,
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
@@ -138,7 +138,6 @@ pub struct DataSection {
     pub skip_bad_rows: bool,
 }
 
-fn default_max_seq_len() -> usize {
 /// One training set of a mixture (`[[data.sources]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +155,7 @@ fn one() -> f64 {
     1.0
 }
 
+fn default_max_seq_len() -> usize {
     512
 }
 fn yes() -> bool {
@@ -311,10 +311,10 @@ impl Default for TrainSection {
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
     pub dir: PathBuf,
-}
     /// Also log the metrics as TensorBoard event files in `OUT/tensorboard/`.
     #[serde(default = "yes")]
     pub tensorboard: bool,
+}
 
 impl Recipe {
     /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates. Relative paths
@@ -387,12 +387,12 @@ impl Recipe {
         if d.max_seq_len < 2 {
             bail!("data.max_seq_len must be at least 2, got {}", d.max_seq_len);
         }
+        self.validate_data_recipe()?;
         if t.max_steps.is_none() && t.epochs.is_none() {
             bail!("set train.max_steps or train.epochs (how long to train)");
         }
         if t.max_steps == Some(0) {
             bail!("train.max_steps must be at least 1");
-        self.validate_data_recipe()?;
         }
         if t.epochs == Some(0) {
             bail!("train.epochs must be at least 1");
@@ -433,11 +433,6 @@ impl Recipe {
         Ok(())
     }
 
-    fn validate_eval_metrics(&self) -> Result<()> {
-        let t = &self.train;
-        let all = "loss, exact_match, choice";
-        if t.eval_metrics.is_empty() {
-            bail!("train.eval_metrics is empty; list one or more of {all}");
     /// `data.train` or `data.sources`, the weights, the split, the renames, the roles.
     fn validate_data_recipe(&self) -> Result<()> {
         let d = &self.data;
@@ -508,6 +503,11 @@ impl Recipe {
         self.train_spec().label()
     }
 
+    fn validate_eval_metrics(&self) -> Result<()> {
+        let t = &self.train;
+        let all = "loss, exact_match, choice";
+        if t.eval_metrics.is_empty() {
+            bail!("train.eval_metrics is empty; list one or more of {all}");
         }
         for (i, m) in t.eval_metrics.iter().enumerate() {
             if t.eval_metrics[..i].contains(m) {
@@ -559,12 +559,12 @@ impl Recipe {
             // With max_steps alone the data repeats until the steps are done.
             epochs: self.train.epochs,
             skip_bad_rows: self.data.skip_bad_rows,
+            train_on: self.data.train_on,
         }
     }
 
     /// The eval set: file order, one pass, no packing.
     pub fn eval_data(&self) -> lapidary_data::DataConfig {
-            train_on: self.data.train_on,
         lapidary_data::DataConfig {
             batch_size: self.eval_batch_size(),
             packing: false,
@@ -583,17 +583,17 @@ impl Recipe {
             ("model.quant", a.model.quant == b.model.quant),
             ("lora", a.lora == b.lora),
             ("data.train", a.data.train == b.data.train),
-            ("data.format", a.data.format == b.data.format),
-            ("data.max_seq_len", a.data.max_seq_len == b.data.max_seq_len),
-            ("data.packing", a.data.packing == b.data.packing),
-            ("data.completion_only", a.data.completion_only == b.data.completion_only),
-            ("data.shuffle_buffer", a.data.shuffle_buffer == b.data.shuffle_buffer),
             ("data.sources", a.data.sources == b.data.sources),
             ("data.stopping_strategy", a.data.stopping_strategy == b.data.stopping_strategy),
             ("data.eval_split", a.data.eval_split == b.data.eval_split),
             ("data.columns", a.data.columns == b.data.columns),
             ("data.roles", a.data.roles == b.data.roles),
             ("data.train_on", a.data.train_on == b.data.train_on),
+            ("data.format", a.data.format == b.data.format),
+            ("data.max_seq_len", a.data.max_seq_len == b.data.max_seq_len),
+            ("data.packing", a.data.packing == b.data.packing),
+            ("data.completion_only", a.data.completion_only == b.data.completion_only),
+            ("data.shuffle_buffer", a.data.shuffle_buffer == b.data.shuffle_buffer),
             ("data.skip_bad_rows", a.data.skip_bad_rows == b.data.skip_bad_rows),
             ("train.batch_size", a.train.batch_size == b.train.batch_size),
             ("train.grad_accum", a.train.grad_accum == b.train.grad_accum),
