@@ -192,25 +192,20 @@ fn qlora_trains_on_a_bnb_checkpoint() {
     let adapter = out.join("adapter");
     let tuned = score(&["--adapter", adapter.to_str().unwrap()]);
     assert!((tuned - logged[logged.len() - 1]).abs() < 1e-4, "adapter {tuned} vs {logged:?}");
-    // Merged into the dequantized base: a dense f32 directory (no quantization_config) scoring the same.
-    let merged = tmp.path().join("merged");
-    let m = merged.to_str().unwrap();
-    lapidary_json(&[
-        "merge",
-        "--model",
-        d.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        m,
-        "--dtype",
-        "f32",
-        "--json",
-    ]);
-    assert!(read_json(&merged.join("config.json")).get("quantization_config").is_none());
-    let args = ["eval", "--model", m, "--data", data.to_str().unwrap(), "--json"];
-    let loss = lapidary_json(&args)["loss"].as_f64().unwrap();
-    assert!((loss - tuned).abs() < 1e-4, "merged {loss} vs adapter {tuned}");
+    // Merged into the stored weights, dequantized (with either --base: they are what QLoRA trained against,
+    // nothing is rounded to NF4 again): a dense f32 directory (no quantization_config) scoring the same.
+    for base in ["original", "dequantized"] {
+        let merged = tmp.path().join(format!("merged-{base}"));
+        let m = merged.to_str().unwrap();
+        let a = adapter.to_str().unwrap();
+        let args =
+            ["merge", "--model", d.to_str().unwrap(), "--adapter", a, "--out", m, "--dtype", "f32", "--base", base];
+        lapidary_json(&[&args[..], &["--json"]].concat());
+        assert!(read_json(&merged.join("config.json")).get("quantization_config").is_none());
+        let args = ["eval", "--model", m, "--data", data.to_str().unwrap(), "--json"];
+        let loss = lapidary_json(&args)["loss"].as_f64().unwrap();
+        assert!((loss - tuned).abs() < 1e-4, "merged onto {base}: {loss} vs adapter {tuned}");
+    }
 }
 
 /// A copy of the nf4 fixture in a temporary directory, with `edit` applied to its tensors (name, dtype, shape,

@@ -428,7 +428,10 @@ impl<'a> BaseView<'a> {
     /// The tensor before rounding: the projection NF4-round-tripped when the base is `Dequantized`.
     fn base_tensor(&self, name: &str) -> Result<HostTensor> {
         let t = self.src.get(name)?;
-        if self.base == BaseKind::Dequantized && self.projections.contains_key(name) && t.shape.len() >= 2 {
+        // A pre-quantized (bitsandbytes) checkpoint trains against its weights as stored, which `get` gives
+        // dequantized: rounding them to NF4 again would move them.
+        let stored = self.src.stored_quant().is_some();
+        if self.base == BaseKind::Dequantized && !stored && self.projections.contains_key(name) && t.shape.len() >= 2 {
             // Per matrix: the experts of a 3-D stack are quantized one by one, as loading does.
             let [o, i] = [t.shape[t.shape.len() - 2], t.shape[t.shape.len() - 1]];
             let w =
