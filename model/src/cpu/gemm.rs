@@ -42,9 +42,16 @@ pub fn matmul_serial(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
 }
 
 fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallel: bool) {
+    assert_eq!(dst.len(), a.rows * b.cols, "matmul: destination has the wrong size");
+    matmul_into(dst, b.cols, a, b, accumulate, parallel)
+}
+
+/// `dst = a · b` (or `+=`) into a row-major destination whose rows are `ldc` apart (`dst` starts at its
+/// first element): a block of a wider matrix.
+pub fn matmul_into(dst: &mut [f32], ldc: usize, a: Mat, b: Mat, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "matmul: destination has the wrong size");
+    assert!(m == 0 || n == 0 || (ldc >= n && dst.len() >= (m - 1) * ldc + n), "matmul: destination too small");
     a.check();
     b.check();
     if m == 0 || n == 0 {
@@ -60,7 +67,7 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallel: bool
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

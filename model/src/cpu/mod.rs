@@ -25,6 +25,8 @@ macro_rules! avx2_dispatch {
 }
 
 pub mod attention;
+pub mod bf16;
+pub mod bf16_gemm;
 pub mod geglu;
 pub mod gemm;
 pub mod lm_head;

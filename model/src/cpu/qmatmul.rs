@@ -16,6 +16,8 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::bf16::{narrow, narrow_into, widen_vec};
+use super::bf16_gemm::{self, PackedA, PackedB, View, NR};
 use super::gemm::{matmul_serial, Mat};
 use super::qdot;
 use crate::quant::ggml::dequant as gq;
@@ -308,6 +310,68 @@ pub fn packed_matmul_dx(dy: &[f32], n: usize, w: &PackedWeight) -> Vec<f32> {
     dx
 }
 
+/// `x · Wᵀ` for bf16 `x` row-major `[n, in]`: row-major `[n, out]` in bf16. The weight is decoded to bf16
+/// (as bitsandbytes dequantizes for a bf16 compute dtype) and the bf16 products are summed in f32
+/// (`super::bf16_gemm`), tile by tile as in [`packed_matmul`]. Up to [`SMALL_N`] rows (generation), `x` is
+/// widened and multiplied by the weight as stored, as in f32.
+pub fn packed_matmul_bf16(x: &[bf16], n: usize, w: &PackedWeight) -> Vec<bf16> {
+    let [out, inp] = w.shape();
+    assert_eq!(x.len(), n * inp, "packed_matmul_bf16: x does not match the weight's input size");
+    if n <= SMALL_N || out == 0 {
+        return narrow(&packed_matmul(&widen_vec(x), n, w));
+    }
+    let kernel = bf16_gemm::kernel();
+    let a = PackedA::new(View::rows(x, n, inp), kernel);
+    let rows = (TILE_FLOATS / inp).max(1).div_ceil(NR) * NR;
+    let tiles: Vec<Vec<f32>> = (0..out.div_ceil(rows))
+        .into_par_iter()
+        .map(|t| {
+            let r = rows.min(out - t * rows);
+            let mut z = vec![0f32; n * r];
+            with_buf(r * inp, |buf| {
+                decode_rows(w, t * rows, buf);
+                let b = PackedB::new(View::rows(&buf[..], r, inp).t(), kernel);
+                bf16_gemm::gemm(&mut z, r, &a, 0, &b, false, false);
+            });
+            z
+        })
+        .collect();
+    let mut y = vec![bf16::ZERO; n * out];
+    for (t, z) in tiles.iter().enumerate() {
+        let r = z.len() / n;
+        for (yr, zr) in y.chunks_exact_mut(out).zip(z.chunks_exact(r)) {
+            narrow_into(zr, &mut yr[t * rows..t * rows + r]);
+        }
+    }
+    y
+}
+
+/// `dy · W` for bf16 `dy` row-major `[n, out]`: row-major `[n, in]` in bf16 (the input gradient of
+/// [`packed_matmul_bf16`]). The weight is decoded tile by tile (in parallel), each tile multiplied by all
+/// rows of `dy` (in parallel over its columns).
+pub fn packed_matmul_dx_bf16(dy: &[bf16], n: usize, w: &PackedWeight) -> Vec<bf16> {
+    let [out, inp] = w.shape();
+    assert_eq!(dy.len(), n * out, "packed_matmul_dx_bf16: dy does not match the weight's output size");
+    if n <= SMALL_N || out == 0 {
+        return narrow(&packed_matmul_dx(&widen_vec(dy), n, w));
+    }
+    let kernel = bf16_gemm::kernel();
+    let a = PackedA::new(View::rows(dy, n, out), kernel);
+    // An even number of weight rows per tile (`A` is read from an even column), ~1 MiB decoded.
+    let rows = ((4 * TILE_FLOATS / inp).max(2) / 2 * 2).min(out.div_ceil(2) * 2);
+    let per = (VEC_TASK_FLOATS / inp).max(1);
+    let mut dx = vec![0f32; n * inp];
+    let mut buf = vec![0f32; rows * inp];
+    for (t, r0) in (0..out).step_by(rows).enumerate() {
+        let r = rows.min(out - r0);
+        let tile = &mut buf[..r * inp];
+        tile.par_chunks_mut(per * inp).enumerate().for_each(|(i, c)| decode_rows(w, r0 + i * per, c));
+        let b = PackedB::from_rows(&tile[..], r, inp, kernel);
+        bf16_gemm::gemm(&mut dx, inp, &a, r0, &b, t > 0, true);
+    }
+    narrow(&dx)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -390,6 +454,40 @@ pub(crate) mod tests {
                         same_bits(&got, &want[r0 * inp..(r0 + rows) * inp]),
                         "{name} rows {r0}+{rows} of {out}x{inp}"
                     );
+                }
+            }
+        }
+    }
+
+    /// In bf16, the products equal multiplying the bf16 values of `x` by the weight dequantized and rounded to
+    /// bf16 (summed in f64 here), within the final rounding to bf16; the same for the input gradient.
+    #[test]
+    fn bf16_products_equal_multiplying_by_the_weight_rounded_to_bf16() {
+        use crate::cpu::bf16::{narrow, widen_vec};
+        let (out, inp) = (300, 512);
+        for (name, w) in weights(out, inp) {
+            let mut wd = w.dequantize();
+            crate::cpu::bf16::round_in_place(&mut wd);
+            let scale = wd.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
+            for n in [SMALL_N + 1, 70] {
+                let x = narrow(&values(n * inp, 9, 1.0));
+                let dy = narrow(&values(n * out, 11, 1.0));
+                let (y, dx) =
+                    (widen_vec(&packed_matmul_bf16(&x, n, &w)), widen_vec(&packed_matmul_dx_bf16(&dy, n, &w)));
+                let (xf, dyf) = (widen_vec(&x), widen_vec(&dy));
+                for i in 0..n {
+                    for o in 0..out {
+                        let want: f64 = (0..inp).map(|k| xf[i * inp + k] as f64 * wd[o * inp + k] as f64).sum();
+                        let got = y[i * out + o] as f64;
+                        let tol = want.abs() / 256.0 + 1e-6 * scale * inp as f64;
+                        assert!((got - want).abs() <= tol, "{name} n={n} y[{i},{o}]: {got} vs {want}");
+                    }
+                    for k in 0..inp {
+                        let want: f64 = (0..out).map(|o| dyf[i * out + o] as f64 * wd[o * inp + k] as f64).sum();
+                        let got = dx[i * inp + k] as f64;
+                        let tol = want.abs() / 256.0 + 1e-6 * scale * out as f64;
+                        assert!((got - want).abs() <= tol, "{name} n={n} dx[{i},{k}]: {got} vs {want}");
+                    }
                 }
             }
         }

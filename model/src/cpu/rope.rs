@@ -7,6 +7,25 @@ use rayon::prelude::*;
 /// halves equal; only the first is read).
 /// `sign = -1.0` rotates backwards (the gradient).
 pub fn rotate(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, d: usize, sign: f32) -> Vec<f32> {
+    rotate_with::<false>(x, cos, sin, heads, d, sign)
+}
+
+/// [`rotate`] on bf16 values (given as f32), rounding as torch computes `q·cos + rotate_half(q)·sin` in bf16:
+/// the table rounded to bf16, each product rounded, then their sum.
+pub fn rotate_bf16(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, d: usize, sign: f32) -> Vec<f32> {
+    rotate_with::<true>(x, cos, sin, heads, d, sign)
+}
+
+#[inline(always)]
+fn rnd<const ROUND: bool>(x: f32) -> f32 {
+    if ROUND {
+        super::bf16::widen(super::bf16::bits(x))
+    } else {
+        x
+    }
+}
+
+fn rotate_with<const ROUND: bool>(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, d: usize, sign: f32) -> Vec<f32> {
     let rows = cos.len() / d;
     assert!(x.len() == rows * heads * d && sin.len() == cos.len(), "rope: shapes do not match");
     let half = d / 2;
@@ -17,9 +36,10 @@ pub fn rotate(x: &[f32], cos: &[f32], sin: &[f32], heads: usize, d: usize, sign:
             let (x1, x2) = x.split_at(half);
             let (o1, o2) = o.split_at_mut(half);
             for i in 0..half {
-                let si = sign * s[i];
-                o1[i] = x1[i] * c[i] - x2[i] * si;
-                o2[i] = x2[i] * c[i] + x1[i] * si;
+                let (ci, si) = (rnd::<ROUND>(c[i]), sign * rnd::<ROUND>(s[i]));
+                let r = rnd::<ROUND>;
+                o1[i] = r(r(x1[i] * ci) - r(x2[i] * si));
+                o2[i] = r(r(x2[i] * ci) + r(x1[i] * si));
             }
         }
     });

@@ -482,7 +482,9 @@ mod tests {
     /// its bf16 logits to within bf16's own spread: on these random models rounding to bf16 moves the logits
     /// by ~3-4% of their scale (transformers' eager and sdpa bf16 paths differ from each other by as much), so
     /// the logits are held to that yardstick (transformers' bf16-vs-f32 distance) and the loss, where the
-    /// rounding averages out, to 2e-4. The logits must also differ from f32 (bf16 really ran).
+    /// rounding averages out, to 3e-4 of itself: transformers' own bf16 paths spread by as much (eager vs sdpa:
+    /// 1.6e-4 on gemma1; bf16 vs f32: 3.0e-4 on gemma3; the recorded eager loss moved by 4e-5 between
+    /// transformers releases). The logits must also differ from f32 (bf16 really ran).
     #[test]
     fn bf16_logits_and_loss_equal_transformers_bf16() {
         for arch in ["gemma1", "gemma2", "gemma3"] {
@@ -513,7 +515,7 @@ mod tests {
             );
             assert!(err < 1.5 * spread, "{arch}: bf16 logits {err:e} of their scale from transformers' ({spread:e})");
             assert!(err_f32 > 0.1 * spread, "{arch}: bf16 logits only {err_f32:e} from f32: did bf16 run?");
-            assert!((nll - want_nll).abs() < 2e-4 * want_nll, "{arch}: NLL {nll} vs transformers' bf16 {want_nll}");
+            assert!((nll - want_nll).abs() < 3e-4 * want_nll, "{arch}: NLL {nll} vs transformers' bf16 {want_nll}");
         }
     }
 }
