@@ -39,15 +39,17 @@ pub fn cast<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor
     if t.dtype() == dtype {
         t
     } else {
-        t.cast(dtype)
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(cast_prim::<B>(t.into_primitive().tensor(), dtype)))
     }
 }
 
-/// [`cast`] on a backend primitive.
+/// [`cast`] on a backend primitive (burn-flex's f32 <-> bf16 by the host conversions: `crate::cpu::bf16`).
 pub fn cast_prim<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
     if t.dtype() == dtype {
-        t
-    } else {
-        B::float_cast(t, dtype.into())
+        return t;
+    }
+    match crate::cpu::bf16::flex_cast::<B>(t, dtype) {
+        Ok(c) => c,
+        Err(t) => B::float_cast(t, dtype.into()),
     }
 }

@@ -103,6 +103,38 @@ avx2_dispatch!(
     pub fn round_in_place(v: &mut [f32]) => round_imp
 );
 
+/// `t` cast to `dtype` by the conversions here when it is a burn-flex tensor cast between f32 and bf16
+/// (burn-flex 0.21 casts through an f64 copy of the whole tensor, element by element: the LoRA branch's and
+/// RMSNorm's casts of every activation made that a few percent of a bf16 training step); `Err(t)` for any
+/// other backend or dtype.
+pub fn flex_cast<B: burn::tensor::backend::Backend>(
+    t: burn::tensor::ops::FloatTensor<B>,
+    dtype: burn::tensor::DType,
+) -> Result<burn::tensor::ops::FloatTensor<B>, burn::tensor::ops::FloatTensor<B>> {
+    use burn::tensor::{DType, TensorData};
+    use burn_flex::FlexTensor;
+    use std::any::Any;
+    let boxed: Box<dyn Any> = Box::new(t);
+    let flex = match boxed.downcast::<FlexTensor>() {
+        Ok(f) => *f,
+        Err(other) => return Err(*other.downcast().expect("the same value back")),
+    };
+    let back = |f: FlexTensor| -> burn::tensor::ops::FloatTensor<B> {
+        *(Box::new(f) as Box<dyn Any>).downcast().expect("B's float tensor is FlexTensor")
+    };
+    let flex = flex.to_contiguous();
+    let shape = flex.layout().shape().clone();
+    let out = match (flex.dtype(), dtype) {
+        (DType::F32, DType::BF16) => flex.as_slice::<f32>().map(|s| TensorData::new(narrow(s), shape)),
+        (DType::BF16, DType::F32) => flex.as_slice::<bf16>().map(|s| TensorData::new(widen_vec(s), shape)),
+        _ => None,
+    };
+    match out {
+        Some(d) => Ok(back(FlexTensor::from_data(d))),
+        None => Err(back(flex)),
+    }
+}
+
 /// `src` as bf16.
 pub fn narrow(src: &[f32]) -> Vec<bf16> {
     let mut d = vec![bf16::ZERO; src.len()];

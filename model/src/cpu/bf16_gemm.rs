@@ -127,6 +127,56 @@ impl<'a, T: Operand> View<'a, T> {
     }
 }
 
+thread_local! {
+    /// Packing buffers, reused: a training step packs operands of the same few sizes over and over, and
+    /// fresh allocations of this size are fresh pages from the kernel (page faults and zeroing).
+    static POOL: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Buffers kept per thread.
+const POOL_KEEP: usize = 4;
+
+/// A buffer of `len` lanes from this thread's pool (or new), with unspecified contents: packing writes
+/// every lane, padding included.
+fn take(len: usize) -> Vec<u32> {
+    let mut v = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let i = p.iter().position(|b| b.capacity() >= len).or(if p.is_empty() { None } else { Some(0) });
+        i.map(|i| p.swap_remove(i)).unwrap_or_default()
+    });
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v.truncate(len);
+    v
+}
+
+fn give(v: Vec<u32>) {
+    if v.capacity() > 0 {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_KEEP {
+                p.push(v);
+            }
+        });
+    }
+}
+
+impl Drop for PackedA {
+    fn drop(&mut self) {
+        if let PackedA::Pairs { data, .. } = self {
+            give(std::mem::take(data));
+        }
+    }
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        if let PackedB::Pairs { data, .. } = self {
+            give(std::mem::take(data));
+        }
+    }
+}
+
 /// Consecutive pairs of `src` (the last one zero-padded) into `dst`.
 #[inline(always)]
 fn pairs_of<'a, T: Operand>(src: &[T], dst: impl Iterator<Item = &'a mut u32>) {
@@ -163,10 +213,14 @@ impl PackedA {
             return PackedA::Wide { data: a.wide(), m, k };
         }
         let kp = k.div_ceil(2);
-        let mut data = vec![0u32; m.div_ceil(MR) * kp * MR];
+        let mut data = take(m.div_ceil(MR) * kp * MR);
         if kp > 0 {
             data.par_chunks_mut(kp * MR).enumerate().for_each(|(p, panel)| {
-                for r in 0..MR.min(m - p * MR) {
+                let rows = MR.min(m - p * MR);
+                for q in 0..kp {
+                    panel[q * MR + rows..(q + 1) * MR].fill(0); // rows past m
+                }
+                for r in 0..rows {
                     let i = p * MR + r;
                     if a.col_stride == 1 {
                         // Contiguous rows (the usual case): pairs straight from the row.
@@ -205,10 +259,14 @@ impl PackedB {
             return PackedB::Wide { data: b.wide(), k, n };
         }
         let kp = k.div_ceil(2);
-        let mut data = vec![0u32; n.div_ceil(NR) * kp * NR];
+        let mut data = take(n.div_ceil(NR) * kp * NR);
         if kp > 0 {
             data.par_chunks_mut(kp * NR).enumerate().for_each(|(p, panel)| {
-                for j in 0..NR.min(n - p * NR) {
+                let cols = NR.min(n - p * NR);
+                for q in 0..kp {
+                    panel[q * NR + cols..(q + 1) * NR].fill(0); // columns past n
+                }
+                for j in 0..cols {
                     let c = p * NR + j;
                     if b.row_stride == 1 {
                         // Contiguous columns (`Wᵀ` of a row-major weight): pairs straight from the column.
@@ -232,9 +290,10 @@ impl PackedB {
             return PackedB::Wide { data: View::rows(b, k, n).wide(), k, n };
         }
         let (kp, panels) = (k.div_ceil(2), n.div_ceil(NR));
-        let mut data = vec![0u32; kp * panels * NR];
+        let mut data = take(kp * panels * NR);
         if kp > 0 && n > 0 {
             data.par_chunks_mut(panels * NR).enumerate().for_each(|(q, run)| {
+                run[n..].fill(0); // columns past n
                 let lo = &b[2 * q * n..(2 * q + 1) * n];
                 let hi = (2 * q + 1 < k).then(|| &b[(2 * q + 1) * n..(2 * q + 2) * n]);
                 for (j, v) in run[..n].iter_mut().enumerate() {
