@@ -12,16 +12,17 @@ use crate::nn::lora::LoraRuntime;
 use crate::ops::gemma_backend::GemmaBackend;
 
 impl<B: GemmaBackend> Gemma<Autodiff<B>> {
-    /// `Σ nll` over `targets`, and the gradients of `scale · Σ nll` for every LoRA matrix, handed to
-    /// `on_grad(module, d lora_A, d lora_B)` layer by layer (last layer first). The adapters are left
-    /// requiring gradients (the leaves of each layer's graph).
+    /// `Σ nll` over `targets`, and the gradients of `scale · Σ nll` for every trainable tensor, handed to
+    /// `on_grad(module, grads)` layer by layer (last layer first), `grads` in the order of
+    /// `LoraAdapter::trainables` (`lora_A`, `lora_B`, DoRA's magnitude). The adapters are left requiring
+    /// gradients (the leaves of each layer's graph).
     pub fn nll_backward_checkpointed(
         &mut self,
         tokens: &TokenBatch,
         targets: &[(usize, u32)],
         rt: &LoraRuntime,
         scale: f32,
-        mut on_grad: impl FnMut(&str, Tensor<B, 2>, Tensor<B, 2>),
+        mut on_grad: impl FnMut(&str, Vec<Tensor<B, 2>>),
     ) -> f64 {
         // Forward with nothing tracked (adapters included): no graph is built, only the layer inputs are kept.
         set_adapters_require_grad(self, false);
@@ -73,8 +74,9 @@ impl<B: GemmaBackend> Gemma<Autodiff<B>> {
             let prefix = format!("layers.{i}.");
             for (module, l) in lin.iter().filter(|(m, _)| m.starts_with(&prefix)) {
                 if let Some(ad) = &l.adapter {
-                    if let (Some(ga), Some(gb)) = (ad.a.grad(&grads), ad.b.grad(&grads)) {
-                        on_grad(module, ga, gb);
+                    let g: Option<Vec<Tensor<B, 2>>> = ad.trainables().iter().map(|(_, t)| t.grad(&grads)).collect();
+                    if let Some(g) = g {
+                        on_grad(module, g);
                     }
                 }
             }
@@ -92,8 +94,10 @@ impl<B: GemmaBackend> Gemma<Autodiff<B>> {
 fn set_adapters_require_grad<B: GemmaBackend>(model: &mut Gemma<Autodiff<B>>, on: bool) {
     for (_, l) in linears_mut(model) {
         if let Some(ad) = l.adapter.as_mut() {
-            ad.a = ad.a.clone().set_require_grad(on);
-            ad.b = ad.b.clone().set_require_grad(on);
+            // The values stay: a cached DoRA norm (dropped by `trainables_mut`) is made again per pass.
+            for t in ad.trainables_mut() {
+                *t = t.clone().set_require_grad(on);
+            }
         }
     }
 }
@@ -171,9 +175,9 @@ mod tests {
             }
             let mut ckpt = vec![(Vec::new(), Vec::new()); plain.len()];
             let modules: Vec<String> = linears_mut(&mut model).into_iter().map(|(m, _)| m).collect();
-            let ck_nll = model.nll_backward_checkpointed(&tokens, &targets, &rt, scale, |m, ga, gb| {
+            let ck_nll = model.nll_backward_checkpointed(&tokens, &targets, &rt, scale, |m, g| {
                 let j = modules.iter().position(|x| x == m).unwrap();
-                ckpt[j] = (host(ga), host(gb));
+                ckpt[j] = (host(g[0].clone()), host(g[1].clone()));
             });
             assert!((ck_nll - plain_nll as f64).abs() < 1e-5 * ck_nll.abs(), "{arch}: {ck_nll} vs {plain_nll}");
             for (j, ((pa, pb), (ca, cb))) in plain.iter().zip(&ckpt).enumerate() {

@@ -1,16 +1,21 @@
-//! LoRA over a frozen base: `y = W₀x + (α/r)·B·A·dropout(x)` (rsLoRA: `α/√r`).
+//! LoRA over a frozen base: `y = W₀x + (α/r)·B·A·dropout(x)` (rsLoRA: `α/√r`), and DoRA (PEFT's
+//! `use_dora`), which also trains a per-output magnitude `m` (`crate::nn::dora`).
 //!
 //! `A` is `[r, in]`, `B` is `[out, r]`, as PEFT stores `lora_A.weight` / `lora_B.weight`. PEFT's default init:
 //! `A` kaiming-uniform with `a = √5` (i.e. uniform in ±1/√in), `B` zero, so a fresh adapter leaves the
-//! model unchanged. Only `A` and `B` are ever trainable; the base is a `FrozenLinear`.
+//! model unchanged. Only `A`, `B` (and DoRA's `m`) are ever trainable; the base is a `FrozenLinear`.
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use rand::{Rng, SeedableRng};
 
+use super::dora::Dora;
 use super::linear::FrozenLinear;
 use crate::dtype::cast;
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::ops::lora::LoraPrims;
+
+/// PEFT's name of DoRA's magnitude in an adapter file (`…q_proj.lora_magnitude_vector`, no `.weight`).
+pub const MAGNITUDE: &str = "lora_magnitude_vector";
 
 /// The seven projections PEFT can target in a Gemma decoder layer.
 pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -32,6 +37,30 @@ pub struct LoraAdapter<B: Backend> {
     pub b: Tensor<B, 2>,
     pub scale: f64,
     pub dropout: f64,
+    /// DoRA's magnitude, when the adapter is a DoRA one.
+    pub dora: Option<Dora<B>>,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// The trainable tensors by PEFT's name, in the order they are stored, trained and saved: `lora_A`,
+    /// `lora_B`, then DoRA's `lora_magnitude_vector` (`[1, out]` here, `[out]` in PEFT's file).
+    pub fn trainables(&self) -> Vec<(&'static str, &Tensor<B, 2>)> {
+        let mut v = vec![("lora_A", &self.a), ("lora_B", &self.b)];
+        if let Some(d) = &self.dora {
+            v.push((MAGNITUDE, &d.magnitude));
+        }
+        v
+    }
+
+    /// [`Self::trainables`], to replace them. A or B changing makes DoRA's cached norm stale: it is dropped.
+    pub fn trainables_mut(&mut self) -> Vec<&mut Tensor<B, 2>> {
+        let mut v = vec![&mut self.a, &mut self.b];
+        if let Some(d) = &mut self.dora {
+            d.norm = None;
+            v.push(&mut d.magnitude);
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,8 +93,9 @@ impl<B: GemmaBackend> LoraLinear<B> {
         ([r, inp], [out, r])
     }
 
-    /// A fresh adapter with PEFT's default init, drawn from `seed`.
-    pub fn init_adapter(&mut self, r: usize, scale: f64, dropout: f64, seed: u64, device: &B::Device) {
+    /// A fresh adapter with PEFT's default init, drawn from `seed`. With `dora`, the magnitude starts as PEFT
+    /// starts it, `‖W + s·B·A‖` per output row, which is `‖W‖` since `B = 0`: the layer is unchanged.
+    pub fn init_adapter(&mut self, r: usize, scale: f64, dropout: f64, dora: bool, seed: u64, device: &B::Device) {
         let ([r, inp], [out, _]) = self.adapter_shapes(r);
         let bound = 1.0 / (inp as f64).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ self.key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -75,6 +105,7 @@ impl<B: GemmaBackend> LoraLinear<B> {
             b: Tensor::zeros([out, r], device),
             scale,
             dropout,
+            dora: dora.then(|| Dora::for_base(&self.base, None, device)),
         });
     }
 
@@ -98,6 +129,9 @@ impl<B: GemmaBackend> LoraLinear<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
         let base = self.base.forward(x.clone());
         let Some(lora) = self.prims(rt) else { return base };
+        if let Some(dora) = self.adapter.as_ref().and_then(|ad| ad.dora.as_ref()) {
+            return dora.forward(&self.base, x, base, lora);
+        }
         let [b, s, i] = x.dims();
         let delta = B::lora_delta(x.reshape([b * s, i]).into_primitive().tensor(), lora);
         let delta = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(delta));

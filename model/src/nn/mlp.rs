@@ -18,7 +18,9 @@ impl<B: GemmaBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rt: &LoraRuntime) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward(x.clone(), rt);
         let up = self.up_proj.forward(x, rt);
-        let Some(lora) = self.down_proj.prims(rt) else {
+        // DoRA on `down_proj` needs the product's input for its own terms (`crate::nn::dora`): not fused.
+        let dora = self.down_proj.adapter.as_ref().is_some_and(|ad| ad.dora.is_some());
+        let Some(lora) = self.down_proj.prims(rt).filter(|_| !dora) else {
             // One fused op (`Kernels::geglu`): a single pass each way, only `gate` and `up` kept for the backward.
             let act = Tensor::from_primitive(TensorPrimitive::Float(B::geglu(
                 gate.into_primitive().tensor(),

@@ -1,5 +1,6 @@
 //! LoRA adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors` with PEFT's key names
-//! (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, `[r, in]`; `lora_B.weight`, `[out, r]`).
+//! (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, `[r, in]`; `lora_B.weight`, `[out, r]`;
+//! with `use_dora`, also `….q_proj.lora_magnitude_vector`, `[out]`, without `.weight`, as PEFT saves it).
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -10,7 +11,8 @@ use crate::error::{ModelError, Result};
 use crate::gemma::model::{linears, linears_mut, Gemma};
 use crate::io::atomic::write_atomic;
 use crate::io::safetensors::to_f32;
-use crate::nn::lora::{lora_scale, LoraAdapter, TARGETS};
+use crate::nn::dora::Dora;
+use crate::nn::lora::{lora_scale, LoraAdapter, MAGNITUDE, TARGETS};
 use crate::ops::gemma_backend::GemmaBackend;
 
 /// The fields of PEFT's `adapter_config.json` we read and write (PEFT ignores none of them; we ignore the rest).
@@ -28,6 +30,9 @@ pub struct AdapterConfig {
     pub target_modules: TargetModules,
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA (`crate::nn::dora`): a trained magnitude per output row of each targeted projection.
+    #[serde(default)]
+    pub use_dora: bool,
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
     #[serde(default = "none_bias")]
@@ -106,6 +111,7 @@ impl AdapterConfig {
             lora_dropout: dropout,
             target_modules: TargetModules::List(t),
             use_rslora: rslora,
+            use_dora: false,
             base_model_name_or_path: base,
             bias: none_bias(),
             fan_in_fan_out: false,
@@ -119,6 +125,11 @@ impl AdapterConfig {
         self.target_parameters = params.to_vec();
         self
     }
+    /// The same config with DoRA on (or off).
+    pub fn with_dora(mut self, on: bool) -> Self {
+        self.use_dora = on;
+        self
+    }
     pub fn scale(&self) -> f64 {
         lora_scale(self.r, self.lora_alpha, self.use_rslora)
     }
@@ -126,9 +137,23 @@ impl AdapterConfig {
 
 pub const PEFT_PREFIX: &str = "base_model.model.model.layers";
 
-/// PEFT's key for one matrix (`lora_A` or `lora_B`) of one module (`layers.3.mlp.up_proj`).
+/// PEFT's key for one tensor (`lora_A`, `lora_B` or DoRA's `lora_magnitude_vector`) of one module
+/// (`layers.3.mlp.up_proj`). PEFT saves the magnitude without `.weight`.
 pub fn peft_key(module: &str, ab: &str) -> String {
-    format!("base_model.model.model.{module}.{ab}.weight")
+    if ab == MAGNITUDE {
+        format!("base_model.model.model.{module}.{ab}")
+    } else {
+        format!("base_model.model.model.{module}.{ab}.weight")
+    }
+}
+
+/// A tensor's shape in PEFT's file: the magnitude, `[1, out]` here, is 1-D there.
+pub fn peft_shape(name: &str, shape: [usize; 2]) -> Vec<usize> {
+    if name.ends_with(MAGNITUDE) {
+        vec![shape[1]]
+    } else {
+        shape.to_vec()
+    }
 }
 
 fn short(module: &str) -> &str {
@@ -170,6 +195,14 @@ pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
             cfg.lora_dropout
         )));
     }
+    if !experts.is_empty() && cfg.use_dora {
+        // PEFT's ParamWrapper raises "does not work with use_dora=True".
+        return Err(ModelError::Other(format!(
+            "use_dora with LoRA on the experts (target_parameters {:?}): PEFT does not support DoRA on expert \
+             parameters; drop one of them",
+            cfg.target_parameters
+        )));
+    }
     if !experts.is_empty() && model.config.moe.is_none() {
         return Err(ModelError::Other(format!(
             "target_parameters {:?}: this model has no experts (only Gemma 4 mixture-of-experts checkpoints do)",
@@ -184,7 +217,7 @@ pub fn init_lora<B: GemmaBackend>(model: &mut Gemma<B>, cfg: &AdapterConfig, see
             None => targets.iter().any(|t| t == short(&module)),
         };
         if wanted {
-            lin.init_adapter(cfg.r, cfg.scale(), cfg.lora_dropout, seed, &device);
+            lin.init_adapter(cfg.r, cfg.scale(), cfg.lora_dropout, cfg.use_dora, seed, &device);
         }
     }
     Ok(())
@@ -237,6 +270,14 @@ pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
     let device = model.device.clone();
     let scale = cfg.scale();
     let mut used = 0;
+    if !cfg.use_dora {
+        if let Some(k) = tensors.keys().find(|k| k.ends_with(MAGNITUDE)) {
+            return Err(ModelError::format(
+                &st_path,
+                format!("tensor `{k}` is DoRA's magnitude, but adapter_config.json does not set use_dora = true"),
+            ));
+        }
+    }
     for (module, lin) in linears_mut(model) {
         lin.adapter = None;
         let key = |ab: &str| peft_key(&module, ab);
@@ -252,12 +293,44 @@ pub fn load_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
                 });
             }
         }
-        lin.adapter = Some(LoraAdapter {
+        let dora = if cfg.use_dora {
+            let name = key(MAGNITUDE);
+            let Some((shape, m)) = tensors.get(&name) else {
+                return Err(ModelError::format(
+                    &st_path,
+                    format!(
+                        "no tensor `{name}`: adapter_config.json sets use_dora, which needs a magnitude per module"
+                    ),
+                ));
+            };
+            if lin.base.experts() > 1 {
+                return Err(ModelError::format(
+                    &st_path,
+                    format!("`{name}`: DoRA on expert parameters (PEFT has none)"),
+                ));
+            }
+            let want = vec![b_shape[0]];
+            if *shape != want {
+                return Err(ModelError::Shape { path: st_path.clone(), name, expected: want, actual: shape.clone() });
+            }
+            used += 1;
+            Some(Dora::for_base(&lin.base, Some(m.clone()), &device))
+        } else {
+            None
+        };
+        let mut ad = LoraAdapter {
             a: Tensor::from_data(TensorData::new(a.1.clone(), a_shape), &device),
             b: Tensor::from_data(TensorData::new(b.1.clone(), b_shape), &device),
             scale,
             dropout: cfg.lora_dropout,
-        });
+            dora,
+        };
+        // A loaded adapter is evaluated or merged as it is: its DoRA norm is computed once, not per call.
+        if let Some(d) = &ad.dora {
+            let norm = d.weight_norm(&lin.base, &ad.a, &ad.b, scale);
+            ad.dora.as_mut().expect("just checked").norm = Some(norm);
+        }
+        lin.adapter = Some(ad);
         used += 2;
     }
     if used == 0 || used != tensors.len() {
@@ -281,10 +354,11 @@ pub fn save_adapter<B: GemmaBackend>(model: &Gemma<B>, cfg: &AdapterConfig, dir:
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (module, lin) in linears(model) {
         let Some(ad) = &lin.adapter else { continue };
-        for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
-            let shape = t.dims().to_vec();
+        for (ab, t) in ad.trainables() {
+            let name = peft_key(&module, ab);
+            let shape = peft_shape(&name, t.dims());
             let v: Vec<f32> = t.to_data().convert::<f32>().to_vec().unwrap_or_default();
-            data.push((to_peft_name(&peft_key(&module, ab), cfg), shape, bytemuck::cast_slice(&v).to_vec()));
+            data.push((to_peft_name(&name, cfg), shape, bytemuck::cast_slice(&v).to_vec()));
         }
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = data

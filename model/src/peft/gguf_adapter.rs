@@ -24,6 +24,16 @@ use crate::quant::ggml::GgmlType;
 pub fn adapter_to_gguf(dir: &Path, arch: Arch, dtype: GgmlType) -> Result<GgufWriter> {
     let (cfg, tensors) = read_adapter_files(dir)?;
     let st_path = dir.join("adapter_model.safetensors");
+    if cfg.use_dora {
+        // llama.cpp's adapters are A/B pairs only: its convert_lora_to_gguf.py stops at a magnitude tensor.
+        return Err(ModelError::Config {
+            path: dir.join("adapter_config.json"),
+            key: "use_dora".into(),
+            msg: "a DoRA adapter has no llama.cpp GGUF adapter form (its magnitude vectors are not LoRA \
+                  matrices); merge it into the model with `lapidary merge` instead"
+                .into(),
+        });
+    }
     let mut w = GgufWriter::new();
     let s = |v: &str| GgufValue::String(v.to_owned());
     w.set("general.architecture", s(arch.gguf_name()));

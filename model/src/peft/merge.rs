@@ -18,6 +18,11 @@
 //!   reproduced, so only the distribution matches PEFT (bit-for-bit only at density 1, where nothing is pruned).
 //! - A projection only some adapters target is combined from those adapters alone, as PEFT does.
 //!
+//! A DoRA adapter (`use_dora`) merges alone, as PEFT's `merge_and_unload` merges it
+//! (`DoraLinearVariant.merge_safe`): `W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖`, the norm per output row of the
+//! unmerged base plus the delta. Combining it with others, or weighting it, is refused: PEFT's
+//! `add_weighted_adapter` gives the combination a fresh magnitude, dropping the trained ones.
+//!
 //! One deliberate difference: PEFT's combined adapter keeps `use_rslora` of the first adapter with
 //! `lora_alpha = r = new_rank`, which scales it by `√new_rank` instead of 1 for rsLoRA adapters; we use 1.
 use std::collections::BTreeMap;
@@ -31,6 +36,7 @@ use crate::gemma::model::Gemma;
 use crate::gemma::model::{linears, linears_mut};
 use crate::io::hf_dir::OutDtype;
 use crate::io::weights::{HostTensor, WeightSource};
+use crate::nn::dora::Dora;
 use crate::nn::lora::LoraAdapter;
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::peft::adapter::{load_adapter, AdapterConfig};
@@ -92,6 +98,8 @@ pub struct LoraPair {
     pub out: usize,
     pub scale: f64,
     pub experts: usize,
+    /// DoRA's magnitude `[out]`, for a DoRA adapter.
+    pub magnitude: Option<Vec<f32>>,
 }
 
 impl LoraPair {
@@ -105,8 +113,16 @@ impl LoraPair {
                     let b = (0..self.out)
                         .flat_map(|o| (0..r).map(move |k| (o, k)))
                         .map(|(o, k)| self.b[o * self.r + k * e_n + e]);
-                    let one =
-                        LoraPair { a, b: b.collect(), r, inp: self.inp, out: self.out, scale: self.scale, experts: 1 };
+                    let one = LoraPair {
+                        a,
+                        b: b.collect(),
+                        r,
+                        inp: self.inp,
+                        out: self.out,
+                        scale: self.scale,
+                        experts: 1,
+                        magnitude: None,
+                    };
                     one.delta()
                 })
                 .collect();
@@ -150,7 +166,11 @@ pub fn read_adapter<B: GemmaBackend>(model: &mut Gemma<B>, dir: &Path) -> Result
         let [out, _] = ad.b.dims();
         let host = |t: &Tensor<B, 2>| t.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
         let experts = lin.base.experts();
-        modules.insert(name, LoraPair { a: host(&ad.a), b: host(&ad.b), r, inp, out, scale: ad.scale, experts });
+        let magnitude = ad.dora.as_ref().map(|d| host(&d.magnitude));
+        modules.insert(
+            name,
+            LoraPair { a: host(&ad.a), b: host(&ad.b), r, inp, out, scale: ad.scale, experts, magnitude },
+        );
     }
     set_adapters(model, &BTreeMap::new());
     Ok(LoadedAdapter { dir: dir.to_path_buf(), config, modules })
@@ -165,6 +185,7 @@ pub fn set_adapters<B: GemmaBackend>(model: &mut Gemma<B>, pairs: &BTreeMap<Stri
             b: Tensor::from_data(TensorData::new(p.b.clone(), [p.out, p.r]), &device),
             scale: p.scale,
             dropout: 0.0,
+            dora: p.magnitude.clone().map(|m| Dora::for_base(&lin.base, Some(m), &device)),
         });
     }
 }
@@ -245,9 +266,21 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
                 "`{m}`: adapters with LoRA on the experts (target_parameters) merge one at a time, not combined"
             )));
         }
+        if p0.magnitude.is_some() && adapters.len() > 1 {
+            return Err(ModelError::Other(format!(
+                "`{m}`: a DoRA adapter (use_dora) merges alone, not combined with others: PEFT's \
+                 add_weighted_adapter would replace its trained magnitude"
+            )));
+        }
         if adapters.len() == 1 {
             // PEFT's single-adapter case reduces to `w·s·B·A`; keep the factors as they are.
             let (p, w) = present[0];
+            if p.magnitude.is_some() && w != 1.0 {
+                return Err(ModelError::Other(format!(
+                    "`{m}`: a DoRA adapter (use_dora) merges with weight 1 only (got {w}): its magnitude fixes \
+                     each row's norm, so a weight on the delta has no PEFT meaning"
+                )));
+            }
             out.insert(m.clone(), LoraPair { scale: p.scale * w, ..p.clone() });
             continue;
         }
@@ -265,7 +298,7 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
                     }
                     col += p.r;
                 }
-                LoraPair { a, b, r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1 }
+                LoraPair { a, b, r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1, magnitude: None }
             }
             method => {
                 let ws: Vec<f64> = present.iter().map(|(p, w)| w * p.scale).collect();
@@ -277,7 +310,7 @@ pub fn combine(plan: &MergePlan, adapters: &[LoadedAdapter]) -> Result<BTreeMap<
                 let density = plan.density.unwrap_or(1.0);
                 let a = combine_tensors(method, &a_s, &wa, density, &mut rng);
                 let b = combine_tensors(method, &b_s, &wb, density, &mut rng);
-                LoraPair { a, b, r: p0.r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1 }
+                LoraPair { a, b, r: p0.r, inp: p0.inp, out: p0.out, scale: 1.0, experts: 1, magnitude: None }
             }
         };
         out.insert(m.clone(), pair);
@@ -457,9 +490,22 @@ impl<'a> BaseView<'a> {
             for (w, d) in t.data.iter_mut().zip(p.delta()) {
                 *w += d;
             }
+            if let Some(m) = &p.magnitude {
+                dora_rescale(&mut t.data, m);
+            }
         }
         t.data.iter_mut().for_each(|x| *x = self.dtype.round(*x));
         Ok(t)
+    }
+}
+
+/// DoRA's merge of `W + ΔW` (`[out, in]` row-major, updated in place): each row times `m_o / ‖row‖`.
+fn dora_rescale(w: &mut [f32], magnitude: &[f32]) {
+    let inp = w.len() / magnitude.len();
+    for (row, m) in w.chunks_mut(inp).zip(magnitude) {
+        let norm = row.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+        let f = (*m as f64 / norm) as f32;
+        row.iter_mut().for_each(|x| *x *= f);
     }
 }
 
@@ -491,7 +537,7 @@ mod tests {
     fn pair(r: usize, inp: usize, out: usize, seed: u64, scale: f64) -> LoraPair {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut v = |n: usize| (0..n).map(|_| rng.random::<f32>() - 0.5).collect::<Vec<_>>();
-        LoraPair { a: v(r * inp), b: v(out * r), r, inp, out, scale, experts: 1 }
+        LoraPair { a: v(r * inp), b: v(out * r), r, inp, out, scale, experts: 1, magnitude: None }
     }
 
     fn adapter(r: usize, seed: u64, scale: f64) -> LoadedAdapter {
@@ -543,8 +589,16 @@ mod tests {
     /// experts, rank 1, A rows per expert, B columns interleaved by expert.
     #[test]
     fn expert_delta_follows_peft_layout() {
-        let p =
-            LoraPair { a: vec![1.0, 2.0, 3.0, 4.0], b: vec![5.0, 7.0], r: 2, inp: 2, out: 1, scale: 0.5, experts: 2 };
+        let p = LoraPair {
+            a: vec![1.0, 2.0, 3.0, 4.0],
+            b: vec![5.0, 7.0],
+            r: 2,
+            inp: 2,
+            out: 1,
+            scale: 0.5,
+            experts: 2,
+            magnitude: None,
+        };
         assert_eq!(p.delta(), vec![2.5, 5.0, 10.5, 14.0]);
     }
 

@@ -48,7 +48,7 @@ fn run_on<B: GemmaBackend>(a: InspectArgs) -> Result<()> {
         lin_params += o * i * l.base.experts();
         lin_bytes += l.base.resident_bytes();
         if let Some(ad) = &l.adapter {
-            lora_params += ad.a.shape().num_elements() + ad.b.shape().num_elements();
+            lora_params += ad.trainables().iter().map(|(_, t)| t.shape().num_elements()).sum::<usize>();
         }
     }
     let (ple_params, ple_bytes) = match &m.per_layer {

@@ -81,6 +81,8 @@ pub struct LoraSection {
     /// `experts.down_proj`); needs `dropout = 0`, as in PEFT.
     pub target_parameters: Vec<String>,
     pub rslora: bool,
+    /// DoRA (PEFT's `use_dora`): also train a magnitude per output row of each targeted projection.
+    pub use_dora: bool,
 }
 
 impl Default for LoraSection {
@@ -92,6 +94,7 @@ impl Default for LoraSection {
             targets: TARGETS.iter().map(|s| s.to_string()).collect(),
             target_parameters: Vec::new(),
             rslora: false,
+            use_dora: false,
         }
     }
 }
@@ -382,6 +385,13 @@ impl Recipe {
                 "lora.target_parameters needs lora.dropout = 0 (LoRA on a parameter is merged into the weight per \
                  forward, where dropout cannot apply; PEFT refuses it too), got {}",
                 l.dropout
+            );
+        }
+        if l.use_dora && !l.target_parameters.is_empty() {
+            bail!(
+                "lora.use_dora with lora.target_parameters {:?}: PEFT does not support DoRA on expert parameters; \
+                 drop one of them",
+                l.target_parameters
             );
         }
         if d.max_seq_len < 2 {
@@ -727,6 +737,7 @@ mod tests {
             ("lora.r=0", "lora.r"),
             ("lora.dropout=1.0", "lora.dropout"),
             ("lora.targets=[\"qkv\"]", "qkv"),
+            ("lora.use_dora=1", "lora.use_dora"),
             ("train.lr=-1.0", "train.lr"),
             ("train.batch_size=0", "train.batch_size"),
             ("data.max_seq_len=1", "data.max_seq_len"),

@@ -69,10 +69,10 @@ impl<B: Backend> AdamW<B> {
     /// Moments as a safetensors file (`{name}.exp_avg`, `{name}.exp_avg_sq`) with the step in the metadata.
     pub fn save(&self, slots: &[Slot], path: &Path) -> Result<()> {
         let (m, v) = (split(slots, &download(&self.m)), split(slots, &download(&self.v)));
-        let mut tensors: Vec<(String, [usize; 2], &[f32])> = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         for (m, v) in m.iter().zip(&v) {
-            tensors.push((format!("{}.exp_avg", m.name), m.shape, &m.value));
-            tensors.push((format!("{}.exp_avg_sq", v.name), v.shape, &v.value));
+            tensors.push((format!("{}.exp_avg", m.name), m.shape.to_vec(), &m.value));
+            tensors.push((format!("{}.exp_avg_sq", v.name), v.shape.to_vec(), &v.value));
         }
         let meta = HashMap::from([("step".to_string(), self.t.to_string())]);
         write_f32_safetensors(path, &tensors, meta)
@@ -93,8 +93,8 @@ impl<B: Backend> AdamW<B> {
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
         let (mut m, mut v) = (Vec::new(), Vec::new());
         for s in slots {
-            m.extend(read_f32(&st, path, &format!("{}.exp_avg", s.name), s.shape)?);
-            v.extend(read_f32(&st, path, &format!("{}.exp_avg_sq", s.name), s.shape)?);
+            m.extend(read_f32(&st, path, &format!("{}.exp_avg", s.name), &s.shape)?);
+            v.extend(read_f32(&st, path, &format!("{}.exp_avg_sq", s.name), &s.shape)?);
         }
         Ok(Self { config, t, m: upload(m, device), v: upload(v, device) })
     }

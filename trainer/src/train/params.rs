@@ -1,5 +1,5 @@
-//! The trainable parameters: every LoRA `A` and `B` of the model in a fixed order (layer, projection, A
-//! before B), kept on the model's device as ONE flat f32 tensor ([`Params`]), and the host form
+//! The trainable parameters: every LoRA `A` and `B` (and DoRA magnitude) of the model in a fixed order
+//! (layer, projection, A, B, magnitude: `LoraAdapter::trainables`), kept on the model's device as ONE flat f32 tensor ([`Params`]), and the host form
 //! ([`Param`]) that adapter and checkpoint files are written from.
 //!
 //! Why flat: the optimizer then runs a dozen whole-buffer ops per step instead of a dozen per matrix (Gemma
@@ -14,13 +14,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use lapidary_model::gemma::linears_mut;
 use lapidary_model::nn::lora::LoraAdapter;
-use lapidary_model::peft::adapter::{peft_key, to_peft_name, AdapterConfig};
+use lapidary_model::peft::adapter::{peft_key, peft_shape, to_peft_name, AdapterConfig};
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
 use super::tensor_file::{read_f32, write_f32_safetensors};
 
-/// One trainable matrix on the host: a LoRA `A` or `B`, named by its PEFT key.
+/// One trainable matrix on the host: a LoRA `A` or `B`, or a DoRA magnitude (`[1, out]`; 1-D in PEFT's
+/// file), named by its PEFT key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
     /// e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`
@@ -81,7 +82,7 @@ impl<B: GemmaBackend> Params<B> {
         let mut shapes = Vec::new();
         let mut parts = Vec::new();
         for (module, ad) in adapters_mut(model) {
-            for (ab, t) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
+            for (ab, t) in ad.trainables() {
                 shapes.push((peft_key(&module, ab), t.dims()));
                 parts.push(t.clone().inner().reshape([-1]));
             }
@@ -102,9 +103,11 @@ impl<B: GemmaBackend> Params<B> {
                 t
             }
         };
-        for (i, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
-            ad.a = view(&self.slots[2 * i]);
-            ad.b = view(&self.slots[2 * i + 1]);
+        let mut slots = self.slots.iter();
+        for (_, ad) in adapters_mut(model) {
+            for t in ad.trainables_mut() {
+                *t = view(slots.next().expect("one slot per trainable tensor"));
+            }
         }
     }
 }
@@ -146,8 +149,8 @@ pub fn split(slots: &[Slot], flat: &[f32]) -> Vec<Param> {
 /// `adapter_config.json`. Each file goes to a temporary name first.
 pub fn write_adapter(params: &[Param], cfg: &AdapterConfig, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let tensors: Vec<(String, [usize; 2], &[f32])> =
-        params.iter().map(|p| (to_peft_name(&p.name, cfg), p.shape, p.value.as_slice())).collect();
+    let tensors: Vec<(String, Vec<usize>, &[f32])> =
+        params.iter().map(|p| (to_peft_name(&p.name, cfg), peft_shape(&p.name, p.shape), p.value.as_slice())).collect();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     write_f32_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)?;
     let json = serde_json::to_vec_pretty(cfg)?;
@@ -171,7 +174,7 @@ pub fn read_adapter(like: &[Slot], dir: &Path) -> Result<Vec<Param>> {
     }
     like.iter()
         .map(|s| {
-            let value = read_f32(&st, &path, &to_peft_name(&s.name, cfg), s.shape)?;
+            let value = read_f32(&st, &path, &to_peft_name(&s.name, cfg), &peft_shape(&s.name, s.shape))?;
             Ok(Param { name: s.name.clone(), shape: s.shape, value })
         })
         .collect()

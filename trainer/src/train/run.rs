@@ -114,7 +114,8 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
         l.rslora,
         Some(recipe.model.path.display().to_string()),
     )
-    .with_target_parameters(&l.target_parameters);
+    .with_target_parameters(&l.target_parameters)
+    .with_dora(l.use_dora);
     init_lora(&mut model, &adapter_cfg, t.seed)?;
     let params = Params::read(&mut model);
     let opt_cfg =

@@ -71,10 +71,18 @@ pub fn window_grads<B: GemmaBackend>(
     };
     let mut nll_total = 0f64;
     params.write(model, true);
-    // With gc, gradients arrive by module name; param order is (layer, projection, A then B), the order
-    // `adapters_mut` lists modules in.
+    // With gc, gradients arrive by module name; param order is (layer, projection, its trainables: A, B,
+    // DoRA's magnitude), the order `adapters_mut` lists modules in. `first[j]`: adapter j's first slot.
+    let first: Vec<usize> = adapters_mut(model)
+        .iter()
+        .scan(0, |k, (_, ad)| {
+            let f = *k;
+            *k += ad.trainables().len();
+            Some(f)
+        })
+        .collect();
     let index: HashMap<String, usize> = if gc {
-        adapters_mut(model).into_iter().enumerate().map(|(j, (m, _))| (m, j)).collect()
+        adapters_mut(model).into_iter().enumerate().map(|(j, (m, _))| (m, first[j])).collect()
     } else {
         HashMap::new()
     };
@@ -85,12 +93,11 @@ pub fn window_grads<B: GemmaBackend>(
         }
         let rt = LoraRuntime { dropout_seed: Some(dropout_seed(i)) };
         if gc {
-            nll_total +=
-                model.nll_backward_checkpointed(&token_batch(b), &targets, &rt, 1.0 / n_window, |m, ga, gb| {
-                    let j = index[m];
-                    add(2 * j, ga);
-                    add(2 * j + 1, gb);
-                });
+            nll_total += model.nll_backward_checkpointed(&token_batch(b), &targets, &rt, 1.0 / n_window, |m, g| {
+                for (k, gk) in g.into_iter().enumerate() {
+                    add(index[m] + k, gk);
+                }
+            });
             continue;
         }
         let hidden = model.forward_hidden(&token_batch(b), None, &rt);
@@ -98,9 +105,9 @@ pub fn window_grads<B: GemmaBackend>(
         nll_total += scalar(nll.clone().inner());
         let g = (nll / n_window).backward();
         for (j, (_, ad)) in adapters_mut(model).into_iter().enumerate() {
-            for (k, t) in [(2 * j, &ad.a), (2 * j + 1, &ad.b)] {
+            for (k, (_, t)) in ad.trainables().into_iter().enumerate() {
                 if let Some(gt) = t.grad(&g) {
-                    add(k, gt);
+                    add(first[j] + k, gt);
                 }
             }
         }
