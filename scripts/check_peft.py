@@ -23,6 +23,14 @@ its experts (PEFT's `target_parameters`), written to tests/fixtures/train/peft_c
         --set 'lora.target_parameters=["experts.gate_up_proj","experts.down_proj"]' --overwrite
     rm -rf tests/fixtures/train/adapter_gemma4_moe && cp -r runs/peft-check-moe/adapter tests/fixtures/train/adapter_gemma4_moe
     python scripts/check_peft.py --gemma4-moe
+
+`--dora` does the same for a DoRA adapter (`lora.use_dora = true`; PEFT's `use_dora`, with its
+`lora_magnitude_vector` tensors) trained on the tiny Gemma 3, written to tests/fixtures/train/peft_check_dora.json:
+
+    cargo run --release -p lapidary -- train configs/tiny-test.toml --set output.dir=runs/peft-check-dora \
+        --set lora.use_dora=true --overwrite
+    rm -rf tests/fixtures/train/adapter_dora && cp -r runs/peft-check-dora/adapter tests/fixtures/train/adapter_dora
+    python scripts/check_peft.py --dora
 """
 
 import json
@@ -43,10 +51,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MOE = "--gemma4-moe" in sys.argv[1:]
+DORA = "--dora" in sys.argv[1:]
+SUFFIX = "_gemma4_moe" if MOE else "_dora" if DORA else ""
 BASE = ROOT / ("tests/fixtures/tiny/gemma4_moe" if MOE else "tests/fixtures/tiny/gemma3")
-ADAPTER = ROOT / ("tests/fixtures/train/adapter_gemma4_moe" if MOE else "tests/fixtures/train/adapter")
+ADAPTER = ROOT / f"tests/fixtures/train/adapter{SUFFIX}"
 DATA = BASE / "eval.jsonl"
-OUT = ROOT / ("tests/fixtures/train/peft_check_gemma4_moe.json" if MOE else "tests/fixtures/train/peft_check.json")
+OUT = ROOT / f"tests/fixtures/train/peft_check{SUFFIX}.json"
 
 
 def rows(tok):
@@ -97,6 +107,7 @@ def main():
         "lora_parameters": n_lora,
         "adapter_r": cfg["r"],
         "target_parameters": cfg.get("target_parameters"),
+        "use_dora": cfg.get("use_dora", False),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
     OUT.write_text(json.dumps(report, indent=2) + "\n")

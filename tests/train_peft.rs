@@ -1,6 +1,6 @@
 //! An adapter written by `lapidary train` means the same to PEFT as to us: `PeftModel.from_pretrained` on the
 //! transformers model (scripts/check_peft.py, result committed in tests/fixtures/train/peft_check*.json) gives
-//! the loss `lapidary eval --adapter` gives.
+//! the loss `lapidary eval --adapter` gives (plain LoRA, LoRA on Gemma 4 experts, DoRA).
 mod common;
 
 use common::*;
@@ -49,4 +49,17 @@ fn peft_loads_our_expert_lora_with_the_same_loss() {
         assert!(names.iter().any(|n| n.contains(&format!(".{key}."))), "no {key} tensor in {names:?}");
     }
     assert_eval_equals_peft(&check, "tiny/gemma4_moe", "train/adapter_gemma4_moe");
+}
+
+/// A DoRA adapter trained here (`lora.use_dora = true`): PEFT finds its `lora_magnitude_vector` tensors (1-D,
+/// keyed without `.weight`) with the A/B pairs and gives the loss `lapidary eval` gives.
+#[test]
+fn peft_loads_our_dora_adapter_with_the_same_loss() {
+    let check = read_json(&fixture("train/peft_check_dora.json"));
+    assert_eq!(check["use_dora"], true);
+    assert_eq!(check["lora_parameters"], 6 * 7 * 3, "PEFT picked up every lapidary tensor, magnitudes included");
+    let st = fixture("train/adapter_dora/adapter_model.safetensors");
+    let (shape, _) = read_tensor(&st, "base_model.model.model.layers.0.mlp.gate_proj.lora_magnitude_vector");
+    assert_eq!(shape, vec![128]);
+    assert_eval_equals_peft(&check, "tiny/gemma3", "train/adapter_dora");
 }
