@@ -105,16 +105,37 @@ avx2_dispatch!(
 
 /// `t` cast to `dtype` by the conversions here when it is a burn-flex tensor cast between f32 and bf16
 /// (burn-flex 0.21 casts through an f64 copy of the whole tensor, element by element: the LoRA branch's and
-/// RMSNorm's casts of every activation made that a few percent of a bf16 training step); `Err(t)` for any
+/// RMSNorm's casts of every activation made that a few percent of a bf16 training step, and the embedding's
+/// f64 copy doubled the load's peak memory; it also rounded a few RoPE table values of a step to the
+/// farther bf16 neighbour, where these conversions round to the nearest as torch does); `Err(t)` for any
 /// other backend or dtype.
 pub fn flex_cast<B: burn::tensor::backend::Backend>(
     t: burn::tensor::ops::FloatTensor<B>,
     dtype: burn::tensor::DType,
 ) -> Result<burn::tensor::ops::FloatTensor<B>, burn::tensor::ops::FloatTensor<B>> {
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{DType, TensorData};
     use burn_flex::FlexTensor;
     use std::any::Any;
+    type Ad = burn_autodiff::Autodiff<burn_flex::Flex>;
+    type AdTensor = burn::tensor::ops::FloatTensor<Ad>;
     let boxed: Box<dyn Any> = Box::new(t);
+    // A constant on `Autodiff<Flex>` (the frozen embedding table a training run casts at load): its inner
+    // tensor cast, as a new constant (no graph to record for a tensor without gradient).
+    let boxed = match boxed.downcast::<AdTensor>() {
+        // Only a constant: `float_is_require_grad` is false for tracked intermediates too.
+        Ok(a) if a.node.requirement.is_none() => {
+            let back = |a: AdTensor| -> burn::tensor::ops::FloatTensor<B> {
+                *(Box::new(a) as Box<dyn Any>).downcast().expect("B's float tensor is Autodiff<Flex>'s")
+            };
+            return match flex_cast::<burn_flex::Flex>(Ad::inner(*a), dtype) {
+                Ok(c) => Ok(back(Ad::from_inner(c))),
+                Err(i) => Err(back(Ad::from_inner(i))),
+            };
+        }
+        Ok(a) => a as Box<dyn Any>,
+        Err(other) => other,
+    };
     let flex = match boxed.downcast::<FlexTensor>() {
         Ok(f) => *f,
         Err(other) => return Err(*other.downcast().expect("the same value back")),
@@ -152,6 +173,28 @@ pub fn widen_vec(src: &[bf16]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Casts of burn-flex tensors and of `Autodiff<Flex>` constants round as [`narrow`]; a tensor in the
+    /// autodiff graph is left to Burn (its cast has a backward to record).
+    #[test]
+    fn flex_casts_round_to_nearest_and_leave_tracked_tensors_to_burn() {
+        use burn::tensor::{DType, Tensor, TensorData};
+        type Ad = burn_autodiff::Autodiff<burn_flex::Flex>;
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let d = Default::default();
+        let want: Vec<f32> = narrow(&xs).iter().map(|b| b.to_f32()).collect();
+        let flex = Tensor::<burn_flex::Flex, 1>::from_data(TensorData::new(xs.clone(), [1000]), &d);
+        let c = flex_cast::<burn_flex::Flex>(flex.into_primitive().tensor(), DType::BF16).ok().expect("intercepted");
+        let got = Tensor::<burn_flex::Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(c));
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.into_data().convert::<f32>().to_vec::<f32>().unwrap(), want);
+        let constant = Tensor::<Ad, 1>::from_data(TensorData::new(xs.clone(), [1000]), &d);
+        let c = flex_cast::<Ad>(constant.into_primitive().tensor(), DType::BF16).ok().expect("constant intercepted");
+        let got = Tensor::<Ad, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(c));
+        assert_eq!(got.into_data().convert::<f32>().to_vec::<f32>().unwrap(), want);
+        let tracked = Tensor::<Ad, 1>::from_data(TensorData::new(xs, [1000]), &d).require_grad() * 2.0;
+        assert!(flex_cast::<Ad>(tracked.into_primitive().tensor(), DType::BF16).is_err(), "tracked: Burn's cast");
+    }
 
     /// Rounding equals `half`'s on every class of value: ties both ways, the largest finite values (which
     /// round to infinity), subnormals, infinities, NaN.
