@@ -115,3 +115,50 @@ impl<B: GemmaBackend> Dora<B> {
         cast(y32 + extra, dt).reshape([bs, s, o])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Cpu;
+    use crate::nn::lora::{LoraLinear, LoraRuntime};
+    use crate::quant::QuantKind;
+    use crate::testing::{scaled_err, values};
+
+    /// The norm from `‖W‖²`, the frozen product of A's rows and `A·Aᵀ` equals `‖W + s·B·A‖` formed densely
+    /// on the host (f64), for a dense and a packed base, with a delta as large as the weight (no cancellation
+    /// hides an error); and a fresh DoRA adapter (B = 0, m = ‖W‖) leaves the layer's output as the base's.
+    #[test]
+    fn norm_without_the_dense_delta_and_a_fresh_adapter_is_the_identity() {
+        let device = Default::default();
+        let (out, inp, r, s) = (24, 128, 4, 1.5);
+        let w = values(out * inp, 1, 0.5);
+        for quant in [QuantKind::None, QuantKind::Nf4] {
+            let base = FrozenLinear::<Cpu>::new(w.clone(), [out, inp], quant, &device);
+            let a = values(r * inp, 2, 0.3);
+            let b = values(out * r, 3, 0.6);
+            let dense = base.dense_weight();
+            let want: Vec<f32> = (0..out)
+                .map(|o| {
+                    let row = (0..inp).map(|i| {
+                        let ba: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * inp + i] as f64).sum();
+                        dense[o * inp + i] as f64 + s * ba
+                    });
+                    row.map(|v| v * v).sum::<f64>().sqrt() as f32
+                })
+                .collect();
+            let dora = Dora::for_base(&base, None, &device);
+            let t =
+                |v: &[f32], shape: [usize; 2]| Tensor::<Cpu, 2>::from_data(TensorData::new(v.to_vec(), shape), &device);
+            let got = dora.weight_norm(&base, &t(&a, [r, inp]), &t(&b, [out, r]), s);
+            let got = got.into_data().to_vec::<f32>().unwrap();
+            assert!(scaled_err(&got, &want) < 1e-5, "{quant:?}: {}", scaled_err(&got, &want));
+
+            let mut lin = LoraLinear::frozen(base, 3);
+            lin.init_adapter(r, s, 0.0, true, 7, &device);
+            let x = Tensor::<Cpu, 3>::from_data(TensorData::new(values(5 * inp, 4, 1.0), [1, 5, inp]), &device);
+            let y = lin.forward(x.clone(), &LoraRuntime::default()).into_data().to_vec::<f32>().unwrap();
+            let y0 = lin.base.forward(x).into_data().to_vec::<f32>().unwrap();
+            assert!(scaled_err(&y, &y0) < 1e-6, "{quant:?}: {}", scaled_err(&y, &y0));
+        }
+    }
+}
