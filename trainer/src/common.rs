@@ -68,6 +68,17 @@ impl BackendKind {
             BackendKind::Cuda => "cuda",
         }
     }
+
+    /// What the products run on, for the user: on burn-flex f32, bf16 by AVX512-BF16 ("native") or bf16
+    /// widened to f32 where the CPU lacks it ("emulated"; `lapidary_model::cpu::bf16`).
+    pub fn compute_path(self, dtype: ComputeDtype) -> String {
+        let bf16 = dtype == ComputeDtype::Bf16;
+        match self {
+            BackendKind::Flex => lapidary_model::cpu::bf16::cpu_path(bf16).to_string(),
+            BackendKind::Ndarray => format!("{} in burn-ndarray's ops", if bf16 { "bf16" } else { "f32" }),
+            BackendKind::Cuda => format!("{} on CUDA", if bf16 { "bf16" } else { "f32" }),
+        }
+    }
 }
 
 /// Checks, before any tensor is made, that `--backend cuda` can run here: a clear error instead of the

@@ -184,12 +184,16 @@ mod tests {
         let d = Default::default();
         let want: Vec<f32> = narrow(&xs).iter().map(|b| b.to_f32()).collect();
         let flex = Tensor::<burn_flex::Flex, 1>::from_data(TensorData::new(xs.clone(), [1000]), &d);
-        let c = flex_cast::<burn_flex::Flex>(flex.into_primitive().tensor(), DType::BF16).ok().expect("intercepted");
+        let Ok(c) = flex_cast::<burn_flex::Flex>(flex.into_primitive().tensor(), DType::BF16) else {
+            panic!("a burn-flex cast is intercepted")
+        };
         let got = Tensor::<burn_flex::Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(c));
         assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(got.into_data().convert::<f32>().to_vec::<f32>().unwrap(), want);
         let constant = Tensor::<Ad, 1>::from_data(TensorData::new(xs.clone(), [1000]), &d);
-        let c = flex_cast::<Ad>(constant.into_primitive().tensor(), DType::BF16).ok().expect("constant intercepted");
+        let Ok(c) = flex_cast::<Ad>(constant.into_primitive().tensor(), DType::BF16) else {
+            panic!("a constant's cast is intercepted")
+        };
         let got = Tensor::<Ad, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(c));
         assert_eq!(got.into_data().convert::<f32>().to_vec::<f32>().unwrap(), want);
         let tracked = Tensor::<Ad, 1>::from_data(TensorData::new(xs, [1000]), &d).require_grad() * 2.0;

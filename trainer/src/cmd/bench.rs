@@ -268,6 +268,7 @@ fn go<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
             "step_s": per_step.iter().map(|s| round(*s, 3)).collect::<Vec<_>>(), "load_s": round(load_s, 2),
             "cpu_s": round(cpu_s, 2),
             "device": device_name(a.backend),
+            "compute": a.backend.compute_path(a.dtype.into()),
         });
         if let Some(o) = out.as_object_mut() {
             o.extend(mem);
@@ -282,6 +283,7 @@ fn go<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
             "model {} ({backend}, {quant}, {:?}, LoRA r={}), seq {} x batch {}",
             a.model, a.dtype, a.rank, a.seq, a.batch
         );
+        println!("compute: {}", a.backend.compute_path(a.dtype.into()));
         println!("load + quantize: {load_s:.1} s; {} warm-up + {} timed steps", a.warmup, a.steps);
         println!("tokens/s: {tokens_per_s:.1}   {what}: {peak:.2} GiB   last loss: {loss:.4}");
     }

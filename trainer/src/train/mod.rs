@@ -24,5 +24,5 @@ pub mod params;
 pub mod run;
 pub mod schedule;
 pub mod step;
-pub mod tensorboard;
 pub mod tensor_file;
+pub mod tensorboard;

@@ -293,11 +293,15 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             last_eval: None,
             last_loss: None,
         };
+        // The first line; it says what computes (on CPUs, whether bf16 runs on the bf16 instruction).
+        let backend: BackendKind = recipe.train.backend.into();
         run.say(format!(
-            "training {} ({} layers, quant {:?}) with {} LoRA parameters for {} steps{}",
+            "training {} ({} layers, quant {:?}, {}: {}) with {} LoRA parameters for {} steps{}",
             recipe.model.path.display(),
             setup.layers,
             recipe.model.quant,
+            backend.name(),
+            backend.compute_path(recipe.model.compute_dtype.into()),
             n_params,
             total_steps,
             match resumed_at {
