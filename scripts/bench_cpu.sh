@@ -4,7 +4,7 @@
 # other in the same run, on an otherwise idle machine. Every result is appended as a JSON line to
 # docs/bench/cpu.jsonl; scripts/bench_table.py then rewrites the tables in docs/benchmarks.md.
 #
-# usage: scripts/bench_cpu.sh [PART...]   PART: train270 train2b scaling infer (default: all four)
+# usage: scripts/bench_cpu.sh [PART...]   PART: train270 train2b scaling infer bf16 (default: all but bf16)
 # env:   PYTHON   a python with torch, transformers, peft, bitsandbytes (default python3)
 #        ANCHOR   the transformers + PEFT + bitsandbytes script, from the repository root
 #                 (default scripts/peers/hf_qlora_bench.py)
@@ -14,6 +14,7 @@ py=${PYTHON:-python3}
 anchor=${ANCHOR:-scripts/peers/hf_qlora_bench.py}
 out=docs/bench/cpu.jsonl
 parts=${*:-train270 train2b scaling infer}
+cpu=$(lscpu | sed -n 's/^Model name: *//p')
 cargo build --release -q -p lapidary
 bin=./target/release/lapidary
 run_id=$(date -u +%Y-%m-%dT%H:%MZ)
@@ -22,8 +23,8 @@ ours() { # case model seq batch steps [extra bench flags]
   local r; r=$($bin bench --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant nf4 --json "${@:6}")
   tag "$r" "$1" | tee -a "$out"
 }
-peer() { # case model seq batch steps quant
-  local r; r=$("$py" "$anchor" --device cpu --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant "$6" 2>/dev/null | tail -n 1) || true
+peer() { # case model seq batch steps quant [extra reference flags]
+  local r; r=$("$py" "$anchor" --device cpu --model "$2" --seq "$3" --batch "$4" --warmup 1 --steps "$5" --quant "$6" "${@:7}" 2>/dev/null | tail -n 1) || true
   case $r in
     "{"*) ;;
     *) echo "hf_qlora_bench.py failed: $2 seq $3 batch $4 quant $6" >&2
@@ -55,9 +56,20 @@ for p in $parts; do
         ours scaling gemma3-270m "$s" 1 2
         peer scaling gemma3-270m "$s" 1 2 nf4
       done ;;
+    bf16)      # bf16 on CPU (on a CPU with AVX512-BF16, bf16 autocast is the reference's fast setting): ours
+               # in bf16 and f32, the reference in f32 and with bf16 autocast, plain and NF4; interleaved twice
+      echo "cpu: $cpu; flags: $(grep -o -w -E 'avx512_bf16|amx_bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')" >&2
+      for rep in 1 2; do
+        ours bf16 gemma3-270m 256 4 3 --dtype bf16
+        peer bf16 gemma3-270m 256 4 3 nf4 --autocast bf16
+        ours bf16 gemma3-270m 256 4 3
+        peer bf16 gemma3-270m 256 4 3 none --autocast bf16
+        peer bf16 gemma3-270m 256 4 3 none --autocast off
+        peer bf16 gemma3-270m 256 4 3 nf4 --autocast off
+      done ;;
     infer)     # eval and generation on the real 270M against transformers
       bash scripts/bench_infer.sh "$py" --json | while read -r l; do tag "$l" infer | tee -a "$out"; done ;;
-    *) echo "unknown part $p (train270 train2b scaling infer)" >&2; exit 2 ;;
+    *) echo "unknown part $p (train270 train2b scaling infer bf16)" >&2; exit 2 ;;
   esac
 done
 "$py" scripts/bench_table.py "$out" docs/benchmarks.md

@@ -35,11 +35,11 @@ ours() { # compute dtype
     --set "model.compute_dtype=\"$1\"" --set "train.eval_every=0" --set "train.save_every=0" --set "train.eval_metrics=[\"loss\"]" \
     --set "output.tensorboard=false" --overwrite 2>"$work/train-$1.log" | tail -n 1)
   r=$("$py" -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"system": "lapidary", "quant": "nf4", "dtype": sys.argv[2], "compute": sys.argv[3], "steps": r.get("steps"), "tokens": r.get("tokens"), "train_seconds": r.get("train_seconds"), "tokens_per_s": r.get("tokens_per_s"), "peak_gib": r.get("peak_rss_mib", 0) / 1024 or None, "last_loss": r.get("train_loss")}))' \
-    "$r" "$1" "$(grep -m1 -o 'flex: [^)]*' "$work/train-$1.log" | sed 's/^flex: //')")
+    "$r" "$1" "$(sed -n 's/^training .*, flex: \(.*\)) with .*/\1/p' "$work/train-$1.log" | head -n 1)")
   tag "$r" | tee -a "$out"
 }
 # Interleaved, twice: this machine's speed drifts (the table takes each one's best).
-for rep in 1 2; do
+for rep in $(seq "${REPS:-2}"); do
   ours bf16
   trl none on
   ours f32
