@@ -328,11 +328,12 @@ pub fn packed_matmul_bf16(x: &[bf16], n: usize, w: &PackedWeight) -> Vec<bf16> {
         .map(|t| {
             let r = rows.min(out - t * rows);
             let mut z = vec![0f32; n * r];
-            with_buf(r * inp, |buf| {
-                decode_rows(w, t * rows, buf);
-                let b = PackedB::new(View::rows(&buf[..], r, inp).t(), kernel);
-                bf16_gemm::gemm(&mut z, r, &a, 0, &b, false, false);
-            });
+            // Not the thread's `with_buf` buffer: packing runs on rayon too, and a task stolen while this one
+            // waits inside it would borrow that buffer a second time.
+            let mut buf = vec![0f32; r * inp];
+            decode_rows(w, t * rows, &mut buf);
+            let b = PackedB::new(View::rows(&buf, r, inp).t(), kernel);
+            bf16_gemm::gemm(&mut z, r, &a, 0, &b, false, false);
             z
         })
         .collect();

@@ -230,6 +230,33 @@ mod tests {
         }
     }
 
+    /// In bf16 (hidden states and table bf16, bf16 logits and softmax gradient), the loss and gradient are
+    /// the definition's on the bf16 values to within bf16's rounding of the logits (a few 1e-3 of the loss)
+    /// and of the gradient (1e-2 of its scale), for every table kind and both kernels' tilings.
+    #[test]
+    fn bf16_host_path_matches_the_definition_on_bf16_values() {
+        use crate::cpu::bf16::{narrow, widen_vec};
+        use crate::cpu::lm_head::nll_grad_host_bf16;
+        let (n, h, vocab) = (9, 64, 301);
+        let hidden = narrow(&values(n * h, 1, 3.0));
+        let table = narrow(&values(vocab * h, 2, 1.0));
+        let targets: Vec<(usize, u32)> = vec![(0, 5), (1, 300), (2, 0), (4, 17), (5, 17), (6, 123), (8, 64)];
+        for cap in [None, Some(2.0)] {
+            let want = reference(&widen_vec(&hidden), &widen_vec(&table), h, &targets, cap);
+            let widened = widen_vec(&table);
+            for rows in [TableRows::DenseBf16(&table), TableRows::Dense(&widened)] {
+                let (nll, dh) = nll_grad_host_bf16(&hidden, rows, h, &targets, cap, true);
+                let dh = widen_vec(&dh.unwrap());
+                assert!((nll - want.0).abs() < 5e-3 * want.0.abs(), "nll {nll} vs {}", want.0);
+                let scale = want.1.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+                let err = dh.iter().zip(&want.1).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(err < 1e-2 * scale, "gradient off by {err} (scale {scale})");
+                // Row 3 and 7 have no target.
+                assert!(dh[3 * h..4 * h].iter().chain(&dh[7 * h..8 * h]).all(|&x| x == 0.0));
+            }
+        }
+    }
+
     /// A packed table (here Q8_0 blocks, as the real 270M file stores its embedding) gives the loss and
     /// gradient of its dequantized rows as a dense table, bit for bit: the same rows, decoded tile by tile.
     #[test]
