@@ -96,6 +96,11 @@ impl<'a> TableRows<'a> {
 pub const HOST_ROWS: usize = 1024;
 pub const HOST_TILE_FLOATS: usize = 1 << 22;
 
+/// Table rows per vocabulary tile for hidden size `h`: [`HOST_TILE_FLOATS`] values, a multiple of 64.
+fn host_tile(h: usize) -> usize {
+    (HOST_TILE_FLOATS / h.max(1)).max(64) / 64 * 64
+}
+
 /// The same on host slices: `hidden` `[n, h]`, `table` `[vocab, h]`, both row-major. Returns `Σ nll` and,
 /// when `grad`, `d Σnll / d hidden` `[n, h]`.
 ///
@@ -112,8 +117,7 @@ pub fn nll_grad_host(
     softcap: Option<f64>,
     grad: bool,
 ) -> (f64, Option<Vec<f32>>) {
-    let tile = (HOST_TILE_FLOATS / h.max(1)).max(64) / 64 * 64;
-    nll_grad_host_tiled(hidden, table, h, targets, softcap, grad, HOST_ROWS, tile)
+    nll_grad_host_tiled(hidden, table, h, targets, softcap, grad, HOST_ROWS, host_tile(h))
 }
 
 /// The same for a model computing in bf16 (`crate::dtype`): `hidden` in bf16, the products by the table
@@ -128,9 +132,8 @@ pub fn nll_grad_host_bf16(
     softcap: Option<f64>,
     grad: bool,
 ) -> (f64, Option<Vec<bf16>>) {
-    let tile = (HOST_TILE_FLOATS / h.max(1)).max(64) / 64 * 64;
     let hidden = Hidden::Bf16(hidden, bf16_gemm::kernel());
-    let (nll, dh) = tiled(hidden, table, h, targets, softcap, grad, HOST_ROWS, tile);
+    let (nll, dh) = tiled(hidden, table, h, targets, softcap, grad, HOST_ROWS, host_tile(h));
     (nll, dh.map(|d| narrow(&d)))
 }
 
