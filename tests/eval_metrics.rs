@@ -263,3 +263,45 @@ fn bad_rows_name_file_and_line() {
     ]);
     assert!(err.contains("--compare needs --adapter"), "{err}");
 }
+
+/// `--metric loss` rows with `labels` (transformers' convention, -100 = no loss): labels equal to the tokens
+/// give the unlabelled row's loss, and the summed NLL splits exactly over complementary masks (the mean of
+/// the whole = the two halves' means weighted by their target counts), so each mask scores exactly its
+/// targets. Ids or labels outside the vocabulary and misaligned labels are errors naming the line.
+#[test]
+fn loss_rows_take_transformers_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<u32> = vec![2, 17, 301, 45, 9, 77, 120, 5, 66, 300, 12, 8];
+    let half = ids.len() / 2;
+    let masked = |keep: &dyn Fn(usize) -> bool| -> Vec<i64> {
+        ids.iter().enumerate().map(|(t, &id)| if keep(t) { id as i64 } else { -100 }).collect()
+    };
+    let rows = [
+        ("plain", serde_json::json!({ "input_ids": ids })),
+        ("same", serde_json::json!({ "input_ids": ids, "labels": masked(&|_| true) })),
+        ("first", serde_json::json!({ "input_ids": ids, "labels": masked(&|t| t <= half) })),
+        ("second", serde_json::json!({ "input_ids": ids, "labels": masked(&|t| t > half) })),
+    ];
+    let eval = |row: &serde_json::Value| {
+        let data = write(&dir, "row.jsonl", &format!("{row}\n"));
+        let v = lapidary_json(&["eval", "--model", &tiny(), "--data", &data, "--json"]);
+        (v["loss"].as_f64().unwrap(), v["tokens"].as_u64().unwrap() as f64)
+    };
+    let got: Vec<(f64, f64)> = rows.iter().map(|(_, r)| eval(r)).collect();
+    assert_eq!(got[0], got[1], "labels equal to the tokens");
+    assert_eq!((got[2].1, got[3].1), (half as f64, (ids.len() - 1 - half) as f64));
+    let split = (got[2].0 * got[2].1 + got[3].0 * got[3].1) / (got[2].1 + got[3].1);
+    assert!((split - got[0].0).abs() < 1e-5 * got[0].0, "{split} vs {}", got[0].0);
+    assert!((got[2].0 - got[3].0).abs() > 1e-3, "the two halves score different tokens");
+
+    for (row, want) in [
+        (r#"{"input_ids": [2, 999999]}"#, "outside the model's vocabulary"),
+        (r#"{"input_ids": [2, 5], "labels": [-100]}"#, "1 labels for 2 tokens"),
+        (r#"{"input_ids": [2, 5], "labels": [-100, 999999]}"#, "or -100"),
+        (r#"{"input_ids": [2, 5], "labels": "x"}"#, "`labels` must be a list"),
+    ] {
+        let data = write(&dir, "bad.jsonl", &format!("{{}}\n{row}\n").replacen("{}\n", "{\"text\": \"a b\"}\n", 1));
+        let err = lapidary_fails(&["eval", "--model", &tiny(), "--data", &data]);
+        assert!(err.contains("bad.jsonl:2") && err.contains(want), "{row}: {err}");
+    }
+}

@@ -10,7 +10,7 @@ use lapidary_model::gemma::loss::shifted_targets;
 use lapidary_model::Gemma;
 use lapidary_model::GemmaBackend;
 
-use super::rows::read_rows;
+use super::rows::{read_rows, LossRow};
 use crate::train::batch::token_batch;
 
 pub struct EvalResult {
@@ -24,20 +24,36 @@ pub struct EvalResult {
 /// attending only to itself, positions from 0), so the weights are read once per pack rather than per row.
 pub const EVAL_PACK_TOKENS: usize = 2048;
 
-/// The loss over `rows` (token ids, each a sequence of its own, packed [`EVAL_PACK_TOKENS`] at a time and
-/// evaluated by [`eval_loss`]); rows longer than `max_len` are cut to it (and counted), rows under two tokens
-/// predict nothing.
+/// The loss over `rows` (token ids, each a sequence of its own, every token after the first a target); see
+/// [`eval_labelled`].
 pub fn eval_rows<B: GemmaBackend>(model: &Gemma<B>, rows: &[Vec<u32>], max_len: Option<usize>) -> EvalResult {
+    let rows: Vec<LossRow> = rows.iter().map(|ids| LossRow { ids: ids.clone(), labels: None }).collect();
+    eval_labelled(model, &rows, max_len)
+}
+
+/// The loss over `rows` (each a sequence of its own, packed [`EVAL_PACK_TOKENS`] at a time and evaluated by
+/// [`eval_loss`]) on their labels, or on every token after the first where a row gives none; rows longer than
+/// `max_len` are cut to it (and counted), rows under two tokens predict nothing.
+pub fn eval_labelled<B: GemmaBackend>(model: &Gemma<B>, rows: &[LossRow], max_len: Option<usize>) -> EvalResult {
     let mut truncated = 0;
     let examples: Vec<Example> = rows
         .iter()
         .filter_map(|row| {
-            let cut = max_len.is_some_and(|m| row.len() > m);
+            let n = row.ids.len();
+            let cut = max_len.is_some_and(|m| n > m);
             truncated += cut as usize;
-            let row = &row[..max_len.map_or(row.len(), |m| row.len().min(m))];
+            let keep = max_len.map_or(n, |m| n.min(m));
             // Labels as the model shifts them; the first is no target (packing relies on it).
-            let labels = row.iter().enumerate().map(|(t, &id)| if t == 0 { IGNORE_INDEX } else { id as i64 });
-            (row.len() >= 2).then(|| Example { input_ids: row.to_vec(), labels: labels.collect(), truncated: cut })
+            let label = |t: usize| match (&row.labels, t) {
+                (_, 0) => IGNORE_INDEX,
+                (Some(l), t) => l[t],
+                (None, t) => row.ids[t] as i64,
+            };
+            (keep >= 2).then(|| Example {
+                input_ids: row.ids[..keep].to_vec(),
+                labels: (0..keep).map(label).collect(),
+                truncated: cut,
+            })
         })
         .collect();
     let longest = examples.iter().map(Example::len).max().unwrap_or(0);
@@ -58,10 +74,10 @@ pub fn eval_file<B: GemmaBackend>(
     path: &Path,
     max_len: Option<usize>,
 ) -> Result<EvalResult> {
-    let rows = read_rows(path, tok)?;
-    let r = eval_rows(model, &rows, max_len);
+    let rows = read_rows(path, tok, model.config.vocab_size)?;
+    let r = eval_labelled(model, &rows, max_len);
     if r.tokens == 0 {
-        bail!("{}: no row has two or more tokens, so there is nothing to predict", path.display());
+        bail!("{}: no row has a target (two or more tokens, a label other than -100 after the first)", path.display());
     }
     if !r.loss.is_finite() {
         bail!("the loss is {} (not finite): the weights or the adapter are broken", r.loss);

@@ -1,7 +1,8 @@
 //! The rows `lapidary eval` (and the trainer's eval, for `exact_match` and `choice`) reads, one JSON object a
 //! line (blank lines skipped); every error names the file and line.
 //!
-//! - `--metric loss`: `text` (tokenized, BOS added) or `input_ids`.
+//! - `--metric loss`: `text` (tokenized, BOS added) or `input_ids`, with optional `labels` (aligned with
+//!   `input_ids` as in transformers; -100 where no loss is taken).
 //! - `--metric exact_match`: `prompt` (a string) or `messages` (a chat ending on a user turn), and `answer`
 //!   (a string, or a list of acceptable strings).
 //! - `--metric choice`: `prompt`, `choices` (a non-empty list of non-empty strings) and `answer` (the index of
@@ -10,7 +11,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use lapidary_data::{parse_row, Location, Message, Row, RowFormat, Sample};
+use lapidary_data::{parse_row, Location, Message, Row, RowFormat, Sample, IGNORE_INDEX};
 use serde_json::{Map, Value};
 
 /// Every non-blank line of a JSONL file as (1-based line number, object).
@@ -33,19 +34,51 @@ pub fn read_objects(path: &Path) -> Result<Vec<(usize, Map<String, Value>)>> {
     Ok(rows)
 }
 
-pub fn read_rows(path: &Path, tok: &tokenizers::Tokenizer) -> Result<Vec<Vec<u32>>> {
+/// A `--metric loss` row: its tokens and, when the row gives them, its labels (transformers' convention:
+/// `labels[t]` is the target of the prediction made at `t - 1`; -100 takes no loss there).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossRow {
+    pub ids: Vec<u32>,
+    pub labels: Option<Vec<i64>>,
+}
+
+/// The rows of `--metric loss`; ids and labels are checked against `vocab` (a token the model has no row for
+/// is an error naming the line, not a panic in the embedding lookup).
+pub fn read_rows(path: &Path, tok: &tokenizers::Tokenizer, vocab: usize) -> Result<Vec<LossRow>> {
     let mut rows = Vec::new();
     for (line, v) in read_objects(path)? {
+        let at = || format!("{}:{line}", path.display());
         let ids = if let Some(t) = v.get("text").and_then(|t| t.as_str()) {
             crate::common::encode(tok, t)?
         } else if let Some(ids) = v.get("input_ids").and_then(|t| t.as_array()) {
-            ids.iter().map(|x| x.as_u64().map(|x| x as u32)).collect::<Option<Vec<u32>>>().with_context(|| {
-                format!("{}:{line}: `input_ids` must be a list of non-negative integers", path.display())
-            })?
+            ids.iter()
+                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .with_context(|| format!("{}: `input_ids` must be a list of non-negative integers", at()))?
         } else {
-            bail!("{}:{line}: the row has neither `text` (a string) nor `input_ids`", path.display());
+            bail!("{}: the row has neither `text` (a string) nor `input_ids`", at());
         };
-        rows.push(ids);
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("{}: token id {bad} is outside the model's vocabulary of {vocab}", at());
+        }
+        let labels = match v.get("labels") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(l)) => {
+                let l = l
+                    .iter()
+                    .map(|x| x.as_i64().filter(|&x| x == IGNORE_INDEX || (0..vocab as i64).contains(&x)))
+                    .collect::<Option<Vec<i64>>>()
+                    .with_context(|| {
+                        format!("{}: `labels` must be token ids of the vocabulary ({vocab}) or -100", at())
+                    })?;
+                if l.len() != ids.len() {
+                    bail!("{}: {} labels for {} tokens (labels are aligned with the tokens)", at(), l.len(), ids.len());
+                }
+                Some(l)
+            }
+            Some(other) => bail!("{}: `labels` must be a list of integers, not {}", at(), kind(other)),
+        };
+        rows.push(LossRow { ids, labels });
     }
     Ok(rows)
 }
