@@ -1,26 +1,58 @@
-//! f32 values into ggml's storage types, as llama.cpp's reference code writes them (`ggml_fp32_to_fp16`,
-//! `ggml_fp32_to_bf16` and `quantize_row_q8_0_ref` in ggml; gguf-py's `quants.py` does the same): round to
-//! nearest even for f16 and bf16; Q8_0 as blocks of 32 with `d = amax / 127` stored as f16 and
-//! `q = round(x · (1/d))`, halves away from zero. Used to write GGUF files byte for byte as llama.cpp would.
+//! f32 values into ggml's storage types, as llama.cpp's reference code writes them: `ggml_fp32_to_fp16` and
+//! `ggml_fp32_to_bf16` (round to nearest even) and ggml's `quantize_row_*_ref` (ggml-quants.c) for the block
+//! types — the functions `llama-quantize` runs when it has no importance matrix. The 32-element blocks (Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0) are here, the k-quants in `kquants`. Byte-identical to llama.cpp (checked against
+//! `ggml_quantize_chunk` and `llama-quantize` outputs, tests/ggml_quantize.rs); C's `(int8_t)` / `(uint8_t)`
+//! casts truncate toward zero and `roundf` rounds halves away from zero, as Rust's `as` and `f32::round` do.
 use half::{bf16, f16};
+use rayon::prelude::*;
 
+use super::kquants;
 use super::types::GgmlType;
 
-/// `values` (a whole number of rows of `row` elements) in `dtype`: F32, F16, BF16 or Q8_0. `Err` names what
-/// does not fit.
+/// Blocks one rayon task encodes (k-quant super-blocks cost ~100x a 32-block; both stay well above overhead).
+const BLOCKS_PER_TASK: usize = 64;
+
+/// `values` (a whole number of rows of `row` elements) in `dtype`: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// Q2_K, Q3_K, Q4_K, Q5_K or Q6_K. `Err` names what does not fit (a row that is not whole blocks, an
+/// unsupported type).
 pub fn encode(dtype: GgmlType, values: &[f32], row: usize) -> Result<Vec<u8>, String> {
-    match dtype {
-        GgmlType::F32 => Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        GgmlType::F16 => Ok(values.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect()),
-        GgmlType::BF16 => Ok(values.iter().flat_map(|x| bf16_rne(*x).to_le_bytes()).collect()),
-        GgmlType::Q8_0 => {
-            if !row.is_multiple_of(32) {
-                return Err(format!("rows of {row} elements are not whole Q8_0 blocks of 32"));
-            }
-            Ok(values.chunks(32).flat_map(q8_0_block).collect())
-        }
-        other => Err(format!("writing {other} is not supported (f32, f16, bf16, q8_0)")),
+    if row == 0 || !values.len().is_multiple_of(row) {
+        return Err(format!("{} values are not whole rows of {row}", values.len()));
     }
+    let f: fn(&[f32], &mut [u8]) = match dtype {
+        GgmlType::F32 => return Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        GgmlType::F16 => return Ok(values.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect()),
+        GgmlType::BF16 => return Ok(values.iter().flat_map(|x| bf16_rne(*x).to_le_bytes()).collect()),
+        GgmlType::Q4_0 => q4_0_block,
+        GgmlType::Q4_1 => q4_1_block,
+        GgmlType::Q5_0 => q5_0_block,
+        GgmlType::Q5_1 => q5_1_block,
+        GgmlType::Q8_0 => q8_0_block,
+        GgmlType::Q2_K => kquants::q2_k,
+        GgmlType::Q3_K => kquants::q3_k,
+        GgmlType::Q4_K => kquants::q4_k,
+        GgmlType::Q5_K => kquants::q5_k,
+        GgmlType::Q6_K => kquants::q6_k,
+        other => {
+            return Err(format!(
+                "writing {other} is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k..q6_k)"
+            ))
+        }
+    };
+    let (block, block_bytes) = dtype.block_layout().expect("a supported type has a layout");
+    if !row.is_multiple_of(block) {
+        return Err(format!("rows of {row} elements are not whole {dtype} blocks of {block}"));
+    }
+    let mut out = vec![0u8; values.len() / block * block_bytes];
+    out.par_chunks_mut(block_bytes * BLOCKS_PER_TASK).zip(values.par_chunks(block * BLOCKS_PER_TASK)).for_each(
+        |(y, x)| {
+            for (yb, xb) in y.chunks_exact_mut(block_bytes).zip(x.chunks_exact(block)) {
+                f(xb, yb);
+            }
+        },
+    );
+    Ok(out)
 }
 
 /// ggml's `ggml_compute_fp32_to_bf16`: round to nearest even; NaN stays a (quiet) NaN.
@@ -32,14 +64,109 @@ fn bf16_rne(x: f32) -> bf16 {
     bf16::from_bits(((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16)
 }
 
-fn q8_0_block(x: &[f32]) -> Vec<u8> {
+/// The element of largest magnitude (the first such, with its sign), as Q4_0/Q5_0 scan for it.
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// Q4_0: `d = max / -8` (max: the signed element of largest magnitude, so it maps to level 0), `q = x/d + 8.5`
+/// truncated, capped at 15; element j in the low nibble of byte j, j + 16 in its high nibble.
+fn q4_0_block(x: &[f32], y: &mut [u8]) {
+    let d = signed_absmax(x) / -8.0;
+    let id = inverse(d);
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    for j in 0..16 {
+        let xi0 = ((x[j] * id + 8.5) as i8).min(15) as u8;
+        let xi1 = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
+        y[2 + j] = xi0 | (xi1 << 4);
+    }
+}
+
+/// Q4_1: `d = (max - min) / 15`, `m = min`, `q = (x - min)/d + 0.5` truncated, capped at 15.
+fn q4_1_block(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    y[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
+    for j in 0..16 {
+        let xi0 = (((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+        let xi1 = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
+        y[4 + j] = xi0 | (xi1 << 4);
+    }
+}
+
+/// Q5_0: as Q4_0 with 32 levels (`d = max / -16`); the fifth bits go to `qh` (bit j for element j).
+fn q5_0_block(x: &[f32], y: &mut [u8]) {
+    let d = signed_absmax(x) / -16.0;
+    let id = inverse(d);
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let xi0 = ((x[j] * id + 16.5) as i8).min(31) as u8;
+        let xi1 = ((x[j + 16] * id + 16.5) as i8).min(31) as u8;
+        y[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    y[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// Q5_1: as Q4_1 with 32 levels (`d = (max - min) / 31`, no cap in ggml either).
+fn q5_1_block(x: &[f32], y: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    y[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let xi0 = ((x[j] - min) * id + 0.5) as u8;
+        let xi1 = ((x[j + 16] - min) * id + 0.5) as u8;
+        y[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    y[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// Q8_0: `d = amax / 127`, `q = roundf(x / d)` (halves away from zero: `f32::round`).
+fn q8_0_block(x: &[f32], y: &mut [u8]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut out = f16::from_f32(d).to_le_bytes().to_vec();
-    // C's roundf: halves away from zero (f32::round).
-    out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
-    out
+    let id = inverse(d);
+    y[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    for (q, v) in y[2..34].iter_mut().zip(x) {
+        *q = (v * id).round() as i8 as u8;
+    }
 }
 
 #[cfg(test)]
