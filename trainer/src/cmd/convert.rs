@@ -5,11 +5,14 @@
 //!   `lapidary merge` (`lapidary_model::io::hf_dir::HfDirWriter`, `side_files`).
 //! - `--adapter DIR --out X.gguf`: a PEFT LoRA adapter → the GGUF adapter llama.cpp loads with `--lora`
 //!   (`lapidary_model::peft::gguf_adapter`), for the base `--model` (a .gguf file or a model directory).
+//! - a model (directory or .gguf) `--out X.gguf --dtype T`: the whole model as the GGUF llama.cpp runs
+//!   (`lapidary_model::io::gguf::model_writer`); from a GGUF its metadata and tokenizer are kept verbatim.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use lapidary_model::io::files::is_gguf;
+use lapidary_model::io::gguf::model_writer::{GgufDtype, ModelGguf};
 use lapidary_model::io::hf_dir::{side_files, source_config, HfDirWriter, OutDtype, MAX_SHARD_BYTES};
 use lapidary_model::peft::gguf_adapter::adapter_to_gguf;
 use lapidary_model::quant::ggml::GgmlType;
@@ -26,21 +29,15 @@ pub struct ConvertArgs {
     pub adapter: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
-    /// With --adapter: the tensors' type (q8_0 keeps rows that are not whole blocks of 32 in f16).
-    #[arg(long, value_enum, default_value_t = AdapterDtype::F32)]
-    pub dtype: AdapterDtype,
+    /// The tensors' type. With --adapter: f32 (default), f16, bf16, q8_0 (rows that are not whole blocks of 32
+    /// in f16). A model written as .gguf: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m or
+    /// same (each tensor as the input GGUF has it; the default for a .gguf input, f16 for a directory, as
+    /// llama.cpp's converter). Not for a model directory output (written in f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// Replace an existing output.
     #[arg(long)]
     pub overwrite: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AdapterDtype {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
 }
 
 /// Both outputs are replaced only with `--overwrite`; checked before anything is read.
@@ -58,14 +55,37 @@ fn convert_adapter(a: &ConvertArgs, adapter: &Path) -> Result<()> {
     refuse_existing_out(a)?;
     // The base's architecture, from its config (a GGUF's is rebuilt from its metadata); no weights are read.
     let arch = GemmaConfig::from_json(&source_config(&a.model)?, &a.model)?.arch;
-    let dtype = match a.dtype {
-        AdapterDtype::F32 => GgmlType::F32,
-        AdapterDtype::F16 => GgmlType::F16,
-        AdapterDtype::Bf16 => GgmlType::BF16,
-        AdapterDtype::Q8_0 => GgmlType::Q8_0,
+    let dtype = match a.dtype.as_deref().unwrap_or("f32") {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "bf16" => GgmlType::BF16,
+        "q8_0" => GgmlType::Q8_0,
+        other => bail!("--dtype {other}: an adapter is written in f32, f16, bf16 or q8_0"),
     };
     adapter_to_gguf(adapter, arch, dtype)?.write(&a.out)?;
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// A model (directory or GGUF) → a GGUF model file.
+fn convert_model_gguf(a: &ConvertArgs) -> Result<()> {
+    let default = if is_gguf(&a.model) { "same" } else { "f16" };
+    let dtype: GgufDtype = a.dtype.as_deref().unwrap_or(default).parse().map_err(anyhow::Error::msg)?;
+    refuse_existing_out(a)?;
+    let writer = if is_gguf(&a.model) {
+        let gguf = lapidary_model::io::gguf::GgufModel::open(&a.model)?;
+        let plan = ModelGguf::from_gguf(&gguf)?;
+        // Every tensor as the file has it (copied, or re-encoded from its stored values).
+        plan.build(dtype, |_| Ok(None))?
+    } else {
+        let config = source_config(&a.model)?;
+        let files = lapidary_model::ModelFiles::open(&a.model)?;
+        let weights = files.weights.as_ref();
+        let plan = ModelGguf::from_hf_dir(&a.model, &config, weights)?;
+        plan.build(dtype, |t| weights.get(&t.hf).map(Some))?
+    };
+    writer.write(&a.out)?;
+    println!("wrote {} ({})", a.out.display(), dtype.name());
     Ok(())
 }
 
@@ -73,8 +93,18 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if let Some(adapter) = &a.adapter {
         return convert_adapter(&a, adapter);
     }
+    if is_gguf(&a.out) {
+        return convert_model_gguf(&a);
+    }
     if !is_gguf(&a.model) {
-        bail!("{}: convert reads a .gguf file", a.model.display());
+        bail!(
+            "{}: a model directory is converted to GGUF only (an --out ending in .gguf); a directory output is \
+             written from a .gguf file",
+            a.model.display()
+        );
+    }
+    if let Some(d) = &a.dtype {
+        bail!("--dtype {d}: a model directory output is written in f32; --dtype applies to .gguf outputs");
     }
     refuse_existing_out(&a)?;
     let gguf = lapidary_model::io::gguf::GgufModel::open(&a.model)?;
