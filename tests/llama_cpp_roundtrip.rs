@@ -1,0 +1,109 @@
+//! The GGUF round trip on the real Gemma 3 270M Q4_K_M, against what llama.cpp itself did with the same files
+//! (recorded by scripts/make_llama_cpp_roundtrip_fixtures.py in tests/fixtures/llama_cpp/; skips visibly when
+//! scripts/fetch_model.sh has not run). Each test first rebuilds the file llama.cpp was given and checks its
+//! sha256, so the recorded figures are about exactly these bytes.
+//!
+//! The yardstick for perplexities: llama.cpp rounds activations to 8 bits for its quantized products, so it
+//! never gives exactly our perplexity; the gap on the base model alone is what that costs, and a file we write
+//! (an adapter, a merged model) must not widen it by more than 0.2 percentage points.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use lapidary_model::io::gguf::GgufFile;
+use sha2::{Digest, Sha256};
+
+fn reference() -> serde_json::Value {
+    read_json(&fixture("llama_cpp/reference.json"))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Our perplexity on llama-perplexity's chunks (the rows score exactly the tokens it scores).
+fn our_ppl(model: &Path, adapter: Option<&Path>) -> f64 {
+    let rows = fixture("llama_cpp/ppl_rows.jsonl");
+    let mut args = vec!["eval", "--model", s(model), "--data", s(&rows), "--quant", "gguf", "--json"];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", s(a)]);
+    }
+    let v = lapidary_json(&args);
+    let scored = reference()["chunks"].as_u64().unwrap() * (reference()["n_ctx"].as_u64().unwrap() / 2 - 1);
+    assert_eq!(v["tokens"].as_u64().unwrap(), scored, "the rows score llama-perplexity's tokens");
+    v["perplexity"].as_f64().unwrap()
+}
+
+fn gap(llama: f64, ours: f64) -> f64 {
+    (llama - ours).abs() / ours
+}
+
+fn adapter_gguf(dir: &Path) -> PathBuf {
+    let out = dir.join("adapter.gguf");
+    let model = real_model().unwrap();
+    let adapter = fixture("llama_cpp/adapter");
+    let o = lapidary(&["convert", "--model", s(&model), "--adapter", s(&adapter), "--out", s(&out), "--dtype", "f32"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// `convert --adapter X.gguf --dtype f32` on the stored adapter is the file llama.cpp ran with `--lora`, and
+/// its tensors are byte for byte what llama.cpp's convert_lora_to_gguf.py writes from the same PEFT adapter.
+#[test]
+fn adapter_gguf_equals_llama_cpps_converter() {
+    if real_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = adapter_gguf(dir.path());
+    let r = reference();
+    assert_eq!(sha256(&std::fs::read(&path).unwrap()), r["adapter_gguf_sha256"].as_str().unwrap());
+    let file = GgufFile::open(&path).unwrap();
+    let want = r["converter_adapter_tensors"].as_object().unwrap();
+    assert_eq!(file.tensors().len(), want.len(), "tensor count");
+    for t in file.tensors() {
+        let w = &want[&t.name];
+        assert_eq!(t.dtype.to_string(), w["type"].as_str().unwrap(), "{}", t.name);
+        let shape: Vec<usize> = w["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        assert_eq!(t.shape(), shape, "{}", t.name);
+        assert_eq!(sha256(file.tensor_bytes(&t.name).unwrap()), w["sha256"].as_str().unwrap(), "{}", t.name);
+    }
+}
+
+/// llama-perplexity with `--lora` (our adapter GGUF) against `lapidary eval --quant gguf --adapter` on the same
+/// chunks: the gap is no wider than on the base alone (+0.2 points); and the adapter moved the perplexity,
+/// so the comparison says something.
+#[test]
+fn perplexity_with_the_adapter_matches_llama_cpp() {
+    let Some(model) = real_model() else { return };
+    let r = reference();
+    let ppl = &r["ppl"];
+    let llama = |k: &str| ppl[k]["ppl"].as_f64().unwrap();
+    assert_eq!(ppl["base"]["file_sha256"].as_str().unwrap(), sha256(&std::fs::read(&model).unwrap()));
+    let base = our_ppl(&model, None);
+    let lora = our_ppl(&model, Some(&fixture("llama_cpp/adapter")));
+    let (gb, gl) = (gap(llama("base"), base), gap(llama("lora"), lora));
+    eprintln!(
+        "base: llama.cpp {} ours {base:.4} (gap {gb:.5}); lora: {} vs {lora:.4} (gap {gl:.5})",
+        llama("base"),
+        llama("lora")
+    );
+    assert!(gb < 0.05, "llama.cpp's base perplexity {} is far from ours {base}", llama("base"));
+    assert!(gl <= gb + 0.002, "with the adapter the gap {gl} is wider than the base's {gb} + 0.2 points");
+    assert!((lora - base).abs() / base > 0.05, "the adapter barely moves the perplexity ({base} -> {lora})");
+}
+
+/// Our tokens of the perplexity text are llama.cpp's (the rows were cut from llama.cpp's tokens).
+#[test]
+fn tokens_of_the_perplexity_text_are_llama_cpps() {
+    let Some(model) = real_model() else { return };
+    let text = std::fs::read_to_string(fixture("llama_cpp/ppl.txt")).unwrap();
+    let v = lapidary_json(&["tokenize", "--model", s(&model), "--text", &text, "--json"]);
+    let want = &reference()["tokens"];
+    assert_eq!(&v["ids"], want);
+}
