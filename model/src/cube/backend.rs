@@ -81,8 +81,12 @@ impl<R: Gemm, BT: BoolElement> GemmaBackend for CubeBackend<R, f32, i32, BT> {
         softcap: Option<f64>,
         grad: bool,
     ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        // A packed table is dequantized for the call (the kernels take dense chunks).
-        let table = table.into_dense(&hidden);
+        // A packed table (a GGUF file's under `--quant gguf`) is dequantized for the call by the kernels,
+        // from its blocks kept on the device, as a projection's weight is (the loss kernel takes dense chunks).
+        let table = match table {
+            LmTable::Dense(t) => t,
+            LmTable::Packed(w) => weights::dense(&w, &hidden.client, &hidden.device, hidden.dtype),
+        };
         crate::ops::lm_head::chunked::<Self>(hidden, table, targets, grad, lm_head::CHUNK, |hc, table, ids, grad| {
             lm_head::chunk::<R, BT>(hc, table, ids, softcap, grad)
         })

@@ -5,6 +5,7 @@
 //!
 //! - `dequant`: NF4 and int8 dequantization as CubeCL kernels, from the packed bytes kept on the device
 //!   (uploaded once per weight by `weights`; the dense weight only exists inside one call, as on CPU);
+//!   `ggml`: the same for a GGUF file's blocks (`--quant gguf`);
 //! - the product itself: a vendor library where the runtime has one ([`Gemm`]: cuBLAS on CUDA), else
 //!   Burn's matmul;
 //! - `memory`: the pools' high-water marks, for the bench.
@@ -32,6 +33,7 @@ pub mod dequant;
 pub mod dropout;
 pub mod geglu;
 pub mod gemm;
+pub mod ggml;
 mod launch;
 pub mod lm_head;
 pub mod memory;
@@ -43,5 +45,7 @@ pub mod wgpu;
 
 pub use gemm::{quietly, Gemm};
 
+#[cfg(all(test, feature = "wgpu"))]
+mod ggml_tests;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;

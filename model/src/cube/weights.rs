@@ -18,12 +18,14 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::client::ComputeClient;
 
 use super::dequant::{Int8Device, Nf4Device};
+use super::ggml::GgmlDevice;
 use crate::quant::PackedWeight;
 
 #[derive(Debug)]
 enum OnDevice {
     Nf4(Nf4Device),
     Int8(Int8Device),
+    Ggml(GgmlDevice),
 }
 
 struct Entry {
@@ -52,7 +54,7 @@ fn on_device<R: CubeRuntime>(w: &Arc<PackedWeight>, client: &ComputeClient<R>) -
     let device = Arc::new(match w.as_ref() {
         PackedWeight::Nf4(q) => OnDevice::Nf4(Nf4Device::upload(client, q)),
         PackedWeight::Int8(q) => OnDevice::Int8(Int8Device::upload(client, q)),
-        PackedWeight::Ggml(_) => unreachable!("`dense` dequantizes ggml blocks on the host"),
+        PackedWeight::Ggml(q) => OnDevice::Ggml(GgmlDevice::upload(client, q)),
     });
     cache.insert(key, Entry { weight: Arc::downgrade(w), device: device.clone() });
     device
@@ -67,6 +69,7 @@ pub fn resident_bytes() -> usize {
         .map(|e| match e.device.as_ref() {
             OnDevice::Nf4(d) => d.resident_bytes(),
             OnDevice::Int8(d) => d.resident_bytes(),
+            OnDevice::Ggml(d) => d.resident_bytes(),
         })
         .sum()
 }
@@ -80,8 +83,9 @@ pub fn dense<R: CubeRuntime>(
     dtype: DType,
 ) -> CubeTensor<R> {
     let [o, i] = w.shape();
-    // ggml blocks have no kernel yet: dequantized on the host, like `LAPIDARY_DEQUANT=host`.
-    if !device_dequant() || matches!(w.as_ref(), PackedWeight::Ggml(_)) {
+    // F64 blocks have no kernel (`super::ggml::on_device`): dequantized on the host, like
+    // `LAPIDARY_DEQUANT=host`.
+    if !device_dequant() || matches!(w.as_ref(), PackedWeight::Ggml(g) if !super::ggml::on_device(g.dtype)) {
         let handle = client.create_from_slice(bytemuck::cast_slice(&w.dequantize()));
         let t = CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, DType::F32);
         return burn_cubecl::kernel::cast(t, dtype);
@@ -89,6 +93,7 @@ pub fn dense<R: CubeRuntime>(
     let handle = match on_device(w, client).as_ref() {
         OnDevice::Nf4(d) => d.dequantize(client, dtype),
         OnDevice::Int8(d) => d.dequantize(client, dtype),
+        OnDevice::Ggml(d) => d.dequantize(client, dtype),
     };
     CubeTensor::new_contiguous(client.clone(), device.clone(), [o, i].into(), handle, dtype)
 }
