@@ -5,7 +5,8 @@
 # batch 4, max length 64, LoRA r=16 alpha=32 dropout=0.05 on all seven projections, AdamW 5e-4 cosine with 3
 # warmup steps, completion-only loss, no packing, no evaluation. TRL in f32 and with bf16 autocast (its fast
 # setting on CPUs with AVX512-BF16), plain and on a bitsandbytes NF4 base; lapidary on an NF4 base in f32 and
-# bf16. tokens/s = the non-padding tokens of the optimizer steps over their time, as each trainer reports it.
+# bf16, and on the GGUF's own blocks (quant = "gguf", trained from the .gguf file itself; with CASES=gguf only
+# that and the runs it is compared with: lapidary nf4 f32 and TRL's best). tokens/s = the non-padding tokens of the optimizer steps over their time, as each trainer reports it.
 # Every result is appended as a JSON line to docs/bench/cpu.jsonl (case "sft").
 #
 # usage: scripts/bench_sft.sh      env: PYTHON (torch, transformers, peft, bitsandbytes, trl; default python3)
@@ -30,16 +31,25 @@ trl() { # quant bf16
     --quant "$1" --bf16 "$2" 2>/dev/null | tail -n 1) || r="{\"system\": \"trl-sft\", \"quant\": \"$1\", \"bf16\": \"$2\", \"failed\": true}"
   tag "$r" | tee -a "$out"
 }
-ours() { # compute dtype
-  local r; r=$($bin train "$work/recipe.toml" --set "model.path=\"$hf\"" --set "output.dir=\"$work/out-$1\"" \
-    --set "model.compute_dtype=\"$1\"" --set "train.eval_every=0" --set "train.save_every=0" --set "train.eval_metrics=[\"loss\"]" \
-    --set "output.tensorboard=false" --overwrite 2>"$work/train-$1.log" | tail -n 1)
-  r=$("$py" -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"system": "lapidary", "quant": "nf4", "dtype": sys.argv[2], "compute": sys.argv[3], "steps": r.get("steps"), "tokens": r.get("tokens"), "train_seconds": r.get("train_seconds"), "tokens_per_s": r.get("tokens_per_s"), "peak_gib": r.get("peak_rss_mib", 0) / 1024 or None, "last_loss": r.get("train_loss")}))' \
-    "$r" "$1" "$(sed -n 's/^training .*, flex: \(.*\)) with .*/\1/p' "$work/train-$1.log" | head -n 1)")
+ours() { # compute dtype, quant (default nf4; gguf trains from the .gguf file)
+  local q=${2:-nf4} m=$hf; [ "$q" = gguf ] && m=$gguf
+  local r; r=$($bin train "$work/recipe.toml" --set "model.path=\"$m\"" --set "output.dir=\"$work/out-$1-$q\"" \
+    --set "model.quant=\"$q\"" --set "model.compute_dtype=\"$1\"" --set "train.eval_every=0" --set "train.save_every=0" --set "train.eval_metrics=[\"loss\"]" \
+    --set "output.tensorboard=false" --overwrite 2>"$work/train-$1-$q.log" | tail -n 1)
+  r=$("$py" -c 'import json,sys; r=json.loads(sys.argv[1]); print(json.dumps({"system": "lapidary", "quant": sys.argv[4], "dtype": sys.argv[2], "compute": sys.argv[3], "steps": r.get("steps"), "tokens": r.get("tokens"), "train_seconds": r.get("train_seconds"), "tokens_per_s": r.get("tokens_per_s"), "peak_gib": r.get("peak_rss_mib", 0) / 1024 or None, "last_loss": r.get("train_loss")}))' \
+    "$r" "$1" "$(sed -n 's/^training .*, flex: \(.*\)) with .*/\1/p' "$work/train-$1-$q.log" | head -n 1)" "$q")
   tag "$r" | tee -a "$out"
 }
 # Interleaved, twice: this machine's speed drifts (the table takes each one's best).
 for rep in $(seq "${REPS:-2}"); do
+  if [ "${CASES:-all}" = gguf ]; then
+    ours f32 gguf
+    ours f32 nf4
+    trl none on
+    trl none off
+    continue
+  fi
+  ours f32 gguf
   ours bf16
   trl none on
   ours f32

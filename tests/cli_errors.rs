@@ -165,3 +165,43 @@ fn quant_gguf_on_a_safetensors_model() {
     );
     assert!(err.contains("--quant nf4"), "{err}");
 }
+
+/// A tensor in a type lapidary cannot multiply or dequantize (IQ4_NL here; the IQ and TQ families) is an error
+/// naming the file, the tensor and its type, with the types that are readable: for `--quant gguf` (the
+/// default for a .gguf) and for `--quant nf4` (which has to read the values first, so it is no way around).
+#[test]
+fn gguf_tensor_of_a_type_we_cannot_read() {
+    use lapidary_model::io::gguf::{GgufFile, GgufWriter};
+    use lapidary_model::quant::ggml::GgmlType;
+    let src = GgufFile::open(fixture("gguf/tiny_gemma3.gguf.bin")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.set(k, v.clone());
+    }
+    let mut replaced = None;
+    for t in src.tensors() {
+        let shape = t.shape();
+        if replaced.is_none() && t.name.ends_with("attn_q.weight") {
+            // IQ4_NL: blocks of 32 values in 18 bytes (an f16 scale, 16 bytes of 4-bit codes).
+            let bytes = vec![0x11; t.numel() / 32 * 18];
+            w.add_tensor(&t.name, GgmlType::IQ4_NL, &shape, bytes);
+            replaced = Some(t.name.clone());
+        } else {
+            w.add_tensor(&t.name, t.dtype, &shape, src.tensor_bytes(&t.name).unwrap().to_vec());
+        }
+    }
+    let name = replaced.expect("the fixture has an attn_q");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("iq.gguf");
+    w.write(&path).unwrap();
+    let data = fixture("tiny/gemma3/eval.jsonl");
+    for quant in [None, Some("gguf"), Some("nf4")] {
+        let mut args = eval_args(path.to_str().unwrap(), data.to_str().unwrap());
+        if let Some(q) = quant {
+            args.extend(["--quant", q]);
+        }
+        let err = lapidary_fails(&args);
+        assert!(err.contains("iq.gguf") && err.contains(&name) && err.contains("IQ4_NL"), "{quant:?}: {err}");
+        assert!(err.contains("Q4_K") && err.contains("Q8_0"), "the readable types are listed: {err}");
+    }
+}
