@@ -5,14 +5,28 @@
 //! Every merge checks itself before the directory gets its real name: the written model, read back from disk,
 //! and the base plus the (combined) adapter evaluated in f32 on a few fixed probe texts must give the same
 //! mean loss within a dtype-dependent tolerance (see [`tolerance`]).
-use std::path::PathBuf;
+//!
+//! `--out X.gguf` writes the merged model as the GGUF llama.cpp runs instead
+//! (`lapidary_model::io::gguf::model_writer`): from a GGUF base its metadata and tokenizer verbatim, and with
+//! `--dtype same` (the default there) every tensor the adapters leave alone byte for byte. The check reads
+//! the written file back through the GGUF reader; the reference is the base as the file holds it (each tensor
+//! rounded through its written type) plus the adapters, see [`gguf_tolerance`]. The file is written as
+//! `X.partial.gguf` and renamed only once the check passes.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use lapidary_model::io::files::is_gguf;
+use lapidary_model::io::gguf::model_writer::{GgufDtype, ModelGguf};
+use lapidary_model::io::gguf::{GgmlType, GgufModel};
 use lapidary_model::io::hf_dir::{
     config_with_dtype, side_files, source_config, HfDirWriter, OutDtype, MAX_SHARD_BYTES,
 };
-use lapidary_model::peft::merge::{combine, read_adapter, set_adapters, BaseKind, BaseView, MergePlan, Method};
+use lapidary_model::io::weights::{HostTensor, WeightSource};
+use lapidary_model::peft::merge::{
+    combine, projection_names, read_adapter, set_adapters, BaseKind, BaseView, LoraPair, MergePlan, Method,
+};
 use lapidary_model::quant::QuantKind;
 use lapidary_model::GemmaBackend;
 use lapidary_model::ModelFiles;
@@ -45,9 +59,11 @@ pub struct MergeArgs {
     /// was trained against.
     #[arg(long, default_value = "original")]
     pub base: BaseKind,
-    /// Dtype of the written weights: bf16, f16 or f32 (default: the base's config dtype, f32 for GGUF).
+    /// Dtype of the written weights. A directory: bf16, f16 or f32 (default: the base's config dtype, f32 for
+    /// GGUF). A .gguf --out: also q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, or same (each tensor in the
+    /// base GGUF's type; the default for a GGUF base, else the config dtype).
     #[arg(long)]
-    pub dtype: Option<OutDtype>,
+    pub dtype: Option<String>,
     #[arg(long)]
     pub out: PathBuf,
     /// Replace an existing output directory.
@@ -90,10 +106,30 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     }
     let files = ModelFiles::open(&a.model)?;
     let config = source_config(&a.model)?;
-    let dtype = a.dtype.unwrap_or_else(|| {
+    let config_dtype = {
         let name = config.get("dtype").or_else(|| config.get("torch_dtype")).and_then(|v| v.as_str());
         name.and_then(|n| n.parse().ok()).unwrap_or(OutDtype::F32)
-    });
+    };
+    if is_gguf(&a.out) {
+        let default = match (is_gguf(&a.model), config_dtype) {
+            (true, _) => "same",
+            (false, OutDtype::F32) => "f32",
+            (false, OutDtype::F16) => "f16",
+            (false, OutDtype::Bf16) => "bf16",
+        };
+        let dtype: GgufDtype = a.dtype.as_deref().unwrap_or(default).parse().map_err(anyhow::Error::msg)?;
+        return run_gguf::<B>(a, files, weights, dtype);
+    }
+    let dtype = match a.dtype.as_deref() {
+        None => config_dtype,
+        Some(d) => d.parse::<OutDtype>().map_err(|e| match d.parse::<GgufDtype>() {
+            Ok(_) => anyhow::anyhow!(
+                "--dtype {d} is a GGUF type: a model directory is written in bf16, f16 or f32 (an --out ending \
+                 in .gguf writes {d})"
+            ),
+            Err(_) => anyhow::Error::msg(e),
+        })?,
+    };
     let view = BaseView::new(files.weights.as_ref(), a.base, dtype);
     let device = B::Device::default();
 
@@ -136,7 +172,7 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     .with_context(|| format!("reading back {}", w.tmp.display()))?;
     let merged = eval_rows(&merged_model, &probe, None).loss;
     let diff = (merged - reference).abs();
-    let tol = tolerance(dtype);
+    let tol = tolerance_override().unwrap_or_else(|| tolerance(dtype));
     let base_desc = match a.base {
         BaseKind::Original => format!("the original weights of {}", a.model.display()),
         BaseKind::Dequantized => {
@@ -180,6 +216,160 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
         println!("wrote {} ({})", a.out.display(), dtype.torch_name());
     }
     Ok(())
+}
+
+/// Largest |merged − reference| probe loss accepted for a GGUF output whose merged projections are written
+/// in `ty`. The reference holds each base tensor as the file does (rounded through its written type) plus the
+/// adapters in f32, so the difference is one rounding of each merged projection in `ty` instead of the base's
+/// rounding in `ty`: its size is the type's step. f32/f16/bf16 as for a directory ([`tolerance`]); Q8_0's
+/// step is amax/127 per block of 32, about 4x a bf16 ulp of a typical weight (measured on the tiny fixtures:
+/// see tests/gguf_model.rs), then each bit fewer doubles it: 6-bit (Q6_K) 2x, 5-bit 4x, 4-bit 8x Q8_0's.
+pub fn gguf_tolerance(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 => tolerance(OutDtype::F32),
+        GgmlType::F16 => tolerance(OutDtype::F16),
+        GgmlType::BF16 => tolerance(OutDtype::Bf16),
+        GgmlType::Q8_0 => 5e-2,
+        GgmlType::Q6_K => 0.1,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.2,
+        _ => 0.4,
+    }
+}
+
+/// A test hook: `LAPIDARY_TEST_MERGE_TOLERANCE` replaces the tolerance (a negative one makes every check
+/// fail, so tests can see what a failed check leaves behind).
+fn tolerance_override() -> Option<f64> {
+    std::env::var("LAPIDARY_TEST_MERGE_TOLERANCE").ok().and_then(|v| v.parse().ok())
+}
+
+/// The base as a GGUF file of `dtype` holds it: every tensor rounded through its written type, or as the
+/// base GGUF stores it where the type stays.
+struct AsWritten<'a> {
+    view: &'a BaseView<'a>,
+    plan: &'a ModelGguf<'a>,
+    dtype: GgufDtype,
+    by_hf: BTreeMap<String, usize>,
+}
+
+impl WeightSource for AsWritten<'_> {
+    fn path(&self) -> &Path {
+        self.view.path()
+    }
+    fn names(&self) -> Vec<String> {
+        self.view.names()
+    }
+    fn shape(&self, name: &str) -> lapidary_model::Result<Vec<usize>> {
+        self.view.shape(name)
+    }
+    fn get(&self, name: &str) -> lapidary_model::Result<HostTensor> {
+        let t = self.view.get(name)?;
+        let Some(&i) = self.by_hf.get(name) else { return Ok(t) };
+        let planned = &self.plan.tensors[i];
+        let ty = self.plan.tensor_type(planned, self.dtype)?;
+        if planned.stored == Some(ty) && self.view.base == BaseKind::Original {
+            return Ok(t);
+        }
+        self.plan.round_trip(planned, ty, t)
+    }
+}
+
+fn run_gguf<B: GemmaBackend>(a: MergeArgs, files: ModelFiles, weights: Vec<f64>, dtype: GgufDtype) -> Result<()> {
+    let gguf_base = if is_gguf(&a.model) { Some(GgufModel::open(&a.model)?) } else { None };
+    let plan = match &gguf_base {
+        Some(g) => ModelGguf::from_gguf(g)?,
+        None => ModelGguf::from_hf_dir(&a.model, &source_config(&a.model)?, files.weights.as_ref())?,
+    };
+    // Every type is settled before any work (an unknown or unavailable one is an error now, not after).
+    let types = plan.tensors.iter().map(|t| plan.tensor_type(t, dtype)).collect::<lapidary_model::Result<Vec<_>>>()?;
+    let view = BaseView::new(files.weights.as_ref(), a.base, OutDtype::F32);
+    let by_hf = plan.tensors.iter().enumerate().map(|(i, t)| (t.hf.clone(), i)).collect();
+    let as_written = AsWritten { view: &view, plan: &plan, dtype, by_hf };
+    let device = B::Device::default();
+
+    let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, &as_written, QuantKind::None, &device)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let adapters = a
+        .adapter
+        .iter()
+        .map(|d| read_adapter(&mut model, d).with_context(|| format!("adapter {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let mplan = MergePlan { method: a.method, weights: weights.clone(), density: a.density, seed: a.seed };
+    let pairs: BTreeMap<String, LoraPair> = combine(&mplan, &adapters)?;
+    set_adapters(&mut model, &pairs);
+    let probe = PROBE.iter().map(|t| crate::common::encode(&files.tokenizer, t)).collect::<Result<Vec<_>>>()?;
+    let reference = eval_rows(&model, &probe, None).loss;
+    drop(model);
+
+    // A tensor is written from new values where an adapter changes it (or the base is the NF4-dequantized
+    // one); every other tensor of a GGUF base is taken as the file has it.
+    let projections = projection_names(files.weights.as_ref());
+    let changed =
+        |hf: &str| projections.get(hf).is_some_and(|m| pairs.contains_key(m) || a.base == BaseKind::Dequantized);
+    let merged_types: Vec<GgmlType> =
+        plan.tensors.iter().zip(&types).filter(|(t, _)| changed(&t.hf)).map(|(_, ty)| *ty).collect();
+    let writer = plan.build(dtype, |t| {
+        if gguf_base.is_some() && !changed(&t.hf) {
+            Ok(None)
+        } else {
+            view.merged(&t.hf, &pairs).map(Some)
+        }
+    })?;
+    let tmp = partial_path(&a.out);
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&tmp, writer.to_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    drop(writer);
+
+    // The check: the file as written, read back through the GGUF reader.
+    let written = ModelFiles::open(&tmp)?;
+    let merged_model = lapidary_model::gemma::load::load_gemma::<B>(
+        &written.config,
+        written.weights.as_ref(),
+        QuantKind::None,
+        &device,
+    )
+    .with_context(|| format!("reading back {}", tmp.display()))?;
+    let merged = eval_rows(&merged_model, &probe, None).loss;
+    let diff = (merged - reference).abs();
+    // The coarsest type a merged projection is written in sets the bound.
+    let tol = tolerance_override()
+        .unwrap_or_else(|| merged_types.iter().map(|t| gguf_tolerance(*t)).fold(tolerance(OutDtype::F32), f64::max));
+    let report = json!({
+        "out": a.out, "model": a.model, "adapters": a.adapter, "weights": weights,
+        "method": if a.adapter.len() == 1 { "single" } else { a.method.name() },
+        "density": a.density, "seed": a.seed, "base": match a.base { BaseKind::Original => "original", BaseKind::Dequantized => "dequantized" },
+        "dtype": dtype.name(), "format": "gguf",
+        "reference_loss": reference, "merged_loss": merged, "diff": diff, "tolerance": tol,
+    });
+    if diff.is_nan() || diff > tol {
+        bail!(
+            "verification failed: probe loss of the merged GGUF {merged:.6} vs base + adapters {reference:.6} \
+             (|diff| {diff:.3e} > tolerance {tol:.0e} for {}); nothing was written to {}; the unverified file is \
+             left in {}",
+            dtype.name(),
+            a.out.display(),
+            tmp.display()
+        );
+    }
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("renaming {} to {}", tmp.display(), a.out.display()))?;
+    if a.json {
+        crate::common::print_json(&report);
+    } else {
+        println!("merged {} adapter(s) into {}", a.adapter.len(), a.model.display());
+        println!(
+            "probe loss: base + adapters {reference:.6}, merged {merged:.6}, |diff| {diff:.2e} (tolerance {tol:.0e} for {})",
+            dtype.name()
+        );
+        println!("wrote {} ({})", a.out.display(), dtype.name());
+    }
+    Ok(())
+}
+
+/// `X.gguf` → `X.partial.gguf`: where the file is written until its check passes (still a `.gguf`, so the
+/// check reads it as one).
+pub fn partial_path(out: &Path) -> PathBuf {
+    out.with_extension("partial.gguf")
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {

@@ -382,6 +382,23 @@ impl<'a> ModelGguf<'a> {
         })
     }
 
+    /// `values` (Hugging Face conventions) as the written file will hold them in `ty`: encoded and decoded
+    /// again (norms through `1 + w`). What a model read back from the file sees.
+    pub fn round_trip(&self, t: &PlannedTensor, ty: GgmlType, values: HostTensor) -> Result<HostTensor> {
+        let cols = t.shape.last().copied().unwrap_or(1);
+        let fail = |msg: String| ModelError::format(&self.source, format!("tensor `{}` ({}): {msg}", t.gguf, t.hf));
+        let mut data = values.data;
+        if t.shift {
+            data.iter_mut().for_each(|x| *x += GGUF_NORM_SHIFT);
+        }
+        let bytes = encode(ty, &data, cols).map_err(fail)?;
+        dequantize_blocks(ty, &bytes, &mut data).map_err(fail)?;
+        if t.shift {
+            data.iter_mut().for_each(|x| *x -= GGUF_NORM_SHIFT);
+        }
+        Ok(HostTensor { shape: values.shape, data })
+    }
+
     /// The GGUF file, its tensors in `dtype`. `values(t)`: the tensor's values under Hugging Face conventions
     /// (norms as `w`), or `None` for "as the input GGUF has it" (its bytes are copied when the type stays, and
     /// re-encoded from the stored values otherwise, so a norm's `1 + w` is not recomputed).
