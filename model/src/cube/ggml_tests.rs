@@ -257,3 +257,25 @@ fn gguf_models_equal_cpu() {
         assert!((gn - cn).abs() <= 1e-5 * cn.abs(), "{file}: summed NLL {gn} on wgpu vs {cn} on CPU");
     }
 }
+
+/// LoRA's gradients through the tiny Gemma 3 GGUF under `--quant gguf` on wgpu (the frozen products' input
+/// gradients by the kernel's dense weights; the LM-head loss's gradient through the packed token table) equal
+/// the CPU's.
+#[test]
+fn lora_gradients_through_gguf_blocks_equal_cpu() {
+    if !adapter() {
+        return;
+    }
+    let m = GgufModel::open(gguf_fixture("tiny_gemma3.gguf.bin")).expect("fixture");
+    let config = GemmaConfig::from_json(&m.config_json().unwrap(), m.path()).unwrap();
+    let (gn, gg) = super::tests::lora_gradients_of::<WgpuGpu>(&config, &m, QuantKind::Gguf);
+    let (cn, cg) = super::tests::lora_gradients_of::<FlexCpu>(&config, &m, QuantKind::Gguf);
+    assert!((gn - cn).abs() <= 1e-5 * cn.abs(), "NLL {gn} on wgpu vs {cn} on CPU");
+    assert!(!gg.is_empty() && gg.len() == cg.len(), "{} adapted linears on wgpu, {} on CPU", gg.len(), cg.len());
+    for (j, ((ga, gb), (ca, cb))) in gg.iter().zip(&cg).enumerate() {
+        for (name, g, c) in [("A", ga, ca), ("B", gb, cb)] {
+            let err = scaled_err(g, c);
+            assert!(err < 1e-4, "linear {j} {name}: gradients differ by {err:e} of their scale");
+        }
+    }
+}

@@ -15,10 +15,12 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 
 use crate::backends::{FlexCpu, WgpuGpu};
+use crate::config::GemmaConfig;
 use crate::gemma::load::load_gemma;
 use crate::gemma::loss::shifted_targets;
 use crate::gemma::model::{linears_mut, TokenBatch};
 use crate::io::files::ModelFiles;
+use crate::io::weights::WeightSource;
 use crate::nn::lora::{LoraRuntime, TARGETS};
 use crate::ops::gemma_backend::GemmaBackend;
 use crate::ops::kernels::Kernels;
@@ -139,14 +141,22 @@ fn logits_and_loss_equal_cpu_on_the_fixtures() {
 }
 
 /// Each LoRA linear's `(d lora_A, d lora_B)`, flattened.
-type LoraGrads = Vec<(Vec<f32>, Vec<f32>)>;
+pub(super) type LoraGrads = Vec<(Vec<f32>, Vec<f32>)>;
 
 /// The summed NLL of the fixture batch and every LoRA factor's gradient on `Autodiff<B>`.
 fn lora_gradients<B: GemmaBackend>(arch: &str) -> (f32, LoraGrads) {
     let files = ModelFiles::open(&fixture(arch)).expect("fixture model");
+    lora_gradients_of::<B>(&files.config, files.weights.as_ref(), QuantKind::Nf4)
+}
+
+/// [`lora_gradients`] of a model from `src`, its frozen weights as `quant` makes them.
+pub(super) fn lora_gradients_of<B: GemmaBackend>(
+    config: &GemmaConfig,
+    src: &dyn WeightSource,
+    quant: QuantKind,
+) -> (f32, LoraGrads) {
     let device = Default::default();
-    let mut model =
-        load_gemma::<Autodiff<B>>(&files.config, files.weights.as_ref(), QuantKind::Nf4, &device).expect("load");
+    let mut model = load_gemma::<Autodiff<B>>(config, src, quant, &device).expect("load");
     let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
     let mut cfg = AdapterConfig::new(4, 8.0, 0.0, &targets, false, None);
     if model.config.moe.is_some() {
