@@ -20,10 +20,24 @@ pub fn encode(dtype: GgmlType, values: &[f32], row: usize) -> Result<Vec<u8>, St
     if row == 0 || !values.len().is_multiple_of(row) {
         return Err(format!("{} values are not whole rows of {row}", values.len()));
     }
+    // llama-quantize refuses what would store an inf or NaN (ggml_validate_row_data); so do we, by naming it.
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!("value {} at row {}, column {} is not finite", values[i], i / row, i % row));
+    }
     let f: fn(&[f32], &mut [u8]) = match dtype {
         GgmlType::F32 => return Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        GgmlType::F16 => return Ok(values.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect()),
-        GgmlType::BF16 => return Ok(values.iter().flat_map(|x| bf16_rne(*x).to_le_bytes()).collect()),
+        GgmlType::F16 => {
+            if let Some(i) = values.iter().position(|v| !f16::from_f32(*v).is_finite()) {
+                return Err(overflow(dtype, values[i], i, row));
+            }
+            return Ok(values.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect());
+        }
+        GgmlType::BF16 => {
+            if let Some(i) = values.iter().position(|v| !bf16_rne(*v).is_finite()) {
+                return Err(overflow(dtype, values[i], i, row));
+            }
+            return Ok(values.iter().flat_map(|x| bf16_rne(*x).to_le_bytes()).collect());
+        }
         GgmlType::Q4_0 => q4_0_block,
         GgmlType::Q4_1 => q4_1_block,
         GgmlType::Q5_0 => q5_0_block,
@@ -52,7 +66,39 @@ pub fn encode(dtype: GgmlType, values: &[f32], row: usize) -> Result<Vec<u8>, St
             }
         },
     );
+    // The f16 scales and mins of each block overflow for values beyond about 65504 times the level count.
+    for (i, b) in out.chunks_exact(block_bytes).enumerate() {
+        for &at in f16_fields(dtype) {
+            let v = f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
+            if !v.is_finite() {
+                let first = i * block;
+                let amax = values[first..first + block].iter().fold(0f32, |m, v| m.max(v.abs()));
+                return Err(format!(
+                    "{dtype} block at row {}, column {}: its f16 scale overflows (largest magnitude {amax}); \
+                     llama-quantize refuses such values too",
+                    first / row,
+                    first % row
+                ));
+            }
+        }
+    }
     Ok(out)
+}
+
+fn overflow(dtype: GgmlType, v: f32, i: usize, row: usize) -> String {
+    format!("value {v} at row {}, column {} overflows {dtype}", i / row, i % row)
+}
+
+/// Byte offsets of a block's f16 fields (d, and m / dmin where there is one), which ggml validates.
+fn f16_fields(dtype: GgmlType) -> &'static [usize] {
+    match dtype {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
 }
 
 /// ggml's `ggml_compute_fp32_to_bf16`: round to nearest even; NaN stays a (quiet) NaN.
@@ -208,5 +254,25 @@ mod tests {
         assert_eq!(bf16_rne(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 4.0 / 256.0);
         assert!(encode(GgmlType::Q8_0, &x[..16], 16).is_err());
         assert!(encode(GgmlType::Q4_K, &x, 32).unwrap_err().contains("Q4_K"));
+    }
+
+    /// What llama-quantize refuses (non-finite values, scales beyond f16) is an error naming the place; rows
+    /// that are not whole blocks and types without an encoder too.
+    #[test]
+    fn refusals_name_the_row_and_column() {
+        let mut x = vec![0.5f32; 512];
+        x[300] = f32::NAN;
+        assert_eq!(encode(GgmlType::Q4_K, &x, 256).unwrap_err(), "value NaN at row 1, column 44 is not finite");
+        x[300] = 1e9;
+        for t in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q6_K] {
+            let e = encode(t, &x, 256).unwrap_err();
+            assert!(e.contains("row 1, column") && e.contains("overflows"), "{t}: {e}");
+        }
+        let e = encode(GgmlType::F16, &x, 256).unwrap_err();
+        assert_eq!(e, "value 1000000000 at row 1, column 44 overflows F16");
+        assert!(encode(GgmlType::BF16, &x, 256).is_ok());
+        assert!(encode(GgmlType::Q5_K, &[0.0; 640], 640).unwrap_err().contains("not whole Q5_K blocks of 256"));
+        assert!(encode(GgmlType::Q8_0, &x[..500], 256).unwrap_err().contains("whole rows"));
+        assert!(encode(GgmlType::IQ4_NL, &x, 256).unwrap_err().contains("IQ4_NL"));
     }
 }
