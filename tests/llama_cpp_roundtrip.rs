@@ -107,3 +107,79 @@ fn tokens_of_the_perplexity_text_are_llama_cpps() {
     let want = &reference()["tokens"];
     assert_eq!(&v["ids"], want);
 }
+
+/// `lapidary merge --out X.gguf` on the real base with the stored adapter; returns the file (which must be
+/// the one llama.cpp ran: same sha256).
+fn merged(dir: &Path, dtype: &str) -> PathBuf {
+    let model = real_model().unwrap();
+    let out = dir.join(format!("merged_{dtype}.gguf"));
+    let adapter = fixture("llama_cpp/adapter");
+    let o = lapidary(&["merge", "--model", s(&model), "--adapter", s(&adapter), "--out", s(&out), "--dtype", dtype]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = reference()["ppl"][format!("merged_{dtype}")]["file_sha256"].as_str().unwrap().to_string();
+    assert_eq!(
+        sha256(&std::fs::read(&out).unwrap()),
+        want,
+        "merge --dtype {dtype} wrote another file than llama.cpp ran"
+    );
+    out
+}
+
+/// The merged GGUFs run in llama.cpp: llama-perplexity on each agrees with `lapidary eval` on the same file
+/// within the base's yardstick. In f16 the merged model is base + adapter: llama.cpp's perplexity on it equals
+/// its own base + `--lora` within the yardstick too. `same` re-quantizes the merged projections to their
+/// original types (Q5_0, Q4_K, ... : the sums are off those grids), which moves the model itself (3% in
+/// perplexity here); the check there is that both programs see the same model.
+#[test]
+fn merged_ggufs_run_in_llama_cpp() {
+    let Some(model) = real_model() else { return };
+    let r = reference();
+    let llama = |k: &str| r["ppl"][k]["ppl"].as_f64().unwrap();
+    let yardstick = gap(llama("base"), our_ppl(&model, None)) + 0.002;
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in ["same", "f16"] {
+        let file = merged(dir.path(), dtype);
+        let ours = our_ppl(&file, None);
+        let g = gap(llama(&format!("merged_{dtype}")), ours);
+        eprintln!(
+            "merged {dtype}: llama.cpp {} ours {ours:.4} (gap {g:.5}, yardstick {yardstick:.5})",
+            llama(&format!("merged_{dtype}"))
+        );
+        assert!(g <= yardstick, "{dtype}: llama.cpp {} vs ours {ours}", llama(&format!("merged_{dtype}")));
+    }
+    let g = gap(llama("merged_f16"), llama("lora"));
+    assert!(g <= yardstick, "llama.cpp: merged f16 {} vs base + --lora {}", llama("merged_f16"), llama("lora"));
+}
+
+/// llama.cpp's own merge (`llama-export-lora`, which writes the merged tensors in f16) against `lapidary merge
+/// --out x.gguf --dtype f16`, tensor by tensor: at the recorded positions within one f16 step (the f32 sums
+/// are formed in another order, so a value may round to the neighbouring f16), and over the whole tensor the
+/// sum of values within what one step per value allows.
+#[test]
+fn merge_f16_equals_llama_export_lora() {
+    if real_model().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = GgufFile::open(merged(dir.path(), "f16")).unwrap();
+    let r = reference();
+    let export = r["export_lora"].as_object().unwrap();
+    assert!(export.len() >= 36, "every adapted projection (18 layers x q, v) is compared");
+    let f16 = |bits: u16| half::f16::from_bits(bits).to_f64();
+    for (name, want) in export {
+        let t = file.tensor_info(name).unwrap_or_else(|| panic!("{name} missing from our merge"));
+        assert_eq!(t.dtype.to_string(), "F16", "{name}");
+        let bytes = file.tensor_bytes(name).unwrap();
+        let ours: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(ours.len() as u64, want["numel"].as_u64().unwrap(), "{name}");
+        for (p, w) in want["positions"].as_array().unwrap().iter().zip(want["f16_bits"].as_array().unwrap()) {
+            let (o, w) = (f16(ours[p.as_u64().unwrap() as usize]), f16(w.as_u64().unwrap() as u16));
+            let step = (w.abs() * 2f64.powi(-10)).max(2f64.powi(-24));
+            assert!((o - w).abs() <= step, "{name}[{p}]: ours {o} export-lora {w}");
+        }
+        let (sum, abs): (f64, f64) = ours.iter().map(|&b| f16(b)).fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+        let allowed = abs * 2f64.powi(-10) + ours.len() as f64 * 2f64.powi(-24);
+        let d = (sum - want["sum"].as_f64().unwrap()).abs();
+        assert!(d <= allowed, "{name}: sum {sum} vs export-lora {} (allowed {allowed})", want["sum"]);
+    }
+}
