@@ -66,6 +66,7 @@ macro_rules! gpu_tests {
 
 gpu_tests!(
     kernels_equal_host_dequantization,
+    ggml_kernel_equals_host_dequantization,
     dropout_equals_host,
     attention_equals_cpu,
     rms_norm_equals_cpu,
@@ -167,6 +168,12 @@ mod gpu {
     pub fn kernels_equal_host_dequantization() {
         let shapes = [[3, 7], [33, 130], [300, 64], [2048, 1024]];
         checks::dequant_equals_host::<CudaRuntime, u8>(&shapes, &Default::default()).unwrap();
+    }
+
+    /// The ggml block kernel (`--quant gguf`'s weights) against the host's dequantization, every type; NVRTC
+    /// may fuse `d · q − m`, so the types with that add are held to 2 ulp of their block.
+    pub fn ggml_kernel_equals_host_dequantization() {
+        checks::ggml_dequant_equals_host::<CudaRuntime, u8>(true, &Default::default()).unwrap();
     }
 
     /// The dropout-mask kernel against the host's generator, element for element.

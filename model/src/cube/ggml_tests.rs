@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use serde_json::Value;
 
-use super::ggml::{on_device, GgmlDevice};
+use super::ggml::GgmlDevice;
 use crate::backends::{FlexCpu, WgpuGpu};
 use crate::config::GemmaConfig;
 use crate::gemma::load::load_gemma;
@@ -18,8 +18,9 @@ use crate::io::gguf::model::GgufModel;
 use crate::io::weights::WeightSource;
 use crate::nn::lora::LoraRuntime;
 use crate::ops::kernels::Kernels;
-use crate::quant::ggml::{GgmlType, GgmlWeight, SUPPORTED_TYPES};
+use crate::quant::ggml::{GgmlType, GgmlWeight};
 use crate::quant::{PackedWeight, QuantKind};
+use crate::testing::cube::{ggml_dequant_equals_host, ggml_f16_fields, random_ggml_weight};
 use crate::testing::{host, scaled_err, values};
 
 fn adapter() -> bool {
@@ -86,85 +87,14 @@ fn kernel_equals_gguf_py_for_every_type() {
     }
 }
 
-/// A splitmix64 stream: the same blocks on every machine.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Finite f16 bits of any exponent (zeros and subnormals included), either sign.
-    fn f16(&mut self) -> [u8; 2] {
-        let mut h = self.next() as u16;
-        if (h >> 10) & 0x1f == 0x1f {
-            h &= !0x4000; // exponent 31 (inf, NaN) -> 15
-        }
-        h.to_le_bytes()
-    }
-}
-
-/// Byte offsets of the f16 fields (scales, mins) of one block of `ty`; the quant bytes between are free.
-fn f16_fields(ty: GgmlType) -> &'static [usize] {
-    use GgmlType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 => &[0],
-        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
-        Q2_K => &[80, 82],
-        Q3_K => &[108],
-        Q6_K => &[208],
-        _ => &[],
-    }
-}
-
-/// Random but valid blocks of `ty` for `shape`: random quant bytes, finite f16 (or f32) scales of every
-/// magnitude, subnormals and zeros included.
-fn random_weight(ty: GgmlType, shape: [usize; 2], seed: u64) -> GgmlWeight {
-    let (block, block_bytes) = ty.block_layout().unwrap();
-    let mut rng = Rng(seed);
-    let n_blocks = shape[0] * shape[1] / block;
-    let mut bytes: Vec<u8> = (0..n_blocks * block_bytes).map(|_| rng.next() as u8).collect();
-    for b in bytes.chunks_exact_mut(block_bytes) {
-        match ty {
-            GgmlType::F16 => b.copy_from_slice(&rng.f16()),
-            // Finite: exponent 255 (inf, NaN) cleared to 127.
-            GgmlType::BF16 if b[1] & 0x7f == 0x7f && b[0] & 0x80 != 0 => b[1] &= !0x40,
-            GgmlType::F32 if b[3] & 0x7f == 0x7f && b[2] & 0x80 != 0 => b[3] &= !0x40,
-            GgmlType::Q8_K => b[..4].copy_from_slice(&((rng.next() % 2001) as f32 / 1000.0 - 1.0).to_le_bytes()),
-            _ => {
-                for &o in f16_fields(ty) {
-                    b[o..o + 2].copy_from_slice(&rng.f16());
-                }
-            }
-        }
-    }
-    GgmlWeight::new(ty, shape, bytes).unwrap()
-}
-
-/// Every type the kernel reads, random blocks of several shapes (one block; odd row counts; more blocks than
-/// one cube of threads), dequantized on the device: the host's reference values, bit for bit.
+/// Every type the kernel reads, random blocks of several shapes, dequantized on the device: the host's
+/// reference values, bit for bit (`crate::testing::cube::ggml_dequant_equals_host`).
 #[test]
 fn kernel_equals_host_dequantization_for_every_type() {
     if !adapter() {
         return;
     }
-    let types: Vec<GgmlType> = SUPPORTED_TYPES.iter().copied().filter(|&t| on_device(t)).collect();
-    assert_eq!(types.len(), SUPPORTED_TYPES.len() - 1, "every type but F64 has a kernel");
-    for (k, &ty) in types.iter().enumerate() {
-        let (block, _) = ty.block_layout().unwrap();
-        // Scalar types get a wider row, so that a row is not one element.
-        let width = if block == 1 { 96 } else { block };
-        for (s, shape) in [[1, width], [3, 2 * width], [37, 3 * width]].into_iter().enumerate() {
-            let w = random_weight(ty, shape, 1000 * k as u64 + s as u64);
-            let want = w.dequantize();
-            assert!(want.iter().all(|x| x.is_finite()), "{ty}: the test's blocks must be finite");
-            if let Some(e) = first_difference(&format!("{ty} {shape:?}"), &on_wgpu(&w), &want) {
-                panic!("{e}");
-            }
-        }
-    }
+    ggml_dequant_equals_host::<cubecl::wgpu::WgpuRuntime, u32>(false, &Default::default()).unwrap();
 }
 
 /// The resident bytes of a ggml weight on the device are its blocks' bytes (to the next whole word), and the
@@ -176,13 +106,13 @@ fn resident_bytes_are_the_blocks() {
     }
     let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&Default::default());
     for (ty, shape) in [(GgmlType::Q4_0, [5, 64]), (GgmlType::Q6_K, [2, 256]), (GgmlType::F16, [3, 7])] {
-        let w = random_weight(ty, shape, 7);
+        let w = random_ggml_weight(ty, shape, 7);
         let d = GgmlDevice::upload(&client, &w);
         assert_eq!(d.resident_bytes(), w.bytes.len().div_ceil(4) * 4, "{ty} {shape:?}");
     }
     // The cache: a live weight's blocks are counted once it has been used (other tests may add theirs at the
     // same time, so only a lower bound is certain).
-    let w = Arc::new(PackedWeight::Ggml(random_weight(GgmlType::Q5_K, [4, 512], 3)));
+    let w = Arc::new(PackedWeight::Ggml(random_ggml_weight(GgmlType::Q5_K, [4, 512], 3)));
     let _ = super::weights::dense_tensor::<cubecl::wgpu::WgpuRuntime, u32>(&w, &Default::default());
     assert!(super::weights::resident_bytes() >= w.resident_bytes());
 }
@@ -200,10 +130,10 @@ fn products_by_ggml_weights_equal_cpu() {
     {
         // Small scales so that products stay of order one: f16 scales of every magnitude would let one
         // huge element dominate the comparison's scale.
-        let mut w = random_weight(ty, [48, 512], 50 + k as u64);
+        let mut w = random_ggml_weight(ty, [48, 512], 50 + k as u64);
         let (_, block_bytes) = ty.block_layout().unwrap();
         for b in w.bytes.chunks_exact_mut(block_bytes) {
-            for &o in f16_fields(ty) {
+            for &o in ggml_f16_fields(ty) {
                 let d = half::f16::from_f32(0.01 + 0.001 * (b[o] % 7) as f32);
                 b[o..o + 2].copy_from_slice(&d.to_le_bytes());
             }

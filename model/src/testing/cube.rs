@@ -12,6 +12,7 @@ use crate::cube::gemm::Gemm;
 use crate::mask::{AttnMask, Span};
 use crate::ops::attention::AttnSpec;
 use crate::ops::gemma_backend::GemmaBackend;
+use crate::quant::ggml::{GgmlType, GgmlWeight, SUPPORTED_TYPES};
 use crate::quant::{Int8Weight, Nf4Weight, PackedWeight};
 
 /// The NF4 and int8 dequantization kernels of runtime `R` against the host's, within 2 ulp (a compiler may
@@ -33,6 +34,108 @@ pub fn dequant_equals_host<R: Gemm, BT: BoolElement>(shapes: &[[usize; 2]], devi
             for (i, (g, h)) in got.iter().zip(&want).enumerate() {
                 if (g - h).abs() > 2.0 * f32::EPSILON * h.abs() {
                     return Err(format!("{name} {shape:?} element {i}: kernel {g} vs host {h}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A splitmix64 stream: the same blocks on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Finite f16 bits of any exponent (zeros and subnormals included), either sign.
+    fn f16(&mut self) -> [u8; 2] {
+        let mut h = self.next() as u16;
+        if (h >> 10) & 0x1f == 0x1f {
+            h &= !0x4000; // exponent 31 (inf, NaN) -> 15
+        }
+        h.to_le_bytes()
+    }
+}
+
+/// Byte offsets of the f16 fields (scales, mins) of one block of `ty`; the quant bytes between are free.
+pub fn ggml_f16_fields(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random but valid blocks of `ty` for `shape`: random quant bytes, finite f16 (or f32) scales of every
+/// magnitude, subnormals and zeros included.
+pub fn random_ggml_weight(ty: GgmlType, shape: [usize; 2], seed: u64) -> GgmlWeight {
+    let (block, block_bytes) = ty.block_layout().unwrap();
+    let mut rng = Rng(seed);
+    let n_blocks = shape[0] * shape[1] / block;
+    let mut bytes: Vec<u8> = (0..n_blocks * block_bytes).map(|_| rng.next() as u8).collect();
+    for b in bytes.chunks_exact_mut(block_bytes) {
+        match ty {
+            GgmlType::F16 => b.copy_from_slice(&rng.f16()),
+            // Finite: exponent 255 (inf, NaN) cleared to 127.
+            GgmlType::BF16 if b[1] & 0x7f == 0x7f && b[0] & 0x80 != 0 => b[1] &= !0x40,
+            GgmlType::F32 if b[3] & 0x7f == 0x7f && b[2] & 0x80 != 0 => b[3] &= !0x40,
+            GgmlType::Q8_K => b[..4].copy_from_slice(&((rng.next() % 2001) as f32 / 1000.0 - 1.0).to_le_bytes()),
+            _ => {
+                for &o in ggml_f16_fields(ty) {
+                    b[o..o + 2].copy_from_slice(&rng.f16());
+                }
+            }
+        }
+    }
+    GgmlWeight::new(ty, shape, bytes).unwrap()
+}
+
+/// The ggml block kernel of runtime `R` (`crate::cube::ggml`) against the host's reference dequantization, for
+/// every type it reads, on random blocks of several shapes (one block; odd row counts; more blocks than one
+/// cube of threads): bit for bit, or where the compiler may contract `d · q − m` into a fused multiply-add
+/// (`fused`: NVRTC), the types with that add within 2 ulp of their block's largest value.
+pub fn ggml_dequant_equals_host<R: Gemm, BT: BoolElement>(fused: bool, device: &R::Device) -> Result<(), String> {
+    use crate::quant::ggml::GgmlType::*;
+    let types: Vec<GgmlType> = SUPPORTED_TYPES.iter().copied().filter(|&t| crate::cube::ggml::on_device(t)).collect();
+    if types.len() != SUPPORTED_TYPES.len() - 1 {
+        return Err(format!("kernels for {types:?}: every type but F64 should have one"));
+    }
+    for (k, &ty) in types.iter().enumerate() {
+        let (block, _) = ty.block_layout().expect("a supported type has a layout");
+        let with_add = matches!(ty, Q4_1 | Q5_1 | Q2_K | Q4_K | Q5_K);
+        // Scalar types get a wider row, so that a row is not one element.
+        let width = if block == 1 { 96 } else { block };
+        for (s, shape) in [[1, width], [3, 2 * width], [37, 3 * width]].into_iter().enumerate() {
+            let w = random_ggml_weight(ty, shape, 1000 * k as u64 + s as u64);
+            let want = w.dequantize();
+            if !want.iter().all(|x| x.is_finite()) {
+                return Err(format!("{ty} {shape:?}: the test's blocks must dequantize to finite values"));
+            }
+            let got = host(crate::cube::weights::dense_tensor::<R, BT>(&Arc::new(PackedWeight::Ggml(w)), device));
+            for (b, (g, h)) in got.chunks(block).zip(want.chunks(block)).enumerate() {
+                let tol = if fused && with_add {
+                    2.0 * f32::EPSILON * h.iter().fold(0f32, |m, x| m.max(x.abs()))
+                } else {
+                    0.0
+                };
+                for (j, (g, h)) in g.iter().zip(h).enumerate() {
+                    if g.to_bits() != h.to_bits() && (g - h).abs() > tol {
+                        let i = b * block + j;
+                        return Err(format!(
+                            "{ty} {shape:?} element {i}: kernel {g:e} ({:#x}) vs host {h:e} ({:#x})",
+                            g.to_bits(),
+                            h.to_bits()
+                        ));
+                    }
                 }
             }
         }
