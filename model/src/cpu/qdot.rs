@@ -19,9 +19,7 @@ pub fn has_kernel(w: &PackedWeight) -> bool {
             return false;
         }
         match w {
-            PackedWeight::Ggml(g) => {
-                matches!(g.dtype, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K)
-            }
+            PackedWeight::Ggml(g) => ggml_kernel(g.dtype, false).is_some(),
             PackedWeight::Nf4(q) => q.shape[1].is_multiple_of(crate::quant::nf4::NF4_BLOCK),
             PackedWeight::Int8(_) => true,
         }
@@ -75,20 +73,7 @@ fn dot_rows_with(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [
             PackedWeight::Ggml(g) => {
                 let (block, bytes) = g.dtype.block_layout().expect("checked by GgmlWeight::new");
                 let row_bytes = inp / block * bytes;
-                type Kernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
-                let [q8_0, q4_0, q5_0, q4_k, q6_k]: [Kernel; 5] = if wide {
-                    [avx512::q8_0, avx512::q4_0, avx512::q5_0, avx512::q4_k, avx512::q6_k]
-                } else {
-                    [avx2::q8_0, avx2::q4_0, avx2::q5_0, avx2::q4_k, avx2::q6_k]
-                };
-                let f = match g.dtype {
-                    GgmlType::Q8_0 => q8_0,
-                    GgmlType::Q4_0 => q4_0,
-                    GgmlType::Q5_0 => q5_0,
-                    GgmlType::Q4_K => q4_k,
-                    GgmlType::Q6_K => q6_k,
-                    _ => unreachable!("has_kernel"),
-                };
+                let f = ggml_kernel(g.dtype, wide).expect("has_kernel");
                 for (r, yr) in y.chunks_exact_mut(n).enumerate() {
                     let row = &g.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
                     for (j, v) in yr.iter_mut().enumerate() {
@@ -125,6 +110,39 @@ fn dot_rows_with(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [
     }
 }
 
+/// A ggml kernel: a row's blocks, `x`, and the sums of `x` over each 32 (for the types with minimums).
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
+
+/// The kernel for rows of `dtype`, at AVX-512's width when `wide`; `None` for types without one.
+#[cfg(target_arch = "x86_64")]
+fn ggml_kernel(dtype: GgmlType, wide: bool) -> Option<Kernel> {
+    macro_rules! pick {
+        ($($t:ident => $k:ident),*) => {
+            match dtype {
+                $(GgmlType::$t => Some(if wide { avx512::$k as Kernel } else { avx2::$k as Kernel }),)*
+                _ => None,
+            }
+        };
+    }
+    pick!(Q8_0 => q8_0, Q4_0 => q4_0, Q4_1 => q4_1, Q5_0 => q5_0, Q5_1 => q5_1, Q2_K => q2_k, Q3_K => q3_k,
+        Q4_K => q4_k, Q5_K => q5_k, Q6_K => q6_k)
+}
+
+/// The sixteen 6-bit scales of a Q3_K block (`scales: [u8; 12]`: low four bits of each in the first 8 bytes,
+/// high two in the last 4), less their offset of 32, as ggml's `dequantize_row_q3_K` unpacks them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn q3_k_scales(sb: &[u8]) -> [f32; 16] {
+    let mut s = [0f32; 16];
+    for (k, v) in s.iter_mut().enumerate() {
+        let low = if k < 8 { sb[k] & 0x0F } else { sb[k - 8] >> 4 };
+        let high = (sb[8 + k % 4] >> (2 * (k / 4))) & 3;
+        *v = ((low | (high << 4)) as i32 - 32) as f32;
+    }
+    s
+}
+
 /// Runs `$body` (which reads block `$i` and returns `$acc` plus its terms) over `0..$nb`, alternating two
 /// accumulators held in registers, so that consecutive blocks do not wait on each other's multiply-add.
 /// A macro rather than a closure, so that the body is compiled with the caller's target features.
@@ -151,7 +169,8 @@ macro_rules! two_accumulators {
 }
 
 /// The ggml kernels both widths share, written once over the width's primitives (`zero`, `splat`, `add`,
-/// `fmadd`, `reduce`, and `dot16`: 16 signed bytes times 16 floats added to an accumulator), which each
+/// `fmadd`, `reduce`, `dot16`: 16 signed bytes times 16 floats added to an accumulator, and `sum16`: 16
+/// floats as partial sums), which each
 /// module below defines before invoking this with its target features.
 #[cfg(target_arch = "x86_64")]
 macro_rules! ggml_kernels {
@@ -193,6 +212,92 @@ macro_rules! ggml_kernels {
             reduce(add(a0, a1))
         }
 
+        /// Q4_1: `d, m: f16, qs: [u8; 16]`; Q4_0's nibbles without the offset, `d·q + m`; `xs` holds the
+        /// sums of x over each block, which `m` multiplies.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q4_1(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+            let nb = check(b, x, 32, 20);
+            assert_eq!(xs.len(), nb);
+            let m4 = _mm_set1_epi8(0x0F);
+            let (mut a0, mut a1) = (zero(), zero());
+            let mut mins = 0f32;
+            two_accumulators!(nb, a0, a1, |i, acc| {
+                let p = b.as_ptr().add(i * 20);
+                let xp = x.as_ptr().add(i * 32);
+                let qs = _mm_loadu_si128(p.add(4) as *const __m128i);
+                let lo = _mm_and_si128(qs, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
+                mins += f16(p.add(2)) * xs[i];
+                fmadd(splat(f16(p)), dot16(hi, xp.add(16), dot16(lo, xp, zero())), acc)
+            });
+            reduce(add(a0, a1)) + mins
+        }
+
+        /// Q2_K: `scales: [u8; 16], qs: [u8; 64], d, dmin: f16`; sixteen sub-blocks of 16, each with a 4-bit
+        /// scale (low nibble) and minimum (high nibble), `d·sc·q − dmin·m`; element 128·h + 32·j + l is bits
+        /// 2j, 2j + 1 of qs[32·h + l].
+        #[target_feature(enable = $features)]
+        pub unsafe fn q2_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+            let nb = check(b, x, 256, 84);
+            let m3 = _mm256_set1_epi8(3);
+            let (mut a0, mut a1) = (zero(), zero());
+            // Minimums times sums of x over 16, kept apart (two chains, so as not to wait on each other).
+            let (mut n0, mut n1) = (zero(), zero());
+            for i in 0..nb {
+                let p = b.as_ptr().add(i * 84);
+                let (d, dmin) = (f16(p.add(80)), f16(p.add(82)));
+                for h in 0..2 {
+                    let mut q = _mm256_loadu_si256(p.add(16 + 32 * h) as *const __m256i);
+                    for j in 0..4 {
+                        // Bits of the neighbouring byte that the 16-bit shift brings in are masked off.
+                        let v = _mm256_and_si256(q, m3);
+                        q = _mm256_srli_epi16(q, 2);
+                        let (sc0, sc1) = (*p.add(8 * h + 2 * j), *p.add(8 * h + 2 * j + 1));
+                        let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * j);
+                        let s0 = dot16(_mm256_castsi256_si128(v), xp, zero());
+                        let s1 = dot16(_mm256_extracti128_si256(v, 1), xp.add(16), zero());
+                        a0 = fmadd(splat(d * (sc0 & 0x0F) as f32), s0, a0);
+                        a1 = fmadd(splat(d * (sc1 & 0x0F) as f32), s1, a1);
+                        n0 = fmadd(splat(dmin * (sc0 >> 4) as f32), sum16(xp), n0);
+                        n1 = fmadd(splat(dmin * (sc1 >> 4) as f32), sum16(xp.add(16)), n1);
+                    }
+                }
+            }
+            reduce(add(a0, a1)) - reduce(add(n0, n1))
+        }
+
+        /// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; sixteen sub-blocks of 16 with
+        /// 6-bit scales (`q3_k_scales`), `d·sc·(q − 4)` where q's two low bits are laid out as Q2_K's and its
+        /// third is bit 4·h + j of hmask[l].
+        #[target_feature(enable = $features)]
+        pub unsafe fn q3_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+            let nb = check(b, x, 256, 110);
+            let (m3, one, e4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1), _mm256_set1_epi8(4));
+            let (mut a0, mut a1) = (zero(), zero());
+            for i in 0..nb {
+                let p = b.as_ptr().add(i * 110);
+                let d = f16(p.add(108));
+                let sc = super::q3_k_scales(std::slice::from_raw_parts(p.add(96), 12));
+                let mut hm = _mm256_loadu_si256(p as *const __m256i);
+                for h in 0..2 {
+                    let mut q = _mm256_loadu_si256(p.add(32 + 32 * h) as *const __m256i);
+                    for j in 0..4 {
+                        let high = _mm256_slli_epi16(_mm256_and_si256(hm, one), 2);
+                        let v = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(q, m3), high), e4);
+                        q = _mm256_srli_epi16(q, 2);
+                        hm = _mm256_srli_epi16(hm, 1);
+                        let k = 8 * h + 2 * j;
+                        let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * j);
+                        let s0 = dot16(_mm256_castsi256_si128(v), xp, zero());
+                        let s1 = dot16(_mm256_extracti128_si256(v, 1), xp.add(16), zero());
+                        a0 = fmadd(splat(d * sc[k]), s0, a0);
+                        a1 = fmadd(splat(d * sc[k + 1]), s1, a1);
+                    }
+                }
+            }
+            reduce(add(a0, a1))
+        }
+
         /// Q4_K: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; eight sub-blocks of 32, `d·sc·q − dmin·m`
         /// (ggml's `get_scale_min_k4`); `xs` holds the sums of x over each 32.
         #[target_feature(enable = $features)]
@@ -214,6 +319,39 @@ macro_rules! ggml_kernels {
                     // Nibbles (0..15) read as signed bytes are the same numbers.
                     let lo = dot32(_mm256_and_si256(q, m4), xp);
                     let hi = dot32(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), xp.add(32));
+                    a0 = fmadd(splat(d * s0 as f32), lo, a0);
+                    a1 = fmadd(splat(d * s1 as f32), hi, a1);
+                    mins += dmin * m0 as f32 * xs[i * 8 + 2 * g] + dmin * m1 as f32 * xs[i * 8 + 2 * g + 1];
+                }
+            }
+            reduce(add(a0, a1)) - mins
+        }
+
+        /// Q5_K: `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`; Q4_K with a fifth bit per
+        /// element: bit j of qh[l] for element 32·j + l.
+        #[target_feature(enable = $features)]
+        pub unsafe fn q5_k(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+            let nb = check(b, x, 256, 176);
+            assert_eq!(xs.len(), nb * 8);
+            let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+            let (mut a0, mut a1) = (zero(), zero());
+            let mut mins = 0f32;
+            for i in 0..nb {
+                let p = b.as_ptr().add(i * 176);
+                let (d, dmin) = (f16(p), f16(p.add(2)));
+                let sc = std::slice::from_raw_parts(p.add(4), 12);
+                let mut qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
+                for g in 0..4 {
+                    let xp = x.as_ptr().add(i * 256 + 64 * g);
+                    let q = _mm256_loadu_si256(p.add(48 + 32 * g) as *const __m256i);
+                    let (s0, m0) = scale_min_k4(2 * g, sc);
+                    let (s1, m1) = scale_min_k4(2 * g + 1, sc);
+                    // The fifth bits of sub-blocks 2g and 2g + 1 (bits 0 and 1 of qh shifted down 2g), as 16.
+                    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, one), 4);
+                    let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), one), 4);
+                    qh = _mm256_srli_epi16(qh, 2);
+                    let lo = dot32(_mm256_or_si256(_mm256_and_si256(q, m4), h0), xp);
+                    let hi = dot32(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1), xp.add(32));
                     a0 = fmadd(splat(d * s0 as f32), lo, a0);
                     a1 = fmadd(splat(d * s1 as f32), hi, a1);
                     mins += dmin * m0 as f32 * xs[i * 8 + 2 * g] + dmin * m1 as f32 * xs[i * 8 + 2 * g + 1];
@@ -315,6 +453,12 @@ mod avx2 {
         _mm256_fmadd_ps(i8x8(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x.add(8)), acc)
     }
 
+    /// 16 floats as 8 partial sums.
+    #[inline(always)]
+    unsafe fn sum16(x: *const f32) -> V {
+        _mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)))
+    }
+
     /// The number of blocks in a row of `x.len()` elements, checked against the row's bytes.
     pub(super) fn check(b: &[u8], x: &[f32], block: usize, bytes: usize) -> usize {
         let nb = x.len() / block;
@@ -350,6 +494,28 @@ mod avx2 {
             fmadd(splat(f16(p)), dot16(hi, xp.add(16), dot16(lo, xp, zero())), acc)
         });
         reduce(add(a0, a1))
+    }
+
+    /// Q5_1: `d, m: f16, qh: u32, qs: [u8; 16]`; Q5_0's bits without the offset, `d·q + m`; `xs` holds the
+    /// sums of x over each block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_1(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+        let nb = check(b, x, 32, 24);
+        assert_eq!(xs.len(), nb);
+        let m4 = _mm_set1_epi8(0x0F);
+        let (mut a0, mut a1) = (zero(), zero());
+        let mut mins = 0f32;
+        two_accumulators!(nb, a0, a1, |i, acc| {
+            let p = b.as_ptr().add(i * 24);
+            let xp = x.as_ptr().add(i * 32);
+            let qh = u32::from_le_bytes([*p.add(4), *p.add(5), *p.add(6), *p.add(7)]);
+            let qs = _mm_loadu_si128(p.add(8) as *const __m128i);
+            let lo = _mm_or_si128(_mm_and_si128(qs, m4), bit4_bytes(qh as u16));
+            let hi = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), bit4_bytes((qh >> 16) as u16));
+            mins += f16(p.add(2)) * xs[i];
+            fmadd(splat(f16(p)), dot16(hi, xp.add(16), dot16(lo, xp, zero())), acc)
+        });
+        reduce(add(a0, a1)) + mins
     }
 
     /// NF4 (bitsandbytes: two codes per byte, the first in the high nibble) over a row of whole 64-blocks,
@@ -437,6 +603,12 @@ mod avx512 {
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_loadu_ps(x), acc)
     }
 
+    /// 16 floats, as they are.
+    #[inline(always)]
+    unsafe fn sum16(x: *const f32) -> V {
+        _mm512_loadu_ps(x)
+    }
+
     ggml_kernels!("avx512f,avx2,fma,f16c");
 
     /// Q5_0 with the fifth bits as mask registers: (nibble | bit·16) − 16 = nibble − 16 where the bit is
@@ -459,6 +631,29 @@ mod avx512 {
         });
         reduce(add(a0, a1))
     }
+
+    /// Q5_1 with the fifth bits as mask registers, as Q5_0: 16 added where the bit is set.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn q5_1(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+        let nb = check(b, x, 32, 24);
+        assert_eq!(xs.len(), nb);
+        let (m4, e16) = (_mm_set1_epi8(0x0F), splat(16.0));
+        let (mut a0, mut a1) = (zero(), zero());
+        let mut mins = 0f32;
+        two_accumulators!(nb, a0, a1, |i, acc| {
+            let p = b.as_ptr().add(i * 24);
+            let xp = x.as_ptr().add(i * 32);
+            let qh = u32::from_le_bytes([*p.add(4), *p.add(5), *p.add(6), *p.add(7)]);
+            let qs = _mm_loadu_si128(p.add(8) as *const __m128i);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, m4)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), m4)));
+            let lo = _mm512_mask_add_ps(lo, qh as u16, lo, e16);
+            let hi = _mm512_mask_add_ps(hi, (qh >> 16) as u16, hi, e16);
+            mins += f16(p.add(2)) * xs[i];
+            fmadd(splat(f16(p)), fmadd(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp))), acc)
+        });
+        reduce(add(a0, a1)) + mins
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -468,37 +663,83 @@ mod tests {
     use crate::testing::values;
 
     /// Each kernel, at each width this CPU has, against the dequantized weight's dot products in f64,
-    /// relative to the size of the terms.
+    /// relative to the size of the terms: for 1, 3 and 4 rows of x (as `packed_matmul` calls them), rows of
+    /// 5 blocks of 256 (40 of 32) and of 3 blocks of 32 (an odd count: `two_accumulators`' last block).
     #[test]
     fn kernels_equal_dot_products_with_the_dequantized_rows() {
-        let (out, inp, n) = (9, 512, 3);
-        let x = values(n * inp, 8, 1.0);
-        let xs = sums32(&x);
-        let mut checked = vec![];
-        for (name, w) in weights(out, inp) {
-            if !has_kernel(&w) {
-                continue;
-            }
-            let wd = w.dequantize();
-            let widths: &[bool] = if std::is_x86_feature_detected!("avx512f") { &[false, true] } else { &[false] };
-            for &wide in widths {
-                let mut y = vec![0f32; (out - 2) * n];
-                dot_rows_with(&w, 2, &x, &xs, &mut y, wide);
-                for r in 0..out - 2 {
-                    for j in 0..n {
-                        let terms = (0..inp).map(|k| wd[(r + 2) * inp + k] as f64 * x[j * inp + k] as f64);
-                        let want: f64 = terms.clone().sum();
-                        let size: f64 = terms.map(f64::abs).sum();
-                        let got = y[r * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-6 * size,
-                            "{name} (wide {wide}) row {r} x{j}: {got} vs {want}"
-                        );
+        let mut checked = std::collections::BTreeSet::new();
+        for (out, inp) in [(9, 1280), (5, 96)] {
+            for (name, w) in weights(out, inp) {
+                if !has_kernel(&w) {
+                    continue;
+                }
+                let wd = w.dequantize();
+                for n in [1, 3, 4] {
+                    let x = values(n * inp, 8 + n as u64, 1.0);
+                    let xs = sums32(&x);
+                    let avx512 = std::is_x86_feature_detected!("avx512f");
+                    let widths: &[bool] = if avx512 { &[false, true] } else { &[false] };
+                    for &wide in widths {
+                        let mut y = vec![0f32; (out - 2) * n];
+                        dot_rows_with(&w, 2, &x, &xs, &mut y, wide);
+                        for r in 0..out - 2 {
+                            for j in 0..n {
+                                let terms = (0..inp).map(|k| wd[(r + 2) * inp + k] as f64 * x[j * inp + k] as f64);
+                                let want: f64 = terms.clone().sum();
+                                let size: f64 = terms.map(f64::abs).sum();
+                                let got = y[r * n + j] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1e-6 * size,
+                                    "{name} {out}x{inp} (wide {wide}) row {r} x{j} of {n}: {got} vs {want}"
+                                );
+                            }
+                        }
                     }
                 }
+                checked.insert(name);
             }
-            checked.push(name);
         }
         eprintln!("kernels checked: {checked:?}");
+        // Every ggml type with a kernel was among the weights (and so was checked).
+        for t in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "nf4", "int8"] {
+            assert!(checked.contains(t), "no kernel checked for {t}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use crate::cpu::qmatmul::{packed_matmul, tests::weights};
+    use crate::quant::PackedWeight;
+    use crate::testing::values;
+
+    /// `cargo test --release -p lapidary-model --lib qdot::speed -- --ignored --nocapture`: GB/s of weight
+    /// bytes read by the matrix–vector product (one row of x, as in generation), per weight kind
+    /// (`LAPIDARY_NO_AVX512=1` for the AVX2 kernels).
+    #[test]
+    #[ignore]
+    fn matrix_vector_gbps() {
+        let (out, inp) = (2048, 2048);
+        let x = values(inp, 3, 1.0);
+        for (name, w) in weights(out, inp) {
+            let bytes = match &w {
+                PackedWeight::Ggml(g) => g.bytes.len(),
+                PackedWeight::Nf4(q) => q.packed.len(),
+                PackedWeight::Int8(q) => q.cb.len(),
+            };
+            std::hint::black_box(packed_matmul(&x, 1, &w));
+            let reps = 40;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(packed_matmul(&x, 1, &w));
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            eprintln!(
+                "{name:>5}: {:6.1} GB/s ({:.0} µs, kernel: {})",
+                bytes as f64 / s / 1e9,
+                s * 1e6,
+                super::has_kernel(&w)
+            );
+        }
     }
 }
