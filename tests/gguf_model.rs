@@ -216,6 +216,12 @@ fn real_model_same_keeps_every_byte() {
         assert_eq!(a.tensor_bytes(&x.name).unwrap(), b.tensor_bytes(&y.name).unwrap(), "{}", x.name);
     }
     assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&out).unwrap(), "the whole file");
+
+    // --dtype q4_k_m: llama-quantize's choice per tensor (quant::ggml::preset) is the file's own for every
+    // tensor (it is a Q4_K_M file), so each is copied, not re-quantized: the same bytes again.
+    let mix = tmp.path().join("q4_k_m.gguf");
+    convert(&model, &mix, "q4_k_m");
+    assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(&mix).unwrap(), "q4_k_m of a Q4_K_M file");
 }
 
 fn merge_args<'a>(model: &'a str, adapter: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -270,6 +276,16 @@ fn merge_to_gguf_verifies_keeps_untouched_tensors_and_renames_last() {
         }
     }
     assert!(changed > 0, "the adapter changed no projection");
+
+    // The block types llama-quantize would choose (tiny rows of 64 fall back as it does: Q4_K -> Q5_0).
+    for dtype in ["q4_k_m", "q4_0"] {
+        let out = tmp.path().join(format!("m_{dtype}.gguf"));
+        let r = lapidary_json(&merge_args(b, a, out.to_str().unwrap(), &["--dtype", dtype]));
+        assert!(r["diff"].as_f64().unwrap() <= r["tolerance"].as_f64().unwrap(), "{dtype}: {r}");
+        let f = GgufFile::open(&out).unwrap();
+        let t = f.tensor_info("blk.0.attn_q.weight").unwrap().dtype.to_string();
+        assert_eq!(t, if dtype == "q4_0" { "Q4_0" } else { "Q5_0" }, "{dtype}");
+    }
 
     // An existing output: refused without --overwrite, the file untouched.
     let before = std::fs::read(&out).unwrap();

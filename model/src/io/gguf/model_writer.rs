@@ -4,9 +4,9 @@
 //! its order, each re-encoded only where its type or values change.
 //!
 //! Types (`--dtype`): f32 / f16 / bf16 / q8_0 as the converter's `--outtype` (1-D tensors and norms F32;
-//! q8_0 rows that are not whole blocks of 32 in F16); the k-quants and q4_0 as llama-quantize chooses per
-//! tensor (`quant::ggml::preset`, another module's work: until it lands those types are refused); `same`
-//! keeps each tensor's type in the input GGUF.
+//! q8_0 rows that are not whole blocks of 32 in F16); q4_0 and the k-quants as llama-quantize chooses per
+//! tensor (`quant::ggml::preset`: `--pure` for a single type, its fallbacks for rows that are not whole
+//! blocks; the Q4_K_M / Q5_K_M mixes); `same` keeps each tensor's type in the input GGUF.
 //!
 //! Deliberate differences from the converter (HF input): `general.name` is the directory's name title-cased
 //! (the converter's heuristics also split out basename / size / version from names like `gemma-3-270m-it`);
@@ -25,6 +25,7 @@ use crate::error::{ModelError, Result};
 use crate::io::weights::{HostTensor, WeightSource};
 use crate::quant::ggml::dequant::dequantize_blocks;
 use crate::quant::ggml::encode::encode;
+use crate::quant::ggml::preset::{Planner, Target};
 use crate::quant::ggml::GgmlType;
 
 /// `--dtype` of a GGUF model.
@@ -90,7 +91,7 @@ impl GgufDtype {
     }
 
     /// `general.file_type` (llama.cpp's `llama_ftype`); `None` for `same` (the input's is kept). A single
-    /// k-quant type is llama-quantize's `_S` mix of it.
+    /// k-quant type is what `llama-quantize --pure Q4_K` writes: its `Q4_K` is an alias of the Q4_K_M ftype.
     pub fn file_type(self) -> Option<u32> {
         use GgufDtype::*;
         Some(match self {
@@ -98,10 +99,8 @@ impl GgufDtype {
             F16 => 1,
             Q4_0 => 2,
             Q8_0 => 7,
-            Q4_K => 14,
-            Q4_K_M => 15,
-            Q5_K => 16,
-            Q5_K_M => 17,
+            Q4_K | Q4_K_M => 15,
+            Q5_K | Q5_K_M => 17,
             Q6_K => 18,
             Bf16 => 32,
             Same => return None,
@@ -343,11 +342,12 @@ impl<'a> ModelGguf<'a> {
         Ok(Self { arch, metadata: meta.0, tensors, file: None, source: dir.to_path_buf() })
     }
 
-    /// The type `t` is written in for `dtype`.
-    pub fn tensor_type(&self, t: &PlannedTensor, dtype: GgufDtype) -> Result<GgmlType> {
-        let cols = t.shape.last().copied().unwrap_or(1);
-        let fixed = |ty: GgmlType| {
+    /// The type each tensor (in [`Self::tensors`]' order) is written in for `dtype`.
+    pub fn types(&self, dtype: GgufDtype) -> Result<Vec<GgmlType>> {
+        let dtype_err = |msg: String| ModelError::Config { path: self.source.clone(), key: "--dtype".into(), msg };
+        let fixed = |t: &PlannedTensor, ty: GgmlType| {
             // The converter: 1-D tensors and norms in F32; a q8_0 row that is not whole blocks falls back to F16.
+            let cols = t.shape.last().copied().unwrap_or(1);
             if t.shape.len() <= 1 || t.gguf.ends_with("_norm.weight") {
                 GgmlType::F32
             } else if ty == GgmlType::Q8_0 && !cols.is_multiple_of(32) {
@@ -356,30 +356,34 @@ impl<'a> ModelGguf<'a> {
                 ty
             }
         };
-        Ok(match dtype {
-            GgufDtype::F32 => fixed(GgmlType::F32),
-            GgufDtype::F16 => fixed(GgmlType::F16),
-            GgufDtype::Bf16 => fixed(GgmlType::BF16),
-            GgufDtype::Q8_0 => fixed(GgmlType::Q8_0),
-            GgufDtype::Same => t.stored.ok_or_else(|| ModelError::Config {
-                path: self.source.clone(),
-                key: "--dtype".into(),
-                msg: "`same` keeps each tensor's type in the input GGUF, but the input is a model directory: \
-                          pick a type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m)"
-                    .into(),
-            })?,
-            other => {
-                return Err(ModelError::Config {
-                    path: self.source.clone(),
-                    key: "--dtype".into(),
-                    msg: format!(
-                        "{} needs llama-quantize's per-tensor type choice (quant::ggml::preset), which this \
-                         build does not have yet; use f32, f16, bf16, q8_0 or same",
-                        other.name()
-                    ),
-                })
+        let one = |ty: GgmlType| Ok(self.tensors.iter().map(|t| fixed(t, ty)).collect());
+        let target = match dtype {
+            GgufDtype::F32 => return one(GgmlType::F32),
+            GgufDtype::F16 => return one(GgmlType::F16),
+            GgufDtype::Bf16 => return one(GgmlType::BF16),
+            GgufDtype::Q8_0 => return one(GgmlType::Q8_0),
+            GgufDtype::Same => {
+                return self
+                    .tensors
+                    .iter()
+                    .map(|t| {
+                        t.stored.ok_or_else(|| {
+                            dtype_err(
+                                "`same` keeps each tensor's type in the input GGUF, but the input is a model \
+                                 directory: pick a type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m, \
+                                 q5_k_m)"
+                                    .into(),
+                            )
+                        })
+                    })
+                    .collect()
             }
-        })
+            other => Target::from_name(other.name()).map_err(dtype_err)?,
+        };
+        let list: Vec<(String, Vec<usize>)> = self.tensors.iter().map(|t| (t.gguf.clone(), t.shape.clone())).collect();
+        let n_layer = self.tensors.iter().filter_map(|t| layer_of(&t.gguf)).max().map_or(0, |l| l + 1);
+        let planner = Planner::new(target, self.arch.gguf_name(), n_layer, &list).map_err(dtype_err)?;
+        self.tensors.iter().map(|t| planner.tensor_type(&t.gguf).map_err(dtype_err)).collect()
     }
 
     /// `values` (Hugging Face conventions) as the written file will hold them in `ty`: encoded and decoded
@@ -414,8 +418,7 @@ impl<'a> ModelGguf<'a> {
         if let Some(ft) = dtype.file_type() {
             w.set("general.file_type", GgufValue::U32(ft));
         }
-        for t in &self.tensors {
-            let ty = self.tensor_type(t, dtype)?;
+        for (t, ty) in self.tensors.iter().zip(self.types(dtype)?) {
             let cols = t.shape.last().copied().unwrap_or(1);
             let numel: usize = t.shape.iter().product();
             let fail = |msg: String| ModelError::format(&self.source, format!("tensor `{}` ({}): {msg}", t.gguf, t.hf));
@@ -448,6 +451,11 @@ impl<'a> ModelGguf<'a> {
         }
         Ok(w)
     }
+}
+
+/// `blk.N.…` → N.
+fn layer_of(gguf: &str) -> Option<usize> {
+    gguf.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// Metadata in insertion order; setting a key again keeps its first place (gguf-py's writer does the same).
