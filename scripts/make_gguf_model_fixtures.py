@@ -33,6 +33,8 @@ Writes tests/fixtures/gguf_model/:
                scales queries by 1/sqrt(head_dim) (as our GGUF reader does), so transformers is given that
                scale too. What remains is llama.cpp's own rounding: its CPU GELU looks its input up in an f16
                table (ggml-cpu vec.h, GGML_GELU_FP16), ~1e-3 of the logits' scale on these random models.
+  tiny_tokenizer.model: the tokenizer.model written for the converter (the same for the three: they share
+               tokenizer.json), so a test reads a real sentencepiece protobuf.
   gemma{1,2,3}_llama_cpp.safetensors: input_ids (tiny/G/reference.safetensors' rows), logits_llama_cpp
                (llama.cpp's logits on our f32 file) and logits_transformers (the same rows, as above).
 
@@ -172,8 +174,9 @@ def main():
             # The copy keeps the directory's name: the converter's general.name comes from it.
             copy = Path(td) / "src" / name
             shutil.copytree(src, copy)
-            (copy / "tokenizer.model").write_bytes(
-                sentencepiece_model(json.loads((src / "tokenizer.json").read_text())))
+            spm = sentencepiece_model(json.loads((src / "tokenizer.json").read_text()))
+            (copy / "tokenizer.model").write_bytes(spm)
+            (OUT / "tiny_tokenizer.model").write_bytes(spm)
             theirs, ours = Path(td) / "converter.gguf", Path(td) / "ours.gguf"
             run([sys.executable, llama / "convert_hf_to_gguf.py", copy, "--outfile", theirs, "--outtype", "f32"])
             run([LAPIDARY, "convert", "--model", src, "--out", ours, "--dtype", "f32"])

@@ -337,3 +337,41 @@ fn errors_are_clear() {
     assert!(err.contains("GGUF type") && err.contains(".gguf"), "{err}");
     assert!(!out.exists() && !dir.exists(), "an error wrote something");
 }
+
+/// A directory with a `tokenizer.model` takes its pieces from it, as the converter does: a sentencepiece
+/// protobuf (the one the fixture script gave the converter) in a copy of tiny gemma3 whose tokenizer.json has
+/// its merges removed (read from tokenizer.json, every score would be 0) gives the converter's tokens, scores
+/// and types.
+#[test]
+fn tokenizer_model_is_read_as_the_converter_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("tiny/gemma3");
+    let dir = tmp.path().join("gemma3");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut tj = read_json(&src.join("tokenizer.json"));
+    tj["model"]["merges"] = serde_json::json!([]);
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tj).unwrap()).unwrap();
+    let fx = read_json(&fixture("gguf_model/gemma3.json"));
+    let theirs = |key: &str| {
+        fx["converter"]["metadata"].as_array().unwrap().iter().find(|m| m["key"] == key).unwrap()["value"].clone()
+    };
+    let keys = ["tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"];
+    let read = |out: &Path| {
+        let f = GgufFile::open(out).unwrap();
+        keys.map(|k| f.get(k).unwrap().to_json())
+    };
+
+    let without = tmp.path().join("without.gguf");
+    convert(&dir, &without, "f32");
+    assert_ne!(read(&without)[1], theirs(keys[1]), "tokenizer.json without merges still gave the merge scores");
+
+    std::fs::copy(fixture("gguf_model/tiny_tokenizer.model"), dir.join("tokenizer.model")).unwrap();
+    let with = tmp.path().join("with.gguf");
+    convert(&dir, &with, "f32");
+    for (k, v) in keys.iter().zip(read(&with)) {
+        assert_eq!(v, theirs(k), "{k} from tokenizer.model");
+    }
+}
