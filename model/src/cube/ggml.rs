@@ -7,8 +7,8 @@
 //! that the resident bytes are the file's. Blocks are not 4-byte aligned (a Q4_0 block is 18 bytes), so the
 //! kernel picks each byte out of its word with a shift rather than reading typed fields; re-laying the blocks
 //! out at upload (scales widened to f32, aligned) would cost more memory than the file and a second,
-//! per-type host layout to keep in step with ggml's. A thread reads its element's scale bytes and quant byte
-//! (3 to 7 word loads, shared with its neighbours through the cache).
+//! per-type host layout to keep in step with ggml's. A thread reads its element's scale, min and quant bytes
+//! (each byte one word load, the same words as its neighbours', so mostly from the cache).
 //!
 //! Types: every type `GgmlWeight` accepts ([`on_device`]) except F64, which few devices compute in; its
 //! weights stay on the host path (`crate::cube::weights`).
