@@ -6,8 +6,10 @@ that scripts/llama_cpp.sh builds from the llama.cpp vendored in llama-cpp-python
 
 tests/fixtures/ggml_quant/
   synthetic.json   seeded rows (zeros, sub-epsilon, tiny, outliers, one-signed, grid ties, mixed sub-block
-                   scales; rows of 256 and 512) and, per type, the bytes of ggml's `ggml_quantize_chunk` with no
-                   importance matrix (what llama-quantize runs without --imatrix), called through ctypes.
+                   scales; rows of 256 and 512; 96 plain weight-like rows) and, per type, the bytes of ggml's `ggml_quantize_chunk` with no
+                   importance matrix (what llama-quantize runs without --imatrix), called through ctypes;
+                   plus the sha256 of its output on a million generated values (`generated_values`, which
+                   the Rust test reproduces exactly).
   f32.json         the real Gemma 3 270M Q4_K_M GGUF (scripts/fetch_model.sh) turned into f32 by
                    `llama-quantize --allow-requantize IN OUT F32`: per tensor name, type, shape, sha256 of its
                    bytes. Checked here to be gguf-py's dequantization of the input, bit for bit.
@@ -101,8 +103,14 @@ def make_synthetic(bin_dir):
     row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
     rng = np.random.default_rng(20261207)
     cases = []
-    for width in (256, 512):
-        x = np.ascontiguousarray(synthetic_rows(rng, width))
+    for width, many in ((256, False), (512, False), (256, True)):
+        if many:
+            # Many plain weight-like rows: the long searches of the k-quants, where an f32 rounding done
+            # differently (a fused multiply-add, a reordered sum) shows up in some block.
+            x = (rng.standard_normal((96, width)) * 10.0 ** rng.uniform(-3, 0, (96, 1))).astype(np.float32)
+        else:
+            x = synthetic_rows(rng, width)
+        x = np.ascontiguousarray(x)
         nrows = x.shape[0]
         out = {}
         for name, tid in TYPES.items():
@@ -112,8 +120,36 @@ def make_synthetic(bin_dir):
             assert got == size, (name, got, size)
             out[name] = dst.raw.hex()
         cases.append({"rows": nrows, "cols": width, "values_f32_le": x.tobytes().hex(), "bytes": out})
+    gen = generated_values(GEN_ROWS, GEN_COLS, GEN_SEED)
+    gen_sha = {}
+    for name, tid in TYPES.items():
+        size = row_size(tid, GEN_COLS) * GEN_ROWS
+        dst = ctypes.create_string_buffer(size)
+        assert f(tid, gen.ctypes.data, dst, 0, GEN_ROWS, GEN_COLS, None) == size
+        gen_sha[name] = hashlib.sha256(dst.raw).hexdigest()
     return {"reference": "ggml_quantize_chunk(type, x, y, 0, rows, cols, NULL) from libggml-base",
-            "version": llama_version(bin_dir), "cases": cases}
+            "version": llama_version(bin_dir), "cases": cases,
+            "generated": {"rows": GEN_ROWS, "cols": GEN_COLS, "seed": GEN_SEED,
+                          "values_sha256": hashlib.sha256(gen.tobytes()).hexdigest(), "sha256": gen_sha}}
+
+
+GEN_ROWS, GEN_COLS, GEN_SEED = 4096, 256, 12345
+
+
+def generated_values(rows, cols, seed):
+    """A million values that the Rust test makes identically (exact f32 operations only): splitmix64 of the
+    index, its top 24 bits as u in [-0.5, 0.5), cubed (heavy tails), times 2^-(row % 8). Enough blocks that an
+    f32 rounding done differently (a fused multiply-add, a reordered sum) changes some k-quant block."""
+    i = np.arange(rows * cols, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24) - np.float32(0.5)
+    scale = (np.float32(2.0) ** -(np.arange(rows) % 8).astype(np.float32)).astype(np.float32)
+    v = (u * u * u).reshape(rows, cols) * scale[:, None]
+    return np.ascontiguousarray(v.astype(np.float32))
 
 
 def tensor_records(path):

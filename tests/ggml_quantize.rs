@@ -74,7 +74,40 @@ fn synthetic_rows_are_byte_identical_to_ggml() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 20, "10 types x 2 row widths");
+    assert_eq!(checked, 30, "10 types x 3 cases");
+}
+
+/// `generated_values` of scripts/make_ggml_quant_fixtures.py, with the same exact f32 operations: splitmix64
+/// of the index, its top 24 bits as u in [-0.5, 0.5), cubed, times 2^-(row % 8).
+fn generated_values(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| {
+            let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 40) as f32 / (1u32 << 24) as f32 - 0.5;
+            u * u * u * 2f32.powi(-(((i / cols) % 8) as i32))
+        })
+        .collect()
+}
+
+/// A million generated values: enough k-quant blocks that an f32 rounding done differently from ggml's build
+/// (a fused multiply-add, a reordered sum) changes some block, which the few rows above may not show.
+#[test]
+fn a_million_generated_values_hash_as_ggml_quantizes_them() {
+    let fx = read_json(&fixture("ggml_quant/synthetic.json"));
+    let g = &fx["generated"];
+    let (rows, cols) = (g["rows"].as_u64().unwrap() as usize, g["cols"].as_u64().unwrap() as usize);
+    let x = generated_values(rows, cols, g["seed"].as_u64().unwrap());
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(sha_hex(&bytes), g["values_sha256"].as_str().unwrap(), "generated inputs differ from the script's");
+    let shas = g["sha256"].as_object().unwrap();
+    assert_eq!(shas.len(), 10);
+    for (name, want) in shas {
+        let dtype = type_named(name);
+        assert_eq!(sha_hex(&encode(dtype, &x, cols).unwrap()), want.as_str().unwrap(), "{dtype}");
+    }
 }
 
 /// The plan alone, from the names and shapes llama-quantize saw (listed here in reverse, to show the order

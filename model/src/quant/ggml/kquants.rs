@@ -132,33 +132,32 @@ fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 }
 
 /// `make_qkx2_quants`: unsigned levels `L ∈ [0, nmax]` with a scale and a min (returned as `(scale, -min)`),
-/// the weighted least-squares fit tried over `nstep + 1` inverse scales.
+/// the weighted least-squares fit tried over `nstep + 1` inverse scales. `MAD`: absolute rather than squared
+/// errors. Sized by `N` so that the element loops compile without bounds checks (the sums stay sequential: the
+/// C code's order of f32 additions is the result).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+fn make_qkx2_quants<const N: usize, const MAD: bool>(
     nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    l_out: &mut [u8],
-    laux: &mut [u8],
+    x: &[f32; N],
+    weights: &[f32; N],
+    l_out: &mut [u8; N],
     rmin: f32,
     rdelta: f32,
     nstep: i32,
-    use_mad: bool,
 ) -> (f32, f32) {
-    let n = x.len();
+    let err = |d: f32| if MAD { d.abs() } else { d * d };
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
+    for (&xi, &w) in x.iter().zip(weights).skip(1) {
+        if xi < min {
+            min = xi;
         }
-        if x[i] > max {
-            max = x[i];
+        if xi > max {
+            max = xi;
         }
-        let w = weights[i];
         sum_w += w;
-        sum_x += w * x[i];
+        sum_x += w * xi;
     }
     if min > 0.0 {
         min = 0.0;
@@ -168,29 +167,27 @@ fn make_qkx2_quants(
         return (0.0, -min);
     }
     let nmaxf = nmax as f32;
-    let mut iscale = nmaxf / (max - min);
+    let iscale = nmaxf / (max - min);
     let mut scale = 1.0 / iscale;
-    let err = |d: f32| if use_mad { d.abs() } else { d * d };
     let mut best_error = 0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l_out[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
-        best_error += weights[i] * err(diff);
+    for ((l, &xi), &w) in l_out.iter_mut().zip(x).zip(weights) {
+        *l = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
+        best_error += w * err(scale * *l as f32 + min - xi);
     }
     if nstep < 1 {
         return (scale, -min);
     }
+    let mut laux = [0u8; N];
     for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let (w, lf) = (weights[i], l as f32);
+        for ((la, &xi), &w) in laux.iter_mut().zip(x).zip(weights) {
+            let l = nearest_int(iscale * (xi - min)).clamp(0, nmax);
+            *la = l as u8;
+            let lf = l as f32;
             sum_l += w * lf;
             sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
+            sum_xl += w * lf * xi;
         }
         let d = sum_w * sum_l2 - sum_l * sum_l;
         if d > 0.0 {
@@ -201,14 +198,14 @@ fn make_qkx2_quants(
                 this_scale = sum_xl / sum_l2;
             }
             let mut cur_error = 0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * err(diff);
+            for ((&la, &xi), &w) in laux.iter().zip(x).zip(weights) {
+                cur_error += w * err(this_scale * la as f32 + this_min - xi);
             }
             if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
+                *l_out = laux;
                 best_error = cur_error;
                 scale = this_scale;
+                // ggml moves the min the next candidates are measured from, too.
                 min = this_min;
             }
         }
@@ -237,18 +234,17 @@ fn pack_2bit(l: &[u8], qs: &mut [u8]) {
 /// `quantize_row_q2_K_ref` for one super-block: `scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin`.
 pub(crate) fn q2_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
     let mut weights = [0f32; 16];
     let mut mins = [0f32; 16];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
+        let xs: &[f32; 16] = x[16 * j..16 * j + 16].try_into().unwrap();
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = v.abs();
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux, -0.5, 0.1, 15, true);
+        let lj: &mut [u8; 16] = (&mut l[16 * j..16 * j + 16]).try_into().unwrap();
+        (scales[j], mins[j]) = make_qkx2_quants::<16, true>(3, xs, &weights, lj, -0.5, 0.1, 15);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -362,13 +358,12 @@ pub(crate) fn q3_k(x: &[f32], y: &mut [u8]) {
 /// Writes `d, dmin, scales[12]` into `head` and returns the levels.
 fn qkx_super_block(x: &[f32], head: &mut [u8], nmax: i32, rmin: f32, nstep: i32) -> [u8; QK_K] {
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
+        let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().unwrap();
         let mut sum_x2 = 0f32;
         for v in xs {
             sum_x2 += v * v;
@@ -377,8 +372,8 @@ fn qkx_super_block(x: &[f32], head: &mut [u8], nmax: i32, rmin: f32, nstep: i32)
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        let lj: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().unwrap();
+        (scales[j], mins[j]) = make_qkx2_quants::<32, false>(nmax, xs, &weights, lj, rmin, 0.1, nstep);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
