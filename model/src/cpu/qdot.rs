@@ -129,16 +129,26 @@ fn ggml_kernel(dtype: GgmlType, wide: bool) -> Option<Kernel> {
         Q4_K => q4_k, Q5_K => q5_k, Q6_K => q6_k)
 }
 
-/// The sixteen 6-bit scales of a Q3_K block (`scales: [u8; 12]`: low four bits of each in the first 8 bytes,
-/// high two in the last 4), less their offset of 32, as ggml's `dequantize_row_q3_K` unpacks them.
+/// The sixteen 6-bit scales of a Q3_K block (`scales: [u8; 12]`: the low four bits of each in the first 8
+/// bytes, the high two in the last 4), as ggml's `dequantize_row_q3_K` unpacks them, four at a time (a loop
+/// per scale cost as much as the block's products).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn q3_k_scales(sb: &[u8]) -> [f32; 16] {
-    let mut s = [0f32; 16];
-    for (k, v) in s.iter_mut().enumerate() {
-        let low = if k < 8 { sb[k] & 0x0F } else { sb[k - 8] >> 4 };
-        let high = (sb[8 + k % 4] >> (2 * (k / 4))) & 3;
-        *v = ((low | (high << 4)) as i32 - 32) as f32;
+fn q3_k_scales(sb: &[u8]) -> [u8; 16] {
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    let a0 = u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+    let a1 = u32::from_le_bytes([sb[4], sb[5], sb[6], sb[7]]);
+    let t = u32::from_le_bytes([sb[8], sb[9], sb[10], sb[11]]);
+    let aux = [
+        (a0 & KMASK2) | ((t & KMASK1) << 4),
+        (a1 & KMASK2) | (((t >> 2) & KMASK1) << 4),
+        ((a0 >> 4) & KMASK2) | (((t >> 4) & KMASK1) << 4),
+        ((a1 >> 4) & KMASK2) | (((t >> 6) & KMASK1) << 4),
+    ];
+    let mut s = [0u8; 16];
+    for (c, a) in s.chunks_exact_mut(4).zip(aux) {
+        c.copy_from_slice(&a.to_le_bytes());
     }
     s
 }
@@ -267,7 +277,7 @@ macro_rules! ggml_kernels {
         }
 
         /// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; sixteen sub-blocks of 16 with
-        /// 6-bit scales (`q3_k_scales`), `d·sc·(q − 4)` where q's two low bits are laid out as Q2_K's and its
+        /// 6-bit scales (`q3_k_scales`), `d·(sc − 32)·(q − 4)` where q's two low bits are laid out as Q2_K's and its
         /// third is bit 4·h + j of hmask[l].
         #[target_feature(enable = $features)]
         pub unsafe fn q3_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
@@ -290,8 +300,8 @@ macro_rules! ggml_kernels {
                         let xp = x.as_ptr().add(i * 256 + 128 * h + 32 * j);
                         let s0 = dot16(_mm256_castsi256_si128(v), xp, zero());
                         let s1 = dot16(_mm256_extracti128_si256(v, 1), xp.add(16), zero());
-                        a0 = fmadd(splat(d * sc[k]), s0, a0);
-                        a1 = fmadd(splat(d * sc[k + 1]), s1, a1);
+                        a0 = fmadd(splat(d * (sc[k] as i32 - 32) as f32), s0, a0);
+                        a1 = fmadd(splat(d * (sc[k + 1] as i32 - 32) as f32), s1, a1);
                     }
                 }
             }
