@@ -36,7 +36,9 @@ fn targets() -> Vec<(String, Target)> {
 }
 
 /// A fixture's tensors by name: (type, shape, sha256).
-fn records(v: &serde_json::Value) -> HashMap<String, (String, Vec<usize>, String)> {
+type Records = HashMap<String, (String, Vec<usize>, String)>;
+
+fn records(v: &serde_json::Value) -> Records {
     v["tensors"]
         .as_array()
         .unwrap()
@@ -148,7 +150,7 @@ fn real_model_quantizes_byte_identical_to_llama_quantize() {
     let f32_fx = records(&read_json(&fixture("ggml_quant/f32.json")));
     let tensors: Vec<(String, Vec<usize>)> = file.tensors().iter().map(|t| (t.name.clone(), t.shape())).collect();
     assert_eq!(tensors.len(), f32_fx.len());
-    let plans: Vec<(String, Planner, HashMap<String, (String, Vec<usize>, String)>)> = targets()
+    let plans: Vec<(String, Planner, Records)> = targets()
         .into_iter()
         .map(|(name, target)| {
             let want = records(&read_json(&fixture(&format!("ggml_quant/{name}.json"))));
