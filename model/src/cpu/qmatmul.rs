@@ -460,6 +460,46 @@ pub(crate) mod tests {
         }
     }
 
+    /// For the ggml types with a fused kernel (`super::qdot`), the matrix–vector path (n <= SMALL_N: blocks
+    /// multiplied as stored) equals decoding the weight and multiplying with `gemm`, up to summation order
+    /// (relative to the size of the terms).
+    #[test]
+    fn fused_matrix_vector_products_equal_decode_then_gemm() {
+        let (out, inp) = (300, 768); // rows of 3 blocks of 256, tasks of several rows and a last partial one
+        let mut checked = vec![];
+        for (name, w) in weights(out, inp) {
+            if !matches!(&w, PackedWeight::Ggml(_)) || !qdot::has_kernel(&w) {
+                continue;
+            }
+            let mut wd = vec![0f32; out * inp];
+            decode_rows(&w, 0, &mut wd);
+            for n in [1, 3, SMALL_N] {
+                let x = values(n * inp, 21 + n as u64, 1.0);
+                let y = packed_matmul(&x, n, &w);
+                let mut want = vec![0f32; n * out];
+                matmul_serial(&mut want, Mat::rows(&x, n, inp), Mat::rows(&wd, out, inp).t(), false);
+                for i in 0..n {
+                    for o in 0..out {
+                        let size: f64 = (0..inp).map(|k| (x[i * inp + k] * wd[o * inp + k]).abs() as f64).sum();
+                        let (got, want) = (y[i * out + o], want[i * out + o]);
+                        assert!(
+                            ((got - want) as f64).abs() <= 2e-6 * size,
+                            "{name} n={n} y[{i},{o}]: {got} (fused) vs {want} (decode + gemm)"
+                        );
+                    }
+                }
+            }
+            checked.push(name);
+        }
+        eprintln!("fused kernels checked: {checked:?}");
+        // Where the CPU has the kernels at all (AVX2, FMA, F16C), it has them for these.
+        if checked.iter().any(|c| c == "Q4_K") {
+            for t in ["Q4_1", "Q5_1", "Q2_K", "Q3_K", "Q5_K"] {
+                assert!(checked.iter().any(|c| c == t), "{t}: no fused kernel");
+            }
+        }
+    }
+
     /// In bf16, the products equal multiplying the bf16 values of `x` by the weight dequantized and rounded to
     /// bf16 (summed in f64 here), within the final rounding to bf16; the same for the input gradient.
     #[test]
