@@ -33,6 +33,10 @@ Writes tests/fixtures/gguf_model/:
                scales queries by 1/sqrt(head_dim) (as our GGUF reader does), so transformers is given that
                scale too. What remains is llama.cpp's own rounding: its CPU GELU looks its input up in an f16
                table (ggml-cpu vec.h, GGML_GELU_FP16), ~1e-3 of the logits' scale on these random models.
+  merged_gemma3.json / merged_gemma3_llama_cpp.safetensors: `lapidary merge --model tests/fixtures/tiny/gemma3
+               --adapter tests/fixtures/tiny/gemma3/adapter --out X.gguf --dtype f32`: its sha256, llama.cpp's
+               logits on it (logits_llama_cpp) and PEFT's (transformers + PeftModel.merge_and_unload, f32,
+               eager) on the same rows (logits_peft), with llama.cpp's distance from PEFT's.
   tiny_tokenizer.model: the tokenizer.model written for the converter (the same for the three: they share
                tokenizer.json), so a test reads a real sentencepiece protobuf.
   gemma{1,2,3}_llama_cpp.safetensors: input_ids (tiny/G/reference.safetensors' rows), logits_llama_cpp
@@ -221,7 +225,36 @@ def main():
             same_tok = sum(h == l for h, l in zip(hf_ids, ll_ids))
             print(f"{name}: metadata and tensors equal to the converter's; llama.cpp vs transformers logits "
                   f"{vs_tf:.2e} of scale; tokenization equal on {same_tok}/{len(STRINGS)} strings")
+    merged(llama)
     print("wrote", OUT)
+
+
+def merged(llama):
+    """The adapter merged into tiny gemma3 as a GGUF: does llama.cpp run what PEFT's merge computes?"""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoModelForCausalLM
+    src, adapter = TINY / "gemma3", TINY / "gemma3" / "adapter"
+    input_ids = load_file(str(src / "reference.safetensors"))["input_ids"]
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "merged.gguf"
+        run([LAPIDARY, "merge", "--model", src, "--adapter", adapter, "--out", out, "--dtype", "f32"])
+        logits, note = llama_logits(llama, out, input_ids)
+        assert logits is not None, note
+        base = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, attn_implementation="eager")
+        m = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+        with torch.no_grad():
+            peft_logits = m(input_ids=torch.from_numpy(input_ids)).logits.float().numpy()
+        dist = float(np.abs(logits - peft_logits).max() / np.abs(peft_logits).max())
+        record = {"command": "lapidary merge --model tests/fixtures/tiny/gemma3 --adapter "
+                             "tests/fixtures/tiny/gemma3/adapter --out X.gguf --dtype f32",
+                  "sha256": sha256(out), "llama_cpp": note, "llama_cpp_vs_peft": dist}
+        (OUT / "merged_gemma3.json").write_text(json.dumps(record, indent=1) + "\n")
+        save_file({"input_ids": input_ids, "logits_llama_cpp": logits.astype(np.float32),
+                   "logits_peft": peft_logits}, str(OUT / "merged_gemma3_llama_cpp.safetensors"))
+        print(f"merged gemma3: llama.cpp on our merged GGUF vs PEFT's merged model {dist:.2e} of scale")
 
 
 if __name__ == "__main__":
