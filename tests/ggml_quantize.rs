@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use common::*;
 use lapidary_model::io::gguf::GgufFile;
+use lapidary_model::quant::ggml::preset::llama_quantize_order;
 use lapidary_model::quant::ggml::{encode, GgmlType, Planner, Target};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -137,6 +138,12 @@ fn planned_types_equal_llama_quantize() {
         assert_eq!(plan.n_fallback() as u64, fx["n_fallback_lines"].as_u64().unwrap(), "{file}");
     }
     assert!(Planner::new(Target::Q4KM, arch, n_layer, &tensors).unwrap().tensor_type("nope.weight").is_err());
+    // llama-quantize writes its tensors in the order it processes them.
+    let in_file: Vec<&str> =
+        f32_fx["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let ours: Vec<&str> = llama_quantize_order(&names).into_iter().map(|i| names[i]).collect();
+    assert_eq!(ours, in_file);
 }
 
 /// The real model, end to end: its tensors dequantized equal llama-quantize's F32 file, and quantized to

@@ -132,6 +132,14 @@ fn layer_of(name: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The order llama-quantize processes and writes tensors in (its `weight_name_comparer`: layer number, then
+/// name; tensors outside `blk.N.` first), as indices into `names`.
+pub fn llama_quantize_order(names: &[&str]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| (layer_of(names[a]), names[a].as_bytes()).cmp(&(layer_of(names[b]), names[b].as_bytes())));
+    order
+}
+
 fn block_size(t: GgmlType) -> usize {
     t.block_layout().map(|(b, _)| b).unwrap_or(1)
 }
@@ -162,8 +170,8 @@ impl Planner {
                 return Err(format!("quantizing to {t} is not supported"));
             }
         }
-        let mut order: Vec<&(String, Vec<usize>)> = tensors.iter().collect();
-        order.sort_by(|a, b| (layer_of(&a.0), a.0.as_bytes()).cmp(&(layer_of(&b.0), b.0.as_bytes())));
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let order = llama_quantize_order(&names).into_iter().map(|i| &tensors[i]);
         let n_attention_wv = tensors.iter().filter(|(n, _)| category(n) == Category::AttnV).count() as i64;
         let tied = !tensors.iter().any(|(n, _)| category(n) == Category::Output);
         let n_ffn_down = n_layer as i64;
