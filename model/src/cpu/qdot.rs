@@ -1,8 +1,8 @@
 //! Dot products of f32 activations with rows of packed weights read as stored, for the matrix–vector
 //! products of generation (`super::qmatmul`). Each block's integers are widened to f32 in registers and
 //! multiplied by the activations; the block's (or sub-block's) scale multiplies the block's sum once, and
-//! Q4_K's minimum multiplies the sum of the activations over its sub-block — the same product as with
-//! the dequantized weight `d·q − m`, summed in another order. The activations stay f32 (llama.cpp rounds
+//! a minimum or offset (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) multiplies the sum of the activations over its
+//! (sub-)block — the same product as with the dequantized weight `d·q − m`, summed in another order. The activations stay f32 (llama.cpp rounds
 //! them to 8 bits here; we keep transformers' answers).
 //!
 //! Hand-written with AVX2 + FMA + F16C intrinsics, and AVX-512 where the CPU has it (run-time checked): the compiler does not turn the
@@ -39,9 +39,15 @@ fn avx512() -> bool {
     *ON.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("LAPIDARY_NO_AVX512").is_none())
 }
 
-/// Sums of `x` over each run of 32 elements (`[n, in / 32]`): what Q4_K's minimums multiply.
+/// Sums of `x` over each run of 32 elements (`[n, in / 32]`): what the minimums of Q4_1, Q5_1, Q4_K and Q5_K
+/// multiply.
 pub fn sums32(x: &[f32]) -> Vec<f32> {
     x.chunks_exact(32).map(|c| c.iter().sum()).collect()
+}
+
+/// The same over 16: what Q2_K's minimums multiply (computed per call of [`dot_rows`]: a few rows' work).
+fn sums16(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(16).map(|c| c.iter().sum()).collect()
 }
 
 /// `y[r·n + j] = W[r0 + r] · x_j` for `rows` rows of `w` and the `n` rows of `x` (`[n, in]`), with
@@ -74,10 +80,13 @@ fn dot_rows_with(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [
                 let (block, bytes) = g.dtype.block_layout().expect("checked by GgmlWeight::new");
                 let row_bytes = inp / block * bytes;
                 let f = ggml_kernel(g.dtype, wide).expect("has_kernel");
+                // Q2_K's minimums are per 16 elements; the other types' per 32.
+                let (xs16, per) = if g.dtype == GgmlType::Q2_K { (sums16(x), 16) } else { (vec![], 32) };
+                let xs = if per == 16 { &xs16[..] } else { xs32 };
                 for (r, yr) in y.chunks_exact_mut(n).enumerate() {
                     let row = &g.bytes[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
                     for (j, v) in yr.iter_mut().enumerate() {
-                        *v = f(row, xj(j), &xs32[j * (inp / 32)..(j + 1) * (inp / 32)]);
+                        *v = f(row, xj(j), &xs[j * (inp / per)..(j + 1) * (inp / per)]);
                     }
                 }
             }
@@ -179,8 +188,7 @@ macro_rules! two_accumulators {
 }
 
 /// The ggml kernels both widths share, written once over the width's primitives (`zero`, `splat`, `add`,
-/// `fmadd`, `reduce`, `dot16`: 16 signed bytes times 16 floats added to an accumulator, and `sum16`: 16
-/// floats as partial sums), which each
+/// `fmadd`, `reduce`, and `dot16`: 16 signed bytes times 16 floats added to an accumulator), which each
 /// module below defines before invoking this with its target features.
 #[cfg(target_arch = "x86_64")]
 macro_rules! ggml_kernels {
@@ -245,17 +253,20 @@ macro_rules! ggml_kernels {
 
         /// Q2_K: `scales: [u8; 16], qs: [u8; 64], d, dmin: f16`; sixteen sub-blocks of 16, each with a 4-bit
         /// scale (low nibble) and minimum (high nibble), `d·sc·q − dmin·m`; element 128·h + 32·j + l is bits
-        /// 2j, 2j + 1 of qs[32·h + l].
+        /// 2j, 2j + 1 of qs[32·h + l]; `xs` holds the sums of x over each 16 (not 32).
         #[target_feature(enable = $features)]
-        pub unsafe fn q2_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
+        pub unsafe fn q2_k(b: &[u8], x: &[f32], xs: &[f32]) -> f32 {
             let nb = check(b, x, 256, 84);
-            let m3 = _mm256_set1_epi8(3);
+            assert_eq!(xs.len(), nb * 16);
+            let (m3, m4) = (_mm256_set1_epi8(3), _mm_set1_epi8(0x0F));
             let (mut a0, mut a1) = (zero(), zero());
-            // Minimums times sums of x over 16, kept apart (two chains, so as not to wait on each other).
-            let (mut n0, mut n1) = (zero(), zero());
+            // The sixteen minimums times the sums of x over their sub-blocks, as one dot product per block.
+            let mut mins = zero();
             for i in 0..nb {
                 let p = b.as_ptr().add(i * 84);
                 let (d, dmin) = (f16(p.add(80)), f16(p.add(82)));
+                let m = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128(p as *const __m128i), 4), m4);
+                mins = fmadd(splat(dmin), dot16(m, xs.as_ptr().add(i * 16), zero()), mins);
                 for h in 0..2 {
                     let mut q = _mm256_loadu_si256(p.add(16 + 32 * h) as *const __m256i);
                     for j in 0..4 {
@@ -268,12 +279,10 @@ macro_rules! ggml_kernels {
                         let s1 = dot16(_mm256_extracti128_si256(v, 1), xp.add(16), zero());
                         a0 = fmadd(splat(d * (sc0 & 0x0F) as f32), s0, a0);
                         a1 = fmadd(splat(d * (sc1 & 0x0F) as f32), s1, a1);
-                        n0 = fmadd(splat(dmin * (sc0 >> 4) as f32), sum16(xp), n0);
-                        n1 = fmadd(splat(dmin * (sc1 >> 4) as f32), sum16(xp.add(16)), n1);
                     }
                 }
             }
-            reduce(add(a0, a1)) - reduce(add(n0, n1))
+            reduce(add(a0, a1)) - reduce(mins)
         }
 
         /// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; sixteen sub-blocks of 16 with
@@ -463,12 +472,6 @@ mod avx2 {
         _mm256_fmadd_ps(i8x8(_mm_srli_si128(q, 8)), _mm256_loadu_ps(x.add(8)), acc)
     }
 
-    /// 16 floats as 8 partial sums.
-    #[inline(always)]
-    unsafe fn sum16(x: *const f32) -> V {
-        _mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)))
-    }
-
     /// The number of blocks in a row of `x.len()` elements, checked against the row's bytes.
     pub(super) fn check(b: &[u8], x: &[f32], block: usize, bytes: usize) -> usize {
         let nb = x.len() / block;
@@ -611,12 +614,6 @@ mod avx512 {
     #[inline(always)]
     unsafe fn dot16(q: __m128i, x: *const f32, acc: V) -> V {
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_loadu_ps(x), acc)
-    }
-
-    /// 16 floats, as they are.
-    #[inline(always)]
-    unsafe fn sum16(x: *const f32) -> V {
-        _mm512_loadu_ps(x)
     }
 
     ggml_kernels!("avx512f,avx2,fma,f16c");
