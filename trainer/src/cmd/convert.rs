@@ -103,7 +103,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             a.model.display()
         );
     }
-    if let Some(d) = &a.dtype {
+    if let Some(d) = a.dtype.as_deref().filter(|d| *d != "f32") {
         bail!("--dtype {d}: a model directory output is written in f32; --dtype applies to .gguf outputs");
     }
     refuse_existing_out(&a)?;

@@ -217,9 +217,11 @@ impl<'a> ModelGguf<'a> {
                 ModelError::format(weights.path(), format!("tensor `{hf}` has no GGUF name for {}", arch.gguf_name()))
             })?;
             let mut shape = weights.shape(&hf)?;
-            if gguf == "token_embd.weight" && arch == GemmaArch::Gemma3 && shape[0] > n_tokens {
+            if gguf == "token_embd.weight" && arch == GemmaArch::Gemma3 {
                 // Gemma 3: rows past the vocabulary are dropped (`n_vocab_real`).
-                shape[0] = n_tokens;
+                if let Some(rows) = shape.first_mut().filter(|r| **r > n_tokens) {
+                    *rows = n_tokens;
+                }
             }
             tensors.push(PlannedTensor { gguf, hf, shape, shift, stored: None });
         }
