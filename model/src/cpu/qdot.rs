@@ -2,12 +2,13 @@
 //! products of generation (`super::qmatmul`). Each block's integers are widened to f32 in registers and
 //! multiplied by the activations; the block's (or sub-block's) scale multiplies the block's sum once, and
 //! a minimum or offset (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) multiplies the sum of the activations over its
-//! (sub-)block — the same product as with the dequantized weight `d·q − m`, summed in another order. The activations stay f32 (llama.cpp rounds
-//! them to 8 bits here; we keep transformers' answers).
+//! (sub-)block — the same product as with the dequantized weight `d·q − m`, summed in another order. The
+//! activations stay f32 (llama.cpp rounds them to 8 bits here; we keep transformers' answers).
 //!
-//! Hand-written with AVX2 + FMA + F16C intrinsics, and AVX-512 where the CPU has it (run-time checked): the compiler does not turn the
-//! block decoders into this on its own (measured: decoding into a buffer then a dot product ran at a third
-//! of the speed). Types without a kernel here go through `decode_rows` and a plain dot product.
+//! Hand-written with AVX2 + FMA + F16C intrinsics, and AVX-512 where the CPU has it (run-time checked): the
+//! compiler does not turn the block decoders into this on its own (measured: decoding into a buffer then a
+//! dot product ran at a third of the speed, and at a sixth for Q2_K / Q3_K). Types without a kernel here
+//! (Q8_K, the float types) go through `decode_rows` and a plain dot product.
 use crate::quant::ggml::GgmlType;
 use crate::quant::PackedWeight;
 
@@ -119,7 +120,8 @@ fn dot_rows_with(w: &PackedWeight, r0: usize, x: &[f32], xs32: &[f32], y: &mut [
     }
 }
 
-/// A ggml kernel: a row's blocks, `x`, and the sums of `x` over each 32 (for the types with minimums).
+/// A ggml kernel: a row's blocks, `x`, and the sums of `x` over each 32 (over each 16 for Q2_K) that the
+/// minimums multiply.
 #[cfg(target_arch = "x86_64")]
 type Kernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
 
@@ -286,8 +288,8 @@ macro_rules! ggml_kernels {
         }
 
         /// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`; sixteen sub-blocks of 16 with
-        /// 6-bit scales (`q3_k_scales`), `d·(sc − 32)·(q − 4)` where q's two low bits are laid out as Q2_K's and its
-        /// third is bit 4·h + j of hmask[l].
+        /// 6-bit scales (`q3_k_scales`), `d·(sc − 32)·(q − 4)`: q's two low bits laid out as Q2_K's, its
+        /// third bit 4·h + j of hmask[l].
         #[target_feature(enable = $features)]
         pub unsafe fn q3_k(b: &[u8], x: &[f32], _: &[f32]) -> f32 {
             let nb = check(b, x, 256, 110);
