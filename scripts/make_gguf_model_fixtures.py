@@ -27,6 +27,9 @@ Writes tests/fixtures/gguf_model/:
     ours: sha256 and size of `lapidary convert --model tests/fixtures/tiny/G --out X.gguf --dtype f32`;
     tokenizer: strings with transformers' ids (AutoTokenizer on the checkpoint, special tokens added) and
                llama.cpp's ids on our file (llama_tokenize, add_bos, special tokens parsed);
+    llama_quantize: {TYPE: sha256} of `llama-quantize OUR_F32_FILE X TYPE` for Q4_K_M, Q5_K_M and Q6_K (the
+               preset mixes and a single k-quant, whose choice per tensor lapidary follows), which
+               `lapidary convert --dtype q4_k_m|q5_k_m|q6_k` must equal byte for byte;
     llama_cpp: what ran; llama_cpp_vs_transformers: max |llama.cpp - transformers| / max |transformers| on
                the rows. transformers runs the checkpoint (f32, eager) as the GGUF describes it: tiny gemma2's
                query_pre_attn_scalar (24) is not its head_dim (16), GGUF has no key for it and llama.cpp
@@ -48,6 +51,7 @@ their metadata differ only in the listed keys.
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -207,6 +211,14 @@ def main():
             hf_ids = [tok(s, add_special_tokens=True)["input_ids"] for s in STRINGS]
             ll_ids, tnote = llama_tokenize(llama, ours, STRINGS)
             assert ll_ids is not None, (name, tnote)
+            quantized = {}
+            bin_dir = llama / "build" / "bin"
+            for qt in ["Q4_K_M", "Q5_K_M", "Q6_K"]:
+                q = Path(td) / f"{qt}.gguf"
+                r = subprocess.run([str(bin_dir / "llama-quantize"), str(ours), str(q), qt, "2"],
+                                   capture_output=True, text=True, env={**os.environ, "LD_LIBRARY_PATH": str(bin_dir)})
+                assert r.returncode == 0, r.stderr[-2000:]
+                quantized[qt] = sha256(q)
             record = {
                 "source": f"tests/fixtures/tiny/{name}",
                 "versions": versions(llama),
@@ -214,6 +226,7 @@ def main():
                 "differences": differences,
                 "ours": {"command": f"lapidary convert --model tests/fixtures/tiny/{name} --out X.gguf --dtype f32",
                          "sha256": sha256(ours), "size": ours.stat().st_size},
+                "llama_quantize": quantized,
                 "llama_cpp": note,
                 "llama_cpp_vs_transformers": vs_tf,
                 "tokenizer": {"note": tnote, "rows": [{"text": s, "transformers": h, "llama_cpp": l}

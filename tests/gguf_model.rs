@@ -93,6 +93,23 @@ fn written_file_is_the_one_llama_cpp_ran() {
     }
 }
 
+/// `convert --dtype q4_k_m|q5_k_m|q6_k` from a model directory writes, byte for byte, what llama-quantize
+/// writes from our f32 file (recorded sha256): the per-tensor types, the blocks, llama-quantize's tensor order
+/// and its metadata order (quantization_version and file_type moved to the end).
+#[test]
+fn k_quants_equal_llama_quantize_on_our_f32_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for gen in GENS {
+        let fx = read_json(&fixture(&format!("gguf_model/{gen}.json")));
+        for (ty, sha) in fx["llama_quantize"].as_object().unwrap() {
+            let out = tmp.path().join(format!("{gen}_{ty}.gguf"));
+            convert(&fixture(&format!("tiny/{gen}")), &out, &ty.to_ascii_lowercase());
+            let got = format!("{:x}", Sha256::digest(std::fs::read(&out).unwrap()));
+            assert_eq!(&got, sha.as_str().unwrap(), "{gen} {ty}: not llama-quantize's file");
+        }
+    }
+}
+
 /// Our model code on our file read back through our GGUF reader (f32 weights):
 /// * within 1e-4 of the logits' scale of transformers running the checkpoint as the GGUF describes it (for
 ///   tiny gemma2: queries scaled by 1/sqrt(head_dim), as llama.cpp does; GGUF has no query_pre_attn_scalar);

@@ -25,7 +25,7 @@ use crate::error::{ModelError, Result};
 use crate::io::weights::{HostTensor, WeightSource};
 use crate::quant::ggml::dequant::dequantize_blocks;
 use crate::quant::ggml::encode::encode;
-use crate::quant::ggml::preset::{Planner, Target};
+use crate::quant::ggml::preset::{llama_quantize_order, Planner, Target};
 use crate::quant::ggml::GgmlType;
 
 /// `--dtype` of a GGUF model.
@@ -88,6 +88,12 @@ impl GgufDtype {
             Q5_K_M => "q5_k_m",
             Same => "same",
         }
+    }
+
+    /// Whether the types are llama-quantize's choice ([`Planner`]) rather than the converter's `--outtype`.
+    pub fn uses_planner(self) -> bool {
+        use GgufDtype::*;
+        matches!(self, Q4_0 | Q4_K | Q5_K | Q6_K | Q4_K_M | Q5_K_M)
     }
 
     /// `general.file_type` (llama.cpp's `llama_ftype`); `None` for `same` (the input's is kept). A single
@@ -414,13 +420,29 @@ impl<'a> ModelGguf<'a> {
         mut values: impl FnMut(&PlannedTensor) -> Result<Option<HostTensor>>,
     ) -> Result<GgufWriter> {
         let mut w = GgufWriter::new();
+        // llama-quantize copies every key, then sets these two anew, which moves them to the end.
+        let moved = ["general.quantization_version", "general.file_type"];
         for (k, v) in &self.metadata {
-            w.set(k, v.clone());
+            if !(dtype.uses_planner() && moved.contains(&k.as_str())) {
+                w.set(k, v.clone());
+            }
+        }
+        if dtype.uses_planner() {
+            w.set(moved[0], GgufValue::U32(2));
         }
         if let Some(ft) = dtype.file_type() {
             w.set("general.file_type", GgufValue::U32(ft));
         }
-        for (t, ty) in self.tensors.iter().zip(self.types(dtype)?) {
+        let types = self.types(dtype)?;
+        // llama-quantize's types come in llama-quantize's order (layer number, then name: what converting to f32
+        // and quantizing with llama-quantize writes); the converter's types in the converter's.
+        let order: Vec<usize> = if dtype.uses_planner() {
+            llama_quantize_order(&self.tensors.iter().map(|t| t.gguf.as_str()).collect::<Vec<_>>())
+        } else {
+            (0..self.tensors.len()).collect()
+        };
+        for i in order {
+            let (t, ty) = (&self.tensors[i], types[i]);
             let cols = t.shape.last().copied().unwrap_or(1);
             let numel: usize = t.shape.iter().product();
             let fail = |msg: String| ModelError::format(&self.source, format!("tensor `{}` ({}): {msg}", t.gguf, t.hf));
