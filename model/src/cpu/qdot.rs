@@ -7,7 +7,7 @@
 //!
 //! Hand-written with AVX2 + FMA + F16C intrinsics, and AVX-512 where the CPU has it (run-time checked): the
 //! compiler does not turn the block decoders into this on its own (measured: decoding into a buffer then a
-//! dot product ran at a third of the speed, and at a sixth for Q2_K / Q3_K). Types without a kernel here
+//! dot product ran at a third of the speed, at an eighth for Q2_K / Q3_K). Types without a kernel here
 //! (Q8_K, the float types) go through `decode_rows` and a plain dot product.
 use crate::quant::ggml::GgmlType;
 use crate::quant::PackedWeight;
