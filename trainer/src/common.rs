@@ -131,16 +131,21 @@ pub fn model_path(s: &str) -> std::result::Result<PathBuf, String> {
 impl ModelArgs {
     /// `--quant`, or its default for this model (see the flag's help).
     pub fn quant(&self) -> Quant {
-        self.quant.unwrap_or_else(|| {
-            if lapidary_model::io::files::is_gguf(&self.model) {
-                return Quant::Gguf;
-            }
-            match lapidary_model::io::bnb::stored_quant(&self.model) {
-                Some(QuantKind::Nf4) => Quant::Nf4,
-                Some(QuantKind::Int8) => Quant::Int8,
-                _ => Quant::None,
-            }
-        })
+        self.quant.unwrap_or_else(|| default_quant(&self.model, Quant::None))
+    }
+}
+
+/// How a model is stored when nothing says: a `.gguf` file in its own blocks (the values llama.cpp runs, the
+/// file's bytes in memory); a bitsandbytes checkpoint in the kind it stores; anything else `otherwise`
+/// (`none` to evaluate, `nf4` to train: QLoRA).
+pub fn default_quant(model: &std::path::Path, otherwise: Quant) -> Quant {
+    if lapidary_model::io::files::is_gguf(model) {
+        return Quant::Gguf;
+    }
+    match lapidary_model::io::bnb::stored_quant(model) {
+        Some(QuantKind::Nf4) => Quant::Nf4,
+        Some(QuantKind::Int8) => Quant::Int8,
+        _ => otherwise,
     }
 }
 

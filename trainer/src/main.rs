@@ -33,13 +33,14 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Token ids of a text, BOS added as transformers does.
     Tokenize(cmd::tokenize::TokenizeArgs),
-    /// Write a GGUF model as a transformers-loadable directory.
+    /// A GGUF model as a transformers-loadable directory, a model as a GGUF llama.cpp runs (--out X.gguf), or a
+    /// PEFT adapter as llama.cpp's GGUF LoRA adapter.
     Convert(cmd::convert::ConvertArgs),
     /// Architecture, parameter counts and resident bytes per component.
     Inspect(cmd::inspect::InspectArgs),
     /// Fine-tune a LoRA adapter from a TOML recipe (see configs/).
     Train(cmd::train::TrainArgs),
-    /// Fold LoRA adapter(s) into the base and write a transformers-loadable directory.
+    /// Fold LoRA adapter(s) into the base and write a transformers-loadable directory or a GGUF (--out X.gguf).
     Merge(cmd::merge::MergeArgs),
     /// Time QLoRA training steps (tokens/s, peak memory) on a checkpoint or a published shape.
     Bench(cmd::bench::BenchArgs),

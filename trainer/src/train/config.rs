@@ -36,9 +36,9 @@ pub struct ModelSection {
     /// `ORG/NAME/FILE.gguf`) read from the Hugging Face cache.
     pub path: PathBuf,
     /// How the frozen base is stored: `none` (f32), `nf4` (QLoRA), `int8`, or `gguf` (a `.gguf` model's
-    /// projections in the file's own blocks, the weights llama.cpp runs).
-    #[serde(default = "default_quant")]
-    pub quant: QuantName,
+    /// projections in the file's own blocks, the weights llama.cpp runs). Unset: see [`Self::quant`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantName>,
     /// What the model computes in: `f32` (default) or `bf16` (bitsandbytes' `bnb_4bit_compute_dtype`; for
     /// GPUs). LoRA weights and the optimizer stay f32 either way.
     #[serde(default)]
@@ -66,8 +66,13 @@ impl From<QuantName> for Quant {
     }
 }
 
-fn default_quant() -> QuantName {
-    QuantName::Nf4
+impl ModelSection {
+    /// `quant`, or when unset: `gguf` for a `.gguf` model (the adapter trains against the values llama.cpp
+    /// will run, at the file's bytes in memory, as fast as `nf4` on CPU; docs/benchmarks.md), the stored kind
+    /// for a bitsandbytes checkpoint, `nf4` otherwise.
+    pub fn quant(&self) -> Quant {
+        self.quant.map(Quant::from).unwrap_or_else(|| crate::common::default_quant(&self.path, Quant::Nf4))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -590,7 +595,7 @@ impl Recipe {
         let (a, b) = (self, old);
         let checks: [(&'static str, bool); 20] = [
             ("model.path", a.model.path == b.model.path),
-            ("model.quant", a.model.quant == b.model.quant),
+            ("model.quant", a.model.quant() == b.model.quant()),
             ("lora", a.lora == b.lora),
             ("data.train", a.data.train == b.data.train),
             ("data.sources", a.data.sources == b.data.sources),
@@ -697,7 +702,11 @@ mod tests {
         assert_eq!(r.lora.targets, vec!["q_proj".to_string()]);
         assert!(r.data.packing);
         assert_eq!(r.lora.r, 16);
-        assert_eq!(r.model.quant, QuantName::Nf4);
+        assert_eq!((r.model.quant, r.model.quant()), (None, Quant::Nf4), "a directory trains on NF4 by default");
+        let gguf = parse(BASE, &["model.path=\"m.gguf\""]).unwrap();
+        assert_eq!(gguf.model.quant(), Quant::Gguf, "a .gguf trains on its own blocks by default");
+        let set = parse(BASE, &["model.path=\"m.gguf\"", "model.quant=\"nf4\""]).unwrap();
+        assert_eq!(set.model.quant(), Quant::Nf4);
         assert_eq!(r.model.compute_dtype, Dtype::F32);
         assert_eq!(parse(BASE, &["model.compute_dtype=\"bf16\""]).unwrap().model.compute_dtype, Dtype::Bf16);
         let e = parse(BASE, &["model.compute_dtype=\"fp8\""]).unwrap_err().to_string();

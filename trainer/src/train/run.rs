@@ -99,7 +99,7 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
     let eval_set = EvalSet::load(recipe, &tokenizer, chat_template.as_ref(), &model_config.eos_token_ids)?;
 
     let device = B::Device::default();
-    let quant: Quant = recipe.model.quant.into();
+    let quant: Quant = recipe.model.quant();
     let mut model =
         lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
             .with_context(|| format!("loading {}", recipe.model.path.display()))?
@@ -299,7 +299,7 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             "training {} ({} layers, quant {:?}, {}: {}) with {} LoRA parameters for {} steps{}",
             recipe.model.path.display(),
             setup.layers,
-            recipe.model.quant,
+            recipe.model.quant(),
             backend.name(),
             backend.compute_path(recipe.model.compute_dtype.into()),
             n_params,
