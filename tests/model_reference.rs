@@ -252,6 +252,18 @@ fn greedy_generation_matches_transformers_and_cache_matches_recompute() {
         let cached = model.generate(&prompt, &cfg);
         assert_eq!(cached, want, "{gen}: cached greedy tokens differ from transformers");
         assert_eq!(model.generate_uncached(&prompt, want.len()), cached, "{gen}: cache changes the result");
+
+        // Prompts of one length generated together (one cache; rows stopping at different steps): each row
+        // gets its own generation's tokens.
+        let other: Vec<u32> = prompt[..1].iter().chain(prompt[1..].iter().rev()).copied().collect();
+        let rows = vec![prompt.clone(), other.clone(), prompt.clone()];
+        let batched = model.generate_batch(&rows, &cfg);
+        assert_eq!((&batched[0], &batched[2]), (&want, &want), "{gen}: batched rows differ from transformers");
+        assert_eq!(batched[1], model.generate(&other, &cfg), "{gen}: a batched row differs from its own generation");
+        let stop = lapidary_model::gemma::generate::SamplingConfig { stop_ids: vec![want[1]], ..cfg.clone() };
+        let batched = model.generate_batch(&rows, &stop);
+        assert_eq!(batched[0], model.generate(&prompt, &stop), "{gen}: stop ids per row");
+        assert_eq!(batched[1], model.generate(&other, &stop), "{gen}: stop ids per row");
     }
 }
 

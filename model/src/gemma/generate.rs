@@ -86,22 +86,53 @@ impl<B: GemmaBackend> Gemma<B> {
     }
 
     fn generate_here(&self, prompt: &[u32], cfg: &SamplingConfig) -> Vec<u32> {
+        self.generate_rows(&[prompt.to_vec()], cfg).pop().unwrap_or_default()
+    }
+
+    /// [`Self::generate`] for several prompts of the same length at once: one KV cache for the batch, so each
+    /// step reads the weights once for all rows (generation is bound by reading them). Each row samples with
+    /// its own RNG seeded as [`Self::generate`] seeds it, and stops at its own stop id (the batch runs until
+    /// every row has stopped), so each row's tokens are the ones [`Self::generate`] gives it up to summation
+    /// order in the batched products. Panics if the prompts' lengths differ (callers group them).
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Vec<u32>> {
+        rayon::scope(|_| self.generate_rows(prompts, cfg))
+    }
+
+    fn generate_rows(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Vec<u32>> {
         let rt = LoraRuntime::default();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        let n = prompts.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut rngs: Vec<_> = (0..n).map(|_| rand::rngs::StdRng::seed_from_u64(cfg.seed)).collect();
         let mut cache = KvCache::new(self.layers.len());
-        let mut out = Vec::new();
-        let mut tokens = TokenBatch::from_rows(&[prompt.to_vec()]);
+        let mut out = vec![Vec::new(); n];
+        let mut done = vec![false; n];
+        let mut tokens = TokenBatch::from_rows(prompts);
+        let vocab = self.config.vocab_size;
         for _ in 0..cfg.max_new_tokens {
             let hidden = self.forward_hidden(&tokens, Some(&mut cache), &rt);
             let last = hidden.narrow(1, tokens.seq - 1, 1);
             let logits: Vec<f32> = self.lm_head(last).into_data().convert::<f32>().to_vec().unwrap_or_default();
-            let next = sample(&logits, cfg, &mut rng);
-            out.push(next);
-            if cfg.stop_ids.contains(&next) {
+            let mut next = Vec::with_capacity(n);
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                // A stopped row keeps feeding its stop id: its tokens are no longer read.
+                let id = if done[r] {
+                    *out[r].last().expect("a stopped row has a token")
+                } else {
+                    sample(row, cfg, &mut rngs[r])
+                };
+                if !done[r] {
+                    out[r].push(id);
+                    done[r] = cfg.stop_ids.contains(&id);
+                }
+                next.push(id);
+            }
+            if done.iter().all(|&d| d) {
                 break;
             }
             let pos = cache.next_position();
-            tokens = TokenBatch { ids: vec![next], batch: 1, seq: 1, positions: vec![pos], segments: None };
+            tokens = TokenBatch { ids: next, batch: n, seq: 1, positions: vec![pos; n], segments: None };
         }
         out
     }
