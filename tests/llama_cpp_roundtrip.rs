@@ -183,3 +183,49 @@ fn merge_f16_equals_llama_export_lora() {
         assert!(d <= allowed, "{name}: sum {sum} vs export-lora {} (allowed {allowed})", want["sum"]);
     }
 }
+
+/// `lapidary convert` from the real model to an f32 GGUF (llama-quantize's `F32` output of the same file, tensor
+/// for tensor), then from that f32 GGUF to each type: every tensor's name, type, shape and bytes equal what
+/// `llama-quantize` writes from the same f32 file (single types as its `--pure`; the presets with its per-tensor
+/// choice). Recorded by scripts/make_ggml_quant_fixtures.py.
+#[test]
+fn convert_from_an_f32_gguf_equals_llama_quantize() {
+    let Some(model) = real_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let convert = |from: &Path, dtype: &str| {
+        let out = dir.path().join(format!("{dtype}.gguf"));
+        let o = lapidary(&["convert", "--model", s(from), "--out", s(&out), "--dtype", dtype]);
+        assert!(o.status.success(), "{dtype}: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let check = |file: &Path, fixture_name: &str| {
+        let want = read_json(&fixture(&format!("ggml_quant/{fixture_name}.json")));
+        let want = want["tensors"].as_array().unwrap();
+        let f = GgufFile::open(file).unwrap();
+        assert_eq!(f.tensors().len(), want.len(), "{fixture_name}: tensor count");
+        for w in want {
+            let name = w["name"].as_str().unwrap();
+            let t = f.tensor_info(name).unwrap_or_else(|| panic!("{fixture_name}: {name} missing"));
+            assert_eq!(t.dtype.to_string(), w["type"].as_str().unwrap(), "{fixture_name}: {name}");
+            let shape: Vec<usize> =
+                w["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            assert_eq!(t.shape(), shape, "{fixture_name}: {name}");
+            assert_eq!(sha256(f.tensor_bytes(name).unwrap()), w["sha256"].as_str().unwrap(), "{fixture_name}: {name}");
+        }
+    };
+    let f32 = convert(&model, "f32");
+    check(&f32, "f32");
+    for (dtype, fx) in [
+        ("q8_0", "pure_Q8_0"),
+        ("q4_0", "pure_Q4_0"),
+        ("q4_k", "pure_Q4_K"),
+        ("q5_k", "pure_Q5_K"),
+        ("q6_k", "pure_Q6_K"),
+        ("q4_k_m", "Q4_K_M"),
+        ("q5_k_m", "Q5_K_M"),
+    ] {
+        let out = convert(&f32, dtype);
+        check(&out, fx);
+        std::fs::remove_file(out).unwrap();
+    }
+}

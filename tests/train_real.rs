@@ -5,20 +5,26 @@ mod common;
 
 use common::*;
 
+/// `lapidary train` with the quickstart recipe on `model` into `out`, evaluating only the loss at the start and
+/// the end (the recipe's exact_match eval generates for every held-out row; the quickstart exercises it), plus
+/// `sets`.
+fn train(model: &std::path::Path, out: &std::path::Path, sets: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lapidary"));
+    cmd.current_dir(repo_root()).args(["train", "configs/gemma-3-270m-qlora.toml"]);
+    let path = format!("model.path={}", model.display());
+    let dir = format!("output.dir={}", out.display());
+    for set in [path.as_str(), dir.as_str(), "train.eval_every=0", "train.eval_metrics=\"loss\""].iter().chain(sets) {
+        cmd.args(["--set", set]);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn two_steps_on_gemma_3_270m() {
     let Some(model) = real_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lapidary"))
-        .current_dir(repo_root())
-        .args(["train", "configs/gemma-3-270m-qlora.toml"])
-        .args(["--set", &format!("model.path={}", model.display()), "--set", &format!("output.dir={}", out.display())])
-        .args(["--set", "train.max_steps=2", "--set", "data.max_seq_len=32", "--set", "train.eval_every=0"])
-        // The recipe's exact_match eval generates for every held-out row; the quickstart exercises it.
-        .args(["--set", "train.eval_metrics=\"loss\""])
-        .output()
-        .unwrap();
+    let o = train(&model, &out, &["train.max_steps=2", "data.max_seq_len=32"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
@@ -35,14 +41,7 @@ fn training_on_the_files_own_blocks_learns() {
     let Some(model) = real_model() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lapidary"))
-        .current_dir(repo_root())
-        .args(["train", "configs/gemma-3-270m-qlora.toml"])
-        .args(["--set", &format!("model.path={}", model.display()), "--set", &format!("output.dir={}", out.display())])
-        .args(["--set", "model.quant=\"gguf\"", "--set", "train.max_steps=8", "--set", "train.eval_every=0"])
-        .args(["--set", "train.eval_metrics=\"loss\"", "--set", "output.tensorboard=false"])
-        .output()
-        .unwrap();
+    let o = train(&model, &out, &["model.quant=\"gguf\"", "train.max_steps=8", "output.tensorboard=false"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("quant Gguf"), "{}", String::from_utf8_lossy(&o.stderr));
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

@@ -96,6 +96,29 @@ pub fn tolerance(dtype: OutDtype) -> f64 {
     }
 }
 
+/// The merge check's reference: `base` (the base as the output will hold it) in f32 with the combined
+/// adapters, and its mean loss on the probe texts. Returns that loss, the combined adapters and the probe rows.
+fn reference<B: GemmaBackend>(
+    a: &MergeArgs,
+    files: &ModelFiles,
+    base: &dyn WeightSource,
+    weights: &[f64],
+) -> Result<(f64, BTreeMap<String, LoraPair>, Vec<Vec<u32>>)> {
+    let device = B::Device::default();
+    let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, base, QuantKind::None, &device)
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let adapters = a
+        .adapter
+        .iter()
+        .map(|d| read_adapter(&mut model, d).with_context(|| format!("adapter {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = MergePlan { method: a.method, weights: weights.to_vec(), density: a.density, seed: a.seed };
+    let pairs = combine(&plan, &adapters)?;
+    set_adapters(&mut model, &pairs);
+    let probe = PROBE.iter().map(|t| crate::common::encode(&files.tokenizer, t)).collect::<Result<Vec<_>>>()?;
+    Ok((eval_rows(&model, &probe, None).loss, pairs, probe))
+}
+
 fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     if a.out.exists() && !a.overwrite {
         bail!("{}: already exists (pass --overwrite to replace it)", a.out.display());
@@ -132,21 +155,8 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     };
     let view = BaseView::new(files.weights.as_ref(), a.base, dtype);
     let device = B::Device::default();
-
     // The reference: the base as the merge sees it (rounded to the output dtype) plus the adapter(s) in f32.
-    let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, &view, QuantKind::None, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
-    let adapters = a
-        .adapter
-        .iter()
-        .map(|d| read_adapter(&mut model, d).with_context(|| format!("adapter {}", d.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let plan = MergePlan { method: a.method, weights: weights.clone(), density: a.density, seed: a.seed };
-    let pairs = combine(&plan, &adapters)?;
-    set_adapters(&mut model, &pairs);
-    let probe = PROBE.iter().map(|t| crate::common::encode(&files.tokenizer, t)).collect::<Result<Vec<_>>>()?;
-    let reference = eval_rows(&model, &probe, None).loss;
-    drop(model);
+    let (reference, pairs, probe) = reference::<B>(&a, &files, &view, &weights)?;
 
     let w = HfDirWriter::begin(&a.out, a.overwrite)?;
     let names = files
@@ -285,19 +295,7 @@ fn run_gguf<B: GemmaBackend>(a: MergeArgs, files: ModelFiles, weights: Vec<f64>,
     let as_written = AsWritten { view: &view, plan: &plan, by_hf };
     let device = B::Device::default();
 
-    let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, &as_written, QuantKind::None, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
-    let adapters = a
-        .adapter
-        .iter()
-        .map(|d| read_adapter(&mut model, d).with_context(|| format!("adapter {}", d.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let mplan = MergePlan { method: a.method, weights: weights.clone(), density: a.density, seed: a.seed };
-    let pairs: BTreeMap<String, LoraPair> = combine(&mplan, &adapters)?;
-    set_adapters(&mut model, &pairs);
-    let probe = PROBE.iter().map(|t| crate::common::encode(&files.tokenizer, t)).collect::<Result<Vec<_>>>()?;
-    let reference = eval_rows(&model, &probe, None).loss;
-    drop(model);
+    let (reference, pairs, probe) = reference::<B>(&a, &files, &as_written, &weights)?;
 
     // A tensor is written from new values where an adapter changes it (or the base is the NF4-dequantized
     // one); every other tensor of a GGUF base is taken as the file has it.
