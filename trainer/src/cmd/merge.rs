@@ -96,14 +96,20 @@ pub fn tolerance(dtype: OutDtype) -> f64 {
     }
 }
 
-/// The merge check's reference: `base` (the base as the output will hold it) in f32 with the combined
-/// adapters, and its mean loss on the probe texts. Returns that loss, the combined adapters and the probe rows.
+/// The merge check's reference: its mean loss on the probe texts, the combined adapters, the probe rows.
+struct Reference {
+    loss: f64,
+    pairs: BTreeMap<String, LoraPair>,
+    probe: Vec<Vec<u32>>,
+}
+
+/// The reference: `base` (the base as the output will hold it) in f32 with the combined adapters.
 fn reference<B: GemmaBackend>(
     a: &MergeArgs,
     files: &ModelFiles,
     base: &dyn WeightSource,
     weights: &[f64],
-) -> Result<(f64, BTreeMap<String, LoraPair>, Vec<Vec<u32>>)> {
+) -> Result<Reference> {
     let device = B::Device::default();
     let mut model = lapidary_model::gemma::load::load_gemma::<B>(&files.config, base, QuantKind::None, &device)
         .with_context(|| format!("loading {}", a.model.display()))?;
@@ -116,7 +122,7 @@ fn reference<B: GemmaBackend>(
     let pairs = combine(&plan, &adapters)?;
     set_adapters(&mut model, &pairs);
     let probe = PROBE.iter().map(|t| crate::common::encode(&files.tokenizer, t)).collect::<Result<Vec<_>>>()?;
-    Ok((eval_rows(&model, &probe, None).loss, pairs, probe))
+    Ok(Reference { loss: eval_rows(&model, &probe, None).loss, pairs, probe })
 }
 
 fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
@@ -156,7 +162,7 @@ fn run_on<B: GemmaBackend>(a: MergeArgs) -> Result<()> {
     let view = BaseView::new(files.weights.as_ref(), a.base, dtype);
     let device = B::Device::default();
     // The reference: the base as the merge sees it (rounded to the output dtype) plus the adapter(s) in f32.
-    let (reference, pairs, probe) = reference::<B>(&a, &files, &view, &weights)?;
+    let Reference { loss: reference, pairs, probe } = reference::<B>(&a, &files, &view, &weights)?;
 
     let w = HfDirWriter::begin(&a.out, a.overwrite)?;
     let names = files
@@ -295,7 +301,7 @@ fn run_gguf<B: GemmaBackend>(a: MergeArgs, files: ModelFiles, weights: Vec<f64>,
     let as_written = AsWritten { view: &view, plan: &plan, by_hf };
     let device = B::Device::default();
 
-    let (reference, pairs, probe) = reference::<B>(&a, &files, &as_written, &weights)?;
+    let Reference { loss: reference, pairs, probe } = reference::<B>(&a, &files, &as_written, &weights)?;
 
     // A tensor is written from new values where an adapter changes it (or the base is the NF4-dequantized
     // one); every other tensor of a GGUF base is taken as the file has it.
