@@ -110,6 +110,22 @@ fn k_quants_equal_llama_quantize_on_our_f32_file() {
     }
 }
 
+/// Our model's logits (f32, read back through our GGUF reader) on the rows `input_ids` of a fixture file.
+fn our_logits(gguf: &Path, fixture_file: &Path) -> Vec<f64> {
+    let files = ModelFiles::open(gguf).unwrap();
+    let model = load_gemma::<Cpu>(&files.config, files.weights.as_ref(), QuantKind::None, &Default::default()).unwrap();
+    let (shape, ids) = read_tensor(fixture_file, "input_ids");
+    let rows: Vec<Vec<u32>> = ids.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
+    let logits = model.forward(&TokenBatch::from_rows(&rows), &LoraRuntime::default());
+    logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().iter().map(|&x| x as f64).collect()
+}
+
+/// The largest difference as a fraction of `theirs`' largest magnitude.
+fn scaled_dist(ours: &[f64], theirs: &[f64]) -> f64 {
+    let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
+    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale
+}
+
 /// Our model code on our file read back through our GGUF reader (f32 weights):
 /// * within 1e-4 of the logits' scale of transformers running the checkpoint as the GGUF describes it (for
 ///   tiny gemma2: queries scaled by 1/sqrt(head_dim), as llama.cpp does; GGUF has no query_pre_attn_scalar);
@@ -121,19 +137,9 @@ fn logits_match_llama_cpp_on_our_file() {
     let tmp = tempfile::tempdir().unwrap();
     for gen in GENS {
         let path = ours(gen, tmp.path());
-        let files = ModelFiles::open(&path).unwrap();
-        let model =
-            load_gemma::<Cpu>(&files.config, files.weights.as_ref(), QuantKind::None, &Default::default()).unwrap();
         let fx = fixture(&format!("gguf_model/{gen}_llama_cpp.safetensors"));
-        let (shape, ids) = read_tensor(&fx, "input_ids");
-        let rows: Vec<Vec<u32>> = ids.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
-        let logits = model.forward(&TokenBatch::from_rows(&rows), &LoraRuntime::default());
-        let ours: Vec<f64> =
-            logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().iter().map(|&x| x as f64).collect();
-        let dist = |theirs: &[f64]| {
-            let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
-            ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale
-        };
+        let ours = our_logits(&path, &fx);
+        let dist = |theirs: &[f64]| scaled_dist(&ours, theirs);
         let (_, exact) = read_tensor(&fx, "logits_transformers");
         let (_, llama) = read_tensor(&fx, "logits_llama_cpp");
         let vs_exact = dist(&exact);
@@ -406,18 +412,9 @@ fn merged_gguf_runs_in_llama_cpp_as_peft_merges() {
     let sha = format!("{:x}", Sha256::digest(std::fs::read(&out).unwrap()));
     assert_eq!(sha, fx["sha256"].as_str().unwrap());
 
-    let files = ModelFiles::open(&out).unwrap();
-    let model = load_gemma::<Cpu>(&files.config, files.weights.as_ref(), QuantKind::None, &Default::default()).unwrap();
     let st = fixture("gguf_model/merged_gemma3_llama_cpp.safetensors");
-    let (shape, ids) = read_tensor(&st, "input_ids");
-    let rows: Vec<Vec<u32>> = ids.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
-    let logits = model.forward(&TokenBatch::from_rows(&rows), &LoraRuntime::default());
-    let ours: Vec<f64> =
-        logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().iter().map(|&x| x as f64).collect();
-    let dist = |theirs: &[f64]| {
-        let scale = theirs.iter().fold(0f64, |m, x| m.max(x.abs()));
-        ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale
-    };
+    let ours = our_logits(&out, &st);
+    let dist = |theirs: &[f64]| scaled_dist(&ours, theirs);
     let vs_peft = dist(&read_tensor(&st, "logits_peft").1);
     assert!(vs_peft < 1e-4, "our merged GGUF vs PEFT's merged model: {vs_peft:e} of scale");
     let vs_llama = dist(&read_tensor(&st, "logits_llama_cpp").1);

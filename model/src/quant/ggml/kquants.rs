@@ -22,9 +22,9 @@ fn f16_round(x: f32) -> (f32, [u8; 2]) {
     (h.to_f32(), h.to_le_bytes())
 }
 
-/// `make_qx_quants` with `rmse_type = 1` and no importance weights (the only use: Q6_K): signed levels
-/// `L[i] ∈ [0, 2·nmax)` and the scale, searched over 19 candidate inverse scales weighted by x².
-fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+/// The value of largest magnitude (the first of equals, as ggml's loop keeps it), or `None` when every value is
+/// below ggml's `GROUP_MAX_EPS` (the block is stored as zeros).
+fn signed_max(x: &[f32]) -> Option<f32> {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -32,10 +32,16 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
             max = v;
         }
     }
-    if amax < GROUP_MAX_EPS {
+    (amax >= GROUP_MAX_EPS).then_some(max)
+}
+
+/// `make_qx_quants` with `rmse_type = 1` and no importance weights (the only use: Q6_K): signed levels
+/// `L[i] ∈ [0, 2·nmax)` and the scale, searched over 19 candidate inverse scales weighted by x².
+fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let Some(max) = signed_max(x) else {
         l_out.fill(0);
         return 0.0;
-    }
+    };
     let nmaxf = nmax as f32;
     let mut iscale = -nmaxf / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
@@ -75,17 +81,10 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 
 /// `make_q3_quants(n, nmax, x, L, do_rmse = true)`: signed levels refined one element at a time (5 passes).
 fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let Some(max) = signed_max(x) else {
         l_out.fill(0);
         return 0.0;
-    }
+    };
     let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (i, &xi) in x.iter().enumerate() {
