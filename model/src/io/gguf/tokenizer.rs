@@ -22,7 +22,7 @@
 //! from the file's vocabulary as spelled and its `tokenizer.ggml.merges`), with the same added tokens, and
 //! without BOS whatever `add_bos_token` says: transformers follows the reference tokenizer, whose chat
 //! template writes `<bos>` itself (llama.cpp adds one).
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
@@ -66,7 +66,7 @@ pub(crate) fn respell(token: &str) -> String {
 /// duplicate tokens: first position kept for iteration, last index kept as value).
 pub fn merges_from_vocab_order(tokens: &[String]) -> Vec<(String, String)> {
     // token -> last index
-    let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    let mut vocab: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(tokens.len(), Default::default());
     for (i, t) in tokens.iter().enumerate() {
         vocab.insert(t.as_str(), i);
     }
@@ -78,11 +78,11 @@ pub fn merges_from_vocab_order(tokens: &[String]) -> Vec<(String, String)> {
         len_l: u32,
         len_r: u32,
     }
-    let mut seen: HashMap<&str, ()> = HashMap::with_capacity(tokens.len());
+    let mut seen: FxHashSet<&str> = FxHashSet::with_capacity_and_hasher(tokens.len(), Default::default());
     let mut merges: Vec<M> = Vec::new();
     let mut local: Vec<M> = Vec::new();
     for t in tokens {
-        if seen.insert(t.as_str(), ()).is_some() {
+        if !seen.insert(t.as_str()) {
             continue; // a dict iterates each key once, at its first position
         }
         let score = -(vocab[t.as_str()] as i64);
