@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_LLAMA = REPO / ".cache" / "llama.cpp" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 
 
+def llama_cpp_commit(llama):
+    """The llama.cpp commit the tree under `llama` was built from (its build/common/build-info.cpp), or None."""
+    info = Path(llama) / "build" / "common" / "build-info.cpp"
+    commit = re.search(r'LLAMA_COMMIT = "([^"]*)"', info.read_text()) if info.exists() else None
+    return commit.group(1) if commit else None
+
+
 def _paths(llama):
     lib = Path(llama) / "build" / "bin"
     py = Path(llama).parent.parent  # llama_cpp_python-0.3.36/ holds the llama_cpp package

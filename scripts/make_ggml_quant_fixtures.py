@@ -34,6 +34,9 @@ import numpy as np
 import gguf
 from gguf import GGUFReader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_cpp_ref import llama_cpp_commit  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "tests" / "fixtures" / "ggml_quant"
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -51,11 +54,7 @@ def llama_bin():
 
 
 def llama_version(bin_dir):
-    info = bin_dir.parent / "common" / "build-info.cpp"
-    commit = "unknown"
-    for line in info.read_text().splitlines():
-        if line.startswith("char const * LLAMA_COMMIT"):
-            commit = line.split('"')[1]
+    commit = llama_cpp_commit(bin_dir.parent.parent) or "unknown"
     return {"llama_cpp_python_sdist": LLAMA_CPP_PYTHON, "llama_cpp_commit": commit, "gguf_py": importlib.metadata.version("gguf")}
 
 

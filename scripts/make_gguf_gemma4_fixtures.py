@@ -44,6 +44,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_cpp_ref import llama_cpp_commit  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures" / "gguf"
 TINY = REPO / "tests" / "fixtures" / "tiny"
@@ -222,10 +225,8 @@ def versions(llama):
             v[p] = md.version(p)
         except md.PackageNotFoundError:
             v[p] = None
-    info = llama / "build" / "common" / "build-info.cpp"
-    commit = re.search(r'LLAMA_COMMIT = "([^"]+)"', info.read_text()) if info.exists() else None
     v["llama.cpp"] = {"source": str(llama.relative_to(REPO)) if llama.is_relative_to(REPO) else str(llama),
-                      "commit": commit.group(1) if commit else None}
+                      "commit": llama_cpp_commit(llama)}
     return v
 
 

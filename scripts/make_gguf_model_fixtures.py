@@ -59,7 +59,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_cpp_ref import DEFAULT_LLAMA, llama_logits, llama_tokenize  # noqa: E402
+from llama_cpp_ref import DEFAULT_LLAMA, llama_cpp_commit, llama_logits, llama_tokenize  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "tiny"
@@ -147,16 +147,13 @@ def sha256(p):
 
 def versions(llama):
     import importlib.metadata as md
-    import re
     v = {"python": sys.version.split()[0]}
     for p in ["numpy", "torch", "transformers", "tokenizers", "safetensors", "sentencepiece"]:
         try:
             v[p] = md.version(p)
         except md.PackageNotFoundError:
             v[p] = None
-    info = llama / "build" / "common" / "build-info.cpp"
-    commit = re.search(r'LLAMA_COMMIT = "([^"]+)"', info.read_text()) if info.exists() else None
-    v["llama.cpp"] = {"commit": commit.group(1) if commit else None}
+    v["llama.cpp"] = {"commit": llama_cpp_commit(llama)}
     return v
 
 

@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_cpp_ref import DEFAULT_LLAMA, llama_cpp_commit  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures" / "llama_cpp"
 MODEL = REPO / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
-DEFAULT_LLAMA = REPO / ".cache" / "llama.cpp" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 BIN = REPO / "target" / "release" / "lapidary"
 N_CTX = 64
 # Positions sampled per tensor of the export-lora comparison (seeded, the same for every tensor size).
@@ -195,11 +197,8 @@ def export_lora_samples(llama, lora, td):
 def versions(llama):
     import gguf
     import torch
-    info = llama / "build" / "common" / "build-info.cpp"
-    commit = re.search(r'LLAMA_COMMIT = "([^"]*)"', info.read_text()) if info.exists() else None
     return {"python": sys.version.split()[0], "torch": torch.__version__, "gguf": getattr(gguf, "__version__", "?"),
-            "llama.cpp": {"source": "llama-cpp-python 0.3.36 sdist, vendor/llama.cpp",
-                          "commit": commit.group(1) if commit else None}}
+            "llama.cpp": {"source": "llama-cpp-python 0.3.36 sdist, vendor/llama.cpp", "commit": llama_cpp_commit(llama)}}
 
 
 def main():
