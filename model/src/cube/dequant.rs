@@ -91,7 +91,7 @@ pub struct Int8Device {
     pub scb: (cubecl::server::Handle, usize),
 }
 
-fn upload_u32<R: Runtime>(client: &ComputeClient<R>, v: &[u32]) -> (cubecl::server::Handle, usize) {
+pub(super) fn upload_u32<R: Runtime>(client: &ComputeClient<R>, v: &[u32]) -> (cubecl::server::Handle, usize) {
     // A zero-length buffer is not a valid allocation; kernels never read past the real length anyway.
     let v = if v.is_empty() { &[0u32][..] } else { v };
     (client.create_from_slice(bytemuck::cast_slice(v)), v.len())

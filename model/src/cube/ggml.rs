@@ -220,13 +220,8 @@ impl GgmlDevice {
     /// Uploads the blocks (`dtype` must be one [`on_device`] accepts).
     pub fn upload<R: Runtime>(client: &ComputeClient<R>, w: &GgmlWeight) -> Self {
         assert!(on_device(w.dtype), "{} has no ggml kernel", w.dtype);
-        let mut words = super::dequant::words(&w.bytes);
-        // A zero-length buffer is not a valid allocation; the kernel never reads past the real length.
-        if words.is_empty() {
-            words.push(0);
-        }
-        let handle = client.create_from_slice(bytemuck::cast_slice(&words));
-        GgmlDevice { dtype: w.dtype, shape: w.shape, bytes: (handle, words.len()) }
+        let bytes = super::dequant::upload_u32(client, &super::dequant::words(&w.bytes));
+        GgmlDevice { dtype: w.dtype, shape: w.shape, bytes }
     }
 
     /// The dense weight, row-major `[out, in]`, into a new buffer of `out · in` values of `dtype` (a float
