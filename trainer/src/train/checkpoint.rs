@@ -3,7 +3,7 @@
 //! ```text
 //! step-N/adapter/            the adapter after N steps (PEFT format, f32: exact)
 //! step-N/optimizer.safetensors  AdamW moments, step count in the metadata
-//! step-N/state.json          step, data position, RNG seeds, counters
+//! step-N/state.json          step, data position, RNG seeds, counters, replicas
 //! step-N/config.toml         the resolved recipe
 //! ```
 //!
@@ -34,6 +34,18 @@ pub struct TrainState {
     pub tokens_seen: u64,
     /// Seconds spent in training steps so far.
     pub train_seconds: f64,
+    /// Data-parallel replicas of the run (absent: one); a step's window is `grad_accum × world`
+    /// micro-batches.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// All randomness in a run is derived from these seeds: LoRA init from `seed`, dropout masks of micro-batch

@@ -280,6 +280,10 @@ pub struct TrainSection {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_eps: f64,
+    /// Data parallelism: replicas of the model in this process, each taking its share of every step
+    /// (`N`, or for CUDA a list of GPU indices `[0, 1]`); a step is `grad_accum × replicas` micro-batches.
+    #[serde(skip_serializing_if = "Devices::is_one")]
+    pub devices: Devices,
     /// Backend. `flex` (CPU) by default: its backward pass is bit-reproducible from one process to the next,
     /// which exact resume needs (burn-ndarray's differs in the last bits between runs). `cuda`: an NVIDIA GPU,
     /// in binaries built with `--features cuda`.
@@ -311,6 +315,29 @@ impl Default for TrainSection {
             adam_beta2: 0.999,
             adam_eps: 1e-8,
             backend: BackendName::Flex,
+            devices: Devices::Count(1),
+        }
+    }
+}
+
+/// `train.devices`: how many replicas, or which GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Devices {
+    Count(usize),
+    List(Vec<usize>),
+}
+
+impl Devices {
+    fn is_one(&self) -> bool {
+        *self == Devices::Count(1)
+    }
+
+    /// The device index of each replica (`N`: 0..N).
+    pub fn indices(&self) -> Vec<usize> {
+        match self {
+            Devices::Count(n) => (0..*n).collect(),
+            Devices::List(l) => l.clone(),
         }
     }
 }
@@ -420,6 +447,13 @@ impl Recipe {
         }
         if t.grad_accum == 0 {
             bail!("train.grad_accum must be at least 1");
+        }
+        let devices = t.devices.indices();
+        if devices.is_empty() {
+            bail!("train.devices must be at least 1 (or a non-empty list of GPU indices), got {:?}", t.devices);
+        }
+        if let Some(d) = devices.iter().enumerate().find_map(|(i, d)| devices[..i].contains(d).then_some(d)) {
+            bail!("train.devices lists GPU {d} twice: {:?}", t.devices);
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             bail!("train.lr must be a positive number, got {}", t.lr);

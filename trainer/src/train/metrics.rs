@@ -17,6 +17,9 @@ pub enum Row {
         /// Non-padding tokens in this step.
         tokens: usize,
         tokens_per_s: f64,
+        /// Data-parallel replicas (absent: one); `tokens` and `tokens_per_s` are all of theirs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<usize>,
     },
     /// One evaluation; a key per metric of `train.eval_metrics` (absent when not measured).
     Eval {

@@ -11,6 +11,7 @@
 //! - [`metrics`]: `OUT/metrics.jsonl` and `OUT/loss.png`.
 //! - [`tensorboard`]: the same metrics as TensorBoard event files in `OUT/tensorboard/`.
 //! - [`memory`]: the process's resident memory (the run's summary, `lapidary bench`).
+//! - [`parallel`]: data parallelism: replicas' shares of a step, the all-reduce, the nodes.
 //! - [`run`]: the run: setup, resume, the loop, finish.
 //!
 //! The evaluations during a run (loss, exact_match, choice on `data.eval`) are `crate::eval::during_training`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod run;
 pub mod schedule;

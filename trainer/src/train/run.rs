@@ -9,14 +9,18 @@
 //! 4. [`Run::train`], the loop; each step: lr → maybe eval → micro-batches → clip → AdamW → log → maybe
 //!    checkpoint. Ctrl-C and `--stop-after` checkpoint and stop.
 //! 5. [`Run::finish`]: a last eval, a last checkpoint, `OUT/adapter/` and the summary.
+//!
+//! With data parallelism (`train.devices`, `--nodes`; [`super::parallel`]) every replica runs these steps
+//! with its own model, on a thread of its own ([`run_parallel`]); replica 0 of node 0 alone writes.
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use burn::backend::Autodiff;
+use burn::tensor::backend::{Backend, Device, DeviceId};
 use indicatif::{ProgressBar, ProgressStyle};
 use lapidary_data::{Batch, Batches, ChatTemplate};
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
@@ -28,6 +32,10 @@ use super::config::Recipe;
 use super::memory::peak_rss_mib;
 use super::metrics::{Metrics, Row};
 use super::optim::{AdamW, AdamWConfig};
+use super::parallel::collective::Group;
+use super::parallel::replica::{checksum, Replica};
+use super::parallel::star::{NodeSpec, Star};
+use super::parallel::World;
 use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
 use super::step::{check_finite, train_step, StepStats};
@@ -43,6 +51,33 @@ pub struct Options {
     pub overwrite: bool,
     /// Checkpoint and stop after this many optimizer steps (as Ctrl-C does).
     pub stop_after: Option<u64>,
+    /// Several processes (`--nodes`); `None`: this process is the whole run.
+    pub nodes: Option<Nodes>,
+}
+
+/// `--nodes M --node-rank R --coordinator HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    pub count: usize,
+    pub rank: usize,
+    pub coordinator: String,
+    pub connect_timeout: Duration,
+}
+
+/// The run's replicas: `train.devices` in this process (CPU backends have one device: the count), and the
+/// nodes.
+fn world_of(recipe: &Recipe, opts: &Options) -> World {
+    let backend: BackendKind = recipe.train.backend.into();
+    let mut devices = recipe.train.devices.indices();
+    if backend != BackendKind::Cuda {
+        devices.iter_mut().for_each(|d| *d = 0);
+    }
+    let mut w = World { devices, ..World::single() };
+    if let Some(n) = &opts.nodes {
+        (w.nodes, w.node_rank, w.coordinator, w.connect_timeout) =
+            (n.count, n.rank, Some(n.coordinator.clone()), n.connect_timeout);
+    }
+    w
 }
 
 pub fn run(recipe: &Recipe, opts: &Options) -> Result<()> {
@@ -52,17 +87,114 @@ pub fn run(recipe: &Recipe, opts: &Options) -> Result<()> {
 
 /// The run on backend `B` (the steps of the module docs).
 fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
+    let world = world_of(recipe, opts);
+    if world.size() == 1 {
+        return replica::<B>(recipe, opts, &world, None);
+    }
+    run_parallel::<B>(recipe, opts, world)
+}
+
+/// One replica's run (the whole run without data parallelism: `par` is `None`).
+fn replica<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: &World, mut par: Option<Replica<B>>) -> Result<()> {
     let resume_from = check_output(&recipe.output.dir, opts)?;
-    let mut setup = setup::<B>(recipe)?;
+    let device = par.as_ref().map_or_else(|| device_at::<B>(world.devices[0]), |p| p.device.clone());
+    let writer = par.as_ref().is_none_or(|p| p.rank == 0);
+    let mut setup = setup::<B>(recipe, world.size(), device, writer)?;
     let start = match &resume_from {
-        Some((_, dir)) => resume(recipe, dir, &mut setup)?,
-        None => fresh(recipe, &setup)?,
+        Some((_, dir)) => resume(recipe, dir, &mut setup, world.size())?,
+        None => fresh(recipe, &setup, world.size())?,
     };
-    let mut run = Run::begin(recipe, opts, setup, start, resume_from.map(|(s, _)| s))?;
-    match run.train()? {
+    if let Some(p) = &mut par {
+        // Every replica starts from the same recipe (output.dir may differ between machines), step, plan and
+        // parameters, or none starts.
+        let mut same = recipe.clone();
+        same.output.dir = PathBuf::new();
+        let step = start.state.step;
+        let values =
+            [crc32c::crc32c(same.to_toml()?.as_bytes()), step as u32, (step >> 32) as u32, setup.total_steps as u32];
+        p.check_same(&values, "recipe, resume step or step count")?;
+        p.check_same(&[checksum(&setup.params)], "parameters at the start")?;
+    }
+    let mut run = Run::begin(recipe, opts, setup, start, resume_from.map(|(s, _)| s), par)?;
+    let ended = run.train()?;
+    if let Some(p) = &mut run.par {
+        p.group.finish()?;
+    }
+    match ended {
         Ended::Stopped => Ok(()),
         Ended::Done => run.finish(),
     }
+}
+
+/// A data-parallel run: this process's replicas, each on a thread of its own with its share of the cores
+/// (rayon pools: every CPU kernel here sizes its work by the pool it runs in), joined to the other nodes
+/// first. The first replica to fail fails the process (the others are waiting for it in an all-reduce), and
+/// the other nodes are told why.
+fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) -> Result<()> {
+    // Nothing is loaded or written before every node has joined.
+    let star = match &world.coordinator {
+        Some(coordinator) if world.nodes > 1 => Some(Arc::new(Star::connect(NodeSpec {
+            nodes: world.nodes,
+            node_rank: world.node_rank,
+            devices: world.devices.len(),
+            coordinator: coordinator.clone(),
+            connect_timeout: world.connect_timeout,
+        })?)),
+        _ => None,
+    };
+    let n = world.devices.len();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cores / n).max(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for local in 0..n {
+        let (recipe, opts, world, star, tx) = (recipe.clone(), opts.clone(), world.clone(), star.clone(), tx.clone());
+        let body = move || -> Result<()> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("replica-{local}-{i}"))
+                .build()?;
+            pool.install(|| {
+                let device = device_at::<B>(world.devices[local]);
+                let group = Group::<B>::join(local, n, device.clone(), star)?;
+                let rep = Replica { rank: world.rank(local), world: world.size(), group: Box::new(group), device };
+                replica::<B>(&recipe, &opts, &world, Some(rep))
+            })
+        };
+        std::thread::Builder::new().name(format!("replica-{local}")).spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|p| {
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(anyhow!("panicked: {}", msg.unwrap_or_default()))
+            });
+            let _ = tx.send((local, r));
+        })?;
+    }
+    drop(tx);
+    let mut result = Ok(());
+    for _ in 0..n {
+        let (local, r) = rx.recv().context("a replica thread ended without a result")?;
+        if let Err(e) = r {
+            result = Err(e.context(format!("rank {}", world.rank(local))));
+            break;
+        }
+    }
+    if let Some(star) = &star {
+        match &result {
+            Ok(()) => star.finish(),
+            Err(e) => star.fail(&format!("{e:#}")),
+        }
+    }
+    result
+}
+
+/// Device `index` of backend `B` (GPU `index` on CUDA; CPU backends have one device).
+fn device_at<B: Backend>(index: usize) -> B::Device {
+    let default = B::Device::default();
+    if index == 0 {
+        return default;
+    }
+    let id = default.to_id();
+    B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 })
 }
 
 /// What [`setup`] reads and builds, before anything is written.
@@ -85,9 +217,10 @@ struct Setup<B: GemmaBackend> {
     recipe_toml: String,
 }
 
-/// Opens the model files, checks the training data (counting the steps) and reads the eval set, then loads
-/// the model (quantized as the recipe says) and adds a freshly initialised LoRA adapter.
-fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
+/// Opens the model files, checks the training data (counting the steps of `world` replicas) and reads the
+/// eval set (for the `writer` only: it alone evaluates), then loads the model (quantized as the recipe says)
+/// onto `device` and adds a freshly initialised LoRA adapter.
+fn setup<B: GemmaBackend>(recipe: &Recipe, world: usize, device: B::Device, writer: bool) -> Result<Setup<B>> {
     let t = &recipe.train;
     // Model files and data are checked before anything is written.
     let files =
@@ -95,10 +228,11 @@ fn setup<B: GemmaBackend>(recipe: &Recipe) -> Result<Setup<B>> {
     let ModelFiles { config: model_config, weights, tokenizer, .. } = files;
     let chat_template = ChatTemplate::for_model(&recipe.model.path)
         .with_context(|| format!("model.path {}", recipe.model.path.display()))?;
-    let total_steps = plan_steps(recipe, &tokenizer, chat_template.as_ref())?;
-    let eval_set = EvalSet::load(recipe, &tokenizer, chat_template.as_ref(), &model_config.eos_token_ids)?;
-
-    let device = B::Device::default();
+    let total_steps = plan_steps(recipe, &tokenizer, chat_template.as_ref(), world)?;
+    let eval_set = match writer {
+        true => EvalSet::load(recipe, &tokenizer, chat_template.as_ref(), &model_config.eos_token_ids)?,
+        false => None,
+    };
     let quant: Quant = recipe.model.quant();
     let mut model =
         lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&model_config, weights.as_ref(), quant.into(), &device)
@@ -143,8 +277,8 @@ struct Start<B: GemmaBackend> {
     batches: Batches,
 }
 
-/// A new run: zero moments, step 0, the data from its beginning.
-fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>) -> Result<Start<B>> {
+/// A new run of `world` replicas: zero moments, step 0, the data from its beginning.
+fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>, world: usize) -> Result<Start<B>> {
     let batches = train_batches(recipe, &setup.tokenizer)?.with_chat_template(setup.chat_template.clone());
     let state = TrainState {
         step: 0,
@@ -152,13 +286,15 @@ fn fresh<B: GemmaBackend>(recipe: &Recipe, setup: &Setup<B>) -> Result<Start<B>>
         rng: RngState { seed: recipe.train.seed },
         tokens_seen: 0,
         train_seconds: 0.0,
+        world,
     };
     Ok(Start { opt: AdamW::new(setup.opt_cfg, setup.params.len(), &setup.device), state, batches })
 }
 
 /// Continues from checkpoint `dir`, whose recipe must agree with this one ([`Recipe::resume_mismatch`]): the
-/// parameters (put into the model too), AdamW's moments, the counters and the data position.
-fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) -> Result<Start<B>> {
+/// parameters (put into the model too), AdamW's moments, the counters and the data position. The number of
+/// replicas must be the checkpoint's: with another, the steps would take other micro-batches.
+fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>, world: usize) -> Result<Start<B>> {
     let old_path = dir.join("config.toml");
     let old_text = std::fs::read_to_string(&old_path)
         .with_context(|| format!("{}: cannot resume from this checkpoint", old_path.display()))?;
@@ -172,6 +308,16 @@ fn resume<B: GemmaBackend>(recipe: &Recipe, dir: &Path, setup: &mut Setup<B>) ->
         );
     }
     let ck = checkpoint::load(dir, &setup.params, setup.opt_cfg, &setup.device)?;
+    if ck.state.world != world {
+        bail!(
+            "--resume: {} was written by a run of {} replica(s) and this one has {world} (train.devices × \
+             --nodes); a step takes train.grad_accum × replicas micro-batches and sums the replicas' \
+             gradients, so another count would not continue that run. Resume with {} replica(s)",
+            dir.display(),
+            ck.state.world,
+            ck.state.world
+        );
+    }
     setup.params = ck.params;
     setup.params.write(&mut setup.model, false);
     let batches =
@@ -198,18 +344,21 @@ fn take_output(out: &Path, recipe_toml: &str, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// A flag Ctrl-C sets (the loop then checkpoints and stops); a second Ctrl-C kills at once.
+/// A flag Ctrl-C sets (the loop then checkpoints and stops); a second Ctrl-C kills at once. One per process:
+/// the replicas of a process share it.
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
         let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
+            if flag.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
         });
-    }
-    stop
+        stop
+    })
+    .clone()
 }
 
 /// How [`Run::train`] ended.
@@ -235,7 +384,8 @@ struct Run<'a, B: GemmaBackend> {
     recipe_toml: String,
     total_steps: u64,
     schedule: Schedule,
-    metrics: Metrics,
+    /// `OUT/metrics.jsonl`; `None` on a replica that does not write.
+    metrics: Option<Metrics>,
     /// `OUT/tensorboard/` (`output.tensorboard`).
     tensorboard: Option<TensorBoard>,
     pb: ProgressBar,
@@ -245,32 +395,42 @@ struct Run<'a, B: GemmaBackend> {
     /// The newest evaluation and train loss, for the summary.
     last_eval: Option<Scores>,
     last_loss: Option<f64>,
+    /// Data parallelism: this replica's rank and its way to the others.
+    par: Option<Replica<B>>,
 }
 
 impl<'a, B: GemmaBackend> Run<'a, B> {
     /// Takes the output directory ([`take_output`]), opens `OUT/metrics.jsonl` (kept up to `resumed_at`),
-    /// installs the Ctrl-C handler and says what is trained.
+    /// installs the Ctrl-C handler and says what is trained. A replica other than rank 0 writes nothing.
     fn begin(
         recipe: &'a Recipe,
         opts: &'a Options,
         setup: Setup<B>,
         start: Start<B>,
         resumed_at: Option<u64>,
+        par: Option<Replica<B>>,
     ) -> Result<Self> {
         let (t, out) = (&recipe.train, recipe.output.dir.as_path());
-        // From here on the output directory is ours.
-        take_output(out, &setup.recipe_toml, opts.overwrite)?;
-        let metrics = Metrics::open(out, resumed_at)?;
-        let tensorboard = match recipe.output.tensorboard {
-            true => Some(TensorBoard::open(out, resumed_at, &metrics.rows)?),
-            false => None,
+        let writer = par.as_ref().is_none_or(|p| p.rank == 0);
+        let (metrics, tensorboard) = if writer {
+            // From here on the output directory is ours.
+            take_output(out, &setup.recipe_toml, opts.overwrite)?;
+            let metrics = Metrics::open(out, resumed_at)?;
+            let tensorboard = match recipe.output.tensorboard {
+                true => Some(TensorBoard::open(out, resumed_at, &metrics.rows)?),
+                false => None,
+            };
+            (Some(metrics), tensorboard)
+        } else {
+            (None, None)
         };
         let stop = stop_on_ctrl_c();
 
         let n_params = setup.params.len();
         let total_steps = setup.total_steps;
         let schedule = Schedule { kind: t.scheduler, lr: t.lr, warmup: t.warmup_steps, total: total_steps };
-        let pb = progress(total_steps, start.state.step);
+        let pb = if writer { progress(total_steps, start.state.step) } else { ProgressBar::hidden() };
+        let replicas = par.as_ref().map(|p| p.world);
         let run = Run {
             recipe,
             opts,
@@ -292,11 +452,12 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             last_ckpt: resumed_at,
             last_eval: None,
             last_loss: None,
+            par,
         };
         // The first line; it says what computes (on CPUs, whether bf16 runs on the bf16 instruction).
         let backend: BackendKind = recipe.train.backend.into();
         run.say(format!(
-            "training {} ({} layers, quant {:?}, {}: {}) with {} LoRA parameters for {} steps{}",
+            "training {} ({} layers, quant {:?}, {}: {}) with {} LoRA parameters for {} steps{}{}",
             recipe.model.path.display(),
             setup.layers,
             recipe.model.quant(),
@@ -304,6 +465,10 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             backend.compute_path(recipe.model.compute_dtype.into()),
             n_params,
             total_steps,
+            match replicas {
+                Some(n) => format!(" on {n} replicas"),
+                None => String::new(),
+            },
             match resumed_at {
                 Some(s) => format!(", resuming at step {s}"),
                 None => String::new(),
@@ -326,7 +491,8 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
                     self.last_eval = Some(s);
                 }
             }
-            let window = next_window(&mut self.batches, t.grad_accum)
+            let replicas = self.par.as_ref().map_or(1, |p| p.world);
+            let window = next_window(&mut self.batches, t.grad_accum * replicas)
                 .with_context(|| format!("training data {}", recipe.train_label()))?;
             if window.is_empty() {
                 break; // the epochs ran out a little before the planned step count
@@ -334,16 +500,31 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             let t0 = Instant::now();
             let seed = t.seed;
             let gc = t.gradient_checkpointing;
-            let r = train_step(
-                &mut self.model,
-                &mut self.params,
-                &mut self.opt,
-                &window,
-                lr,
-                t.max_grad_norm,
-                gc,
-                |micro| dropout_seed(seed, step, micro),
-            );
+            let (model, params, opt) = (&mut self.model, &mut self.params, &mut self.opt);
+            // Without data parallelism the stop flag is read after the step; with it, every replica's flag
+            // as the step's all-reduce summed them, so all stop after the same step.
+            let (r, stop_all) = match &mut self.par {
+                None => (
+                    train_step(model, params, opt, &window, lr, t.max_grad_norm, gc, |micro| {
+                        dropout_seed(seed, step, micro)
+                    }),
+                    None,
+                ),
+                Some(p) => {
+                    let s = p.step(
+                        model,
+                        params,
+                        opt,
+                        &window,
+                        lr,
+                        t.max_grad_norm,
+                        gc,
+                        |micro| dropout_seed(seed, step, micro),
+                        self.stop.load(Ordering::SeqCst),
+                    )?;
+                    (s.stats, Some(s.stop))
+                }
+            };
             let stats = check_finite(step + 1, r, self.last_ckpt)?;
             let dt = t0.elapsed().as_secs_f64();
             self.state.step = step + 1;
@@ -351,13 +532,16 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             self.state.tokens_seen += stats.tokens as u64;
             self.state.train_seconds += dt;
             self.report_step(lr, &stats, dt)?;
-            let stopping =
-                self.stop.load(Ordering::SeqCst) || self.opts.stop_after.is_some_and(|n| self.state.step >= n);
+            let stopping = stop_all.unwrap_or_else(|| self.stop.load(Ordering::SeqCst))
+                || self.opts.stop_after.is_some_and(|n| self.state.step >= n);
             if stopping || (t.save_every > 0 && self.state.step.is_multiple_of(t.save_every)) {
                 self.save()?;
                 self.last_ckpt = Some(self.state.step);
             }
             if stopping && self.state.step < total_steps {
+                if !self.writer() {
+                    return Ok(Ended::Stopped);
+                }
                 self.pb.abandon();
                 eprintln!(
                     "stopped after step {} of {total_steps}; checkpoint saved in {}. Continue with: lapidary train \
@@ -373,8 +557,14 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
 
     /// The step just taken (now `state.step`) in `OUT/metrics.jsonl` and on the progress bar (a line on stderr
     /// without one).
+    /// With data parallelism the tokens are every replica's (the global tokens/s).
     fn report_step(&mut self, lr: f64, stats: &StepStats, dt: f64) -> Result<()> {
+        self.last_loss = Some(stats.loss);
+        if !self.writer() {
+            return Ok(());
+        }
         let tps = stats.tokens as f64 / dt.max(1e-9);
+        let replicas = self.par.as_ref().map(|p| p.world);
         self.log(Row::Train {
             step: self.state.step,
             loss: stats.loss,
@@ -382,29 +572,38 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
             grad_norm: stats.grad_norm,
             tokens: stats.tokens,
             tokens_per_s: tps,
+            replicas,
         })?;
-        self.last_loss = Some(stats.loss);
+        let on = replicas.map_or(String::new(), |n| format!(" on {n} replicas"));
         self.pb.set_position(self.state.step);
-        self.pb.set_message(format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s", stats.loss));
+        self.pb.set_message(format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s{on}", stats.loss));
         if self.pb.is_hidden() {
             eprintln!(
-                "step {}/{}: loss {:.4}  lr {lr:.3e}  grad_norm {:.3}  {tps:.0} tok/s",
+                "step {}/{}: loss {:.4}  lr {lr:.3e}  grad_norm {:.3}  {tps:.0} tok/s{on}",
                 self.state.step, self.total_steps, stats.loss, stats.grad_norm
             );
         }
         Ok(())
     }
 
+    /// Whether this replica writes (rank 0, or the only one).
+    fn writer(&self) -> bool {
+        self.par.as_ref().is_none_or(|p| p.rank == 0)
+    }
+
     /// A last evaluation, a last checkpoint (unless the last step has one), `OUT/adapter/`, and the summary:
     /// a line on stderr, one JSON object on stdout.
     fn finish(mut self) -> Result<()> {
+        if !self.writer() {
+            return Ok(());
+        }
         let out = self.out;
         if let Some(s) = self.evaluate(self.state.step)? {
             self.last_eval = Some(s);
         }
         if self.last_ckpt != Some(self.state.step) {
             self.save()?;
-        } else if let Err(e) = self.metrics.plot(out) {
+        } else if let Some(Err(e)) = self.metrics.as_ref().map(|m| m.plot(out)) {
             self.say(format!("warning: loss.png not drawn: {e}"));
         }
         write_final_adapter(out, &self.params.to_host(), &self.adapter_cfg)?;
@@ -442,6 +641,9 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
 
     /// A line above the progress bar (on stderr when there is no bar).
     fn say(&self, msg: String) {
+        if !self.writer() {
+            return;
+        }
         if self.pb.is_hidden() {
             eprintln!("{msg}");
         } else {
@@ -462,14 +664,18 @@ impl<'a, B: GemmaBackend> Run<'a, B> {
         if let Some(tb) = &mut self.tensorboard {
             tb.log(&row)?;
         }
-        self.metrics.log(row)
+        match &mut self.metrics {
+            Some(m) => m.log(row),
+            None => Ok(()),
+        }
     }
 
     /// A checkpoint of the run as it is, and `OUT/loss.png` redrawn (failing to draw only warns).
     fn save(&self) -> Result<()> {
+        let Some(metrics) = self.metrics.as_ref().filter(|_| self.writer()) else { return Ok(()) };
         let keep = self.recipe.train.keep_checkpoints;
         checkpoint::save(self.out, &self.state, &self.params, &self.opt, &self.adapter_cfg, &self.recipe_toml, keep)?;
-        if let Err(e) = self.metrics.plot(self.out) {
+        if let Err(e) = metrics.plot(self.out) {
             self.say(format!("warning: loss.png not drawn: {e}"));
         }
         Ok(())
@@ -513,9 +719,14 @@ fn check_output(out: &Path, opts: &Options) -> Result<Option<(u64, PathBuf)>> {
 }
 
 /// The number of optimizer steps: `max_steps`, or the batches in `epochs` passes over the data divided by
-/// `grad_accum` (one pass over the data to count them), whichever is smaller. Also proves the data yields
+/// `grad_accum × world` (one pass over the data to count them), whichever is smaller. Also proves the data yields
 /// at least one batch before anything is written.
-fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, chat_template: Option<&ChatTemplate>) -> Result<u64> {
+fn plan_steps(
+    recipe: &Recipe,
+    tokenizer: &tokenizers::Tokenizer,
+    chat_template: Option<&ChatTemplate>,
+    world: usize,
+) -> Result<u64> {
     let t = &recipe.train;
     let label = recipe.train_label();
     let ctx = || format!("training data {label}");
@@ -532,7 +743,7 @@ fn plan_steps(recipe: &Recipe, tokenizer: &tokenizers::Tokenizer, chat_template:
                 batch.with_context(ctx)?;
                 n += 1;
             }
-            let steps = n.div_ceil(t.grad_accum as u64);
+            let steps = n.div_ceil((t.grad_accum * world) as u64);
             Ok(t.max_steps.map_or(steps, |m| m.min(steps)))
         }
     }

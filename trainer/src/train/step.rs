@@ -49,18 +49,22 @@ impl std::fmt::Display for StepError {
     }
 }
 
-/// Gradients of `Σ nll / n_window` for every param, summed over the window's micro-batches, as one flat
+/// Gradients of `Σ nll / n_window` for every param, summed over `window`'s micro-batches, as one flat
 /// tensor laid out as `params` (on the device: nothing is read back but each micro-batch's `Σ nll`); also
-/// returns `Σ nll`. `dropout_seed(i)` keys micro-batch `i`'s dropout masks. With `gc`, activations are
+/// returns `Σ nll`. `n_window` is the whole step's target count: [`window_targets`] of `window` on one
+/// device; with data parallelism `window` is one replica's share of the step and `n_window` counts every
+/// replica's. `dropout_seed(i)` keys micro-batch `i`'s dropout masks (a replica maps its `i` to the
+/// micro-batch's index in the whole step, so the masks are one device's). With `gc`, activations are
 /// recomputed layer by layer in the backward instead of kept (`lapidary_model::gemma::recompute`); same gradients.
 pub fn window_grads<B: GemmaBackend>(
     model: &mut Gemma<Autodiff<B>>,
     params: &Params<B>,
     window: &[Batch],
+    n_window: usize,
     gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
 ) -> (Tensor<B, 1>, f64) {
-    let n_window = window_targets(window).max(1) as f32;
+    let n_window = n_window.max(1) as f32;
     // Per matrix, summed over micro-batches; flattened into one tensor at the end.
     let mut grads: Vec<Option<Tensor<B, 2>>> = vec![None; params.slots.len()];
     let mut add = |k: usize, g: Tensor<B, 2>| {
@@ -140,16 +144,33 @@ pub fn train_step<B: GemmaBackend>(
     gc: bool,
     dropout_seed: impl Fn(usize) -> u64,
 ) -> Result<StepStats, StepError> {
-    let (grads, nll) = window_grads(model, params, window, gc, dropout_seed);
     let targets = window_targets(window);
-    let loss = nll / targets.max(1) as f64;
+    let (grads, nll) = window_grads(model, params, window, targets, gc, dropout_seed);
+    let tokens = window.iter().map(|b| b.n_tokens).sum();
+    apply_update(model, params, opt, grads, nll / targets.max(1) as f64, tokens, lr, max_grad_norm)
+}
+
+/// The update from a window's gradient (`grads`, as [`window_grads`] lays it out) and mean loss: clip →
+/// AdamW at `lr`; nothing is updated if the loss or the gradient norm is not finite. Then the model gets
+/// plain (untracked) views of the parameters again.
+#[allow(clippy::too_many_arguments)] // as train_step's
+pub fn apply_update<B: GemmaBackend>(
+    model: &mut Gemma<Autodiff<B>>,
+    params: &mut Params<B>,
+    opt: &mut AdamW<B>,
+    grads: Tensor<B, 1>,
+    loss: f64,
+    tokens: usize,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<StepStats, StepError> {
     let result = if !loss.is_finite() {
         Err(StepError::NonFinite { what: "loss", value: loss })
     } else {
         let (grads, grad_norm) = clip_grad_norm(grads, max_grad_norm);
         if grad_norm.is_finite() {
             params.flat = opt.step(params.flat.clone(), grads, lr);
-            Ok(StepStats { loss, grad_norm, tokens: window.iter().map(|b| b.n_tokens).sum() })
+            Ok(StepStats { loss, grad_norm, tokens })
         } else {
             Err(StepError::NonFinite { what: "gradient norm", value: grad_norm })
         }

@@ -177,7 +177,7 @@ impl EventWriter {
 /// The scalars of a metrics row, with the tags transformers' TensorBoard callback uses where it has one.
 pub fn scalars(row: &Row) -> (u64, Vec<(&'static str, f64)>) {
     match row {
-        Row::Train { step, loss, lr, grad_norm, tokens, tokens_per_s } => (
+        Row::Train { step, loss, lr, grad_norm, tokens, tokens_per_s, .. } => (
             *step,
             vec![
                 ("train/loss", *loss),
