@@ -354,3 +354,21 @@ fn bad_parallel_arguments_are_refused_and_write_nothing() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
+
+/// `lapidary bench --devices 2` times data-parallel steps: all replicas' tokens in tokens/s, a finite loss.
+#[test]
+fn bench_times_data_parallel_steps() {
+    let model = fixture("tiny/gemma3");
+    let args = ["bench", "--model", model.to_str().unwrap(), "--seq", "32", "--batch", "2", "--steps", "2"];
+    let v = lapidary_json(&[&args[..], &["--devices", "2", "--json"]].concat());
+    assert_eq!(v["devices"], 2);
+    assert_eq!(v["step_s"].as_array().map(Vec::len), Some(2));
+    let per_step: f64 = v["step_s"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum();
+    let tps = v["tokens_per_s"].as_f64().unwrap();
+    // 2 steps × 2 replicas × 2 rows × 32 tokens over (about) the steps' time.
+    assert!(tps > 0.5 * 256.0 / per_step.max(1e-3), "{v}");
+    assert!(v["loss"].as_f64().is_some_and(f64::is_finite), "{v}");
+    let o = lapidary(&[&args[..], &["--devices", "0"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--devices must be at least 1"));
+}

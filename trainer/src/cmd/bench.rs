@@ -4,6 +4,8 @@
 //! 2e-4.
 //! Reports tokens/s over the timed steps and peak memory: on CPU the process's peak resident set, on CUDA the
 //! device memory CubeCL's pools hold (see `Memory`); hf_qlora_bench.py reports the same two.
+//! `--devices N` times data-parallel steps: N replicas in this process, as `lapidary train --devices N` runs
+//! them.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -20,10 +22,13 @@ use crate::common::{print_json, BackendKind, Dtype, Quant};
 use crate::train::batch::random_batch;
 use crate::train::memory::{peak_rss_mib, status_mib};
 use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::parallel::collective::Group;
+use crate::train::parallel::device_at;
+use crate::train::parallel::replica::Replica;
 use crate::train::params::Params;
 use crate::train::step::train_step;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// A published shape with random weights (gemma-2b, gemma-7b, gemma2-2b, gemma3-270m, gemma3-1b,
     /// gemma4-e2b, gemma4-e4b, gemma4-26b-a4b, gemma4-31b), or a model directory / .gguf file.
@@ -57,13 +62,133 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Data-parallel replicas in this process (threads sharing the cores; GPUs 0..N on CUDA), each taking a
+    /// micro-batch of `--batch` rows a step; tokens/s counts all of them.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub devices: usize,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.seq < 2 || a.batch == 0 || a.steps == 0 {
         bail!("--seq must be at least 2, --batch and --steps at least 1");
     }
+    if a.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    if a.devices > 1 {
+        return crate::common::dispatch!(a.backend, go_parallel, &a);
+    }
     crate::common::dispatch!(a.backend, go, &a)
+}
+
+/// `--devices N`: N replicas, each a thread with its share of the cores (its own rayon pool), its own model
+/// (random LoRA init as [`go`]'s) and micro-batch; the steps are training's ([`Replica::step`]: gradients and
+/// loss all-reduced, the same AdamW update on each, the parameters' checksums compared).
+fn go_parallel<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
+    let n = a.devices;
+    let devices: Vec<usize> = if a.backend == BackendKind::Cuda { (0..n).collect() } else { vec![0; n] };
+    for &d in &devices {
+        device_at::<B>(d)?;
+    }
+    let threads = (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for local in 0..n {
+        let (a, tx, index) = (a.clone(), tx.clone(), devices[local]);
+        std::thread::spawn(move || {
+            let r = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|pool| pool.install(|| bench_replica::<B>(&a, local, index)));
+            let _ = tx.send(r);
+        });
+    }
+    drop(tx);
+    let mut timed = None;
+    for _ in 0..n {
+        match rx.recv().context("a replica thread ended without a result")? {
+            Err(e) => return Err(e),
+            Ok(Some(t)) => timed = Some(t),
+            Ok(None) => {}
+        }
+    }
+    let Some(Timed { loss, step_s, dt, load_s }) = timed else { bail!("replica 0 timed nothing") };
+    let tokens_per_s = (a.steps * n * a.batch * a.seq) as f64 / dt;
+    let mut out = serde_json::json!({
+        "system": "lapidary", "model": a.model, "seq": a.seq, "batch": a.batch, "devices": n, "gc": a.gc,
+        "rank": a.rank, "quant": format!("{:?}", a.quant).to_lowercase(), "backend": a.backend.name(),
+        "dtype": format!("{:?}", a.dtype).to_lowercase(), "tokens_per_s": round(tokens_per_s, 1),
+        "loss": round(loss, 4), "steps": a.steps, "warmup": a.warmup,
+        "step_s": step_s.iter().map(|s| round(*s, 3)).collect::<Vec<_>>(), "load_s": round(load_s, 2),
+        "threads_per_replica": threads, "compute": a.backend.compute_path(a.dtype.into()),
+    });
+    if let Some(o) = out.as_object_mut() {
+        o.extend(Memory::new(a.backend).report());
+    }
+    if a.json {
+        print_json(&out);
+    } else {
+        println!(
+            "model {} ({}, {n} replicas x {threads} threads), seq {} x batch {} per replica",
+            a.model,
+            a.backend.name(),
+            a.seq,
+            a.batch
+        );
+        println!("tokens/s (all replicas): {tokens_per_s:.1}   last loss: {loss:.4}");
+    }
+    Ok(())
+}
+
+/// What replica 0 of [`go_parallel`] measured.
+struct Timed {
+    loss: f64,
+    step_s: Vec<f64>,
+    /// Seconds of the timed steps.
+    dt: f64,
+    load_s: f64,
+}
+
+/// One replica of [`go_parallel`] on device `index`; replica 0 returns the timings.
+fn bench_replica<B: GemmaBackend>(a: &BenchArgs, local: usize, index: usize) -> Result<Option<Timed>> {
+    let t0 = Instant::now();
+    let n = a.devices;
+    let (config, weights) = source(&a.model)?;
+    let device = device_at::<B>(index)?;
+    let mut model =
+        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
+            .with_context(|| format!("loading {}", a.model))?
+            .with_compute_dtype(a.dtype.into());
+    drop(weights);
+    let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
+    init_lora(&mut model, &AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None), 0)?;
+    let mut params = Params::read(&mut model);
+    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = AdamW::new(adamw, params.len(), &device);
+    let group = Group::<B>::join(local, n, device.clone(), None)?;
+    let mut rep = Replica { rank: local, world: n, group: Box::new(group), device: device.clone() };
+    let load_s = t0.elapsed().as_secs_f64();
+    // The whole step's window, the same on every replica; replica r trains micro-batch r.
+    let window: Vec<_> = (0..n).map(|r| random_batch(config.vocab_size, a.batch, a.seq, r as u64)).collect();
+    let mut step = |i: usize| -> Result<f64> {
+        let s = rep.step(&mut model, &mut params, &mut opt, &window, 2e-4, 0.0, a.gc, |m| (i * n + m) as u64, false)?;
+        s.stats.map(|s| s.loss).map_err(|e| anyhow::anyhow!("step {i}: {e}"))
+    };
+    for i in 0..a.warmup {
+        step(i)?;
+    }
+    let t = Instant::now();
+    let mut loss = f64::NAN;
+    let mut step_s = Vec::with_capacity(a.steps);
+    for i in 0..a.steps {
+        let ts = Instant::now();
+        loss = step(a.warmup + i)?;
+        step_s.push(ts.elapsed().as_secs_f64());
+    }
+    B::sync(&device).map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
+    let dt = t.elapsed().as_secs_f64();
+    rep.group.finish()?;
+    Ok((local == 0).then_some(Timed { loss, step_s, dt, load_s }))
 }
 
 /// The config and weights `--model` names.

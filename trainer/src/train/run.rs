@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use burn::backend::Autodiff;
-use burn::tensor::backend::{Backend, Device, DeviceId};
 use indicatif::{ProgressBar, ProgressStyle};
 use lapidary_data::{Batch, Batches, ChatTemplate};
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
@@ -35,7 +34,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::parallel::collective::Group;
 use super::parallel::replica::{checksum, Replica};
 use super::parallel::star::{NodeSpec, Star};
-use super::parallel::World;
+use super::parallel::{device_at, World};
 use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
 use super::step::{check_finite, train_step, StepStats};
@@ -97,7 +96,10 @@ fn run_on<B: GemmaBackend>(recipe: &Recipe, opts: &Options) -> Result<()> {
 /// One replica's run (the whole run without data parallelism: `par` is `None`).
 fn replica<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: &World, mut par: Option<Replica<B>>) -> Result<()> {
     let resume_from = check_output(&recipe.output.dir, opts)?;
-    let device = par.as_ref().map_or_else(|| device_at::<B>(world.devices[0]), |p| p.device.clone());
+    let device = match &par {
+        Some(p) => p.device.clone(),
+        None => device_at::<B>(world.devices[0])?,
+    };
     let writer = par.as_ref().is_none_or(|p| p.rank == 0);
     let mut setup = setup::<B>(recipe, world.size(), device, writer)?;
     let start = match &resume_from {
@@ -143,6 +145,9 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
         _ => None,
     };
     let n = world.devices.len();
+    for &d in &world.devices {
+        device_at::<B>(d)?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / n).max(1);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -154,7 +159,7 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
                 .thread_name(move |i| format!("replica-{local}-{i}"))
                 .build()?;
             pool.install(|| {
-                let device = device_at::<B>(world.devices[local]);
+                let device = device_at::<B>(world.devices[local])?;
                 let group = Group::<B>::join(local, n, device.clone(), star)?;
                 let rep = Replica { rank: world.rank(local), world: world.size(), group: Box::new(group), device };
                 replica::<B>(&recipe, &opts, &world, Some(rep))
@@ -185,16 +190,6 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
         }
     }
     result
-}
-
-/// Device `index` of backend `B` (GPU `index` on CUDA; CPU backends have one device).
-fn device_at<B: Backend>(index: usize) -> B::Device {
-    let default = B::Device::default();
-    if index == 0 {
-        return default;
-    }
-    let id = default.to_id();
-    B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 })
 }
 
 /// What [`setup`] reads and builds, before anything is written.

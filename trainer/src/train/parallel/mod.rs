@@ -23,6 +23,9 @@ pub mod star;
 
 use std::time::Duration;
 
+use anyhow::{bail, Result};
+use burn::tensor::backend::{Backend, Device, DeviceId};
+
 /// The replicas of a run, and which of them this process holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct World {
@@ -51,4 +54,18 @@ impl World {
     pub fn rank(&self, local: usize) -> usize {
         self.node_rank * self.devices.len() + local
     }
+}
+
+/// Device `index` of backend `B`: GPU `index` on CUDA; CPU backends have one device, index 0.
+pub fn device_at<B: Backend>(index: usize) -> Result<B::Device> {
+    let default = B::Device::default();
+    if index == 0 {
+        return Ok(default);
+    }
+    let id = default.to_id();
+    let count = B::device_count(id.type_id);
+    if index >= count {
+        bail!("train.devices: there is no device {index} (this backend sees {count}: 0..{})", count.max(1) - 1);
+    }
+    Ok(B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 }))
 }
