@@ -92,8 +92,8 @@ fn go_parallel<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
     }
     let threads = (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1);
     let (tx, rx) = std::sync::mpsc::channel();
-    for local in 0..n {
-        let (a, tx, index) = (a.clone(), tx.clone(), devices[local]);
+    for (local, &index) in devices.iter().enumerate() {
+        let (a, tx) = (a.clone(), tx.clone());
         std::thread::spawn(move || {
             let r = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
