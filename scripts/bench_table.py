@@ -83,6 +83,16 @@ def scaling_table(rows):
     return out + [""]
 
 
+def generation_rows(lg, cg, tg, ratio, num):
+    """Generation against llama.cpp at the decode rate and against transformers prompt included; rows
+    recorded before the decode rate was (tokens/s prompt included only) keep the one row they had."""
+    if "with_prompt_tokens_per_s" not in lg:
+        return [f"| generation tokens/s | {num(lg)} | {num(cg)} | {ratio(lg, cg)} | {num(tg)} | {ratio(lg, tg)} |"]
+    whole = dict(lg, tokens_per_s=lg["with_prompt_tokens_per_s"])
+    return [f"| generation tokens/s, decode (llama.cpp: tg64) | {num(lg)} | {num(cg)} | {ratio(lg, cg)} | | |",
+            f"| generation tokens/s, prompt included | {num(whole)} | | | {num(tg)} | {ratio(whole, tg)} |"]
+
+
 def infer_table(rows):
     get = {(r["system"], r["what"]): r for r in rows}
     need = [("lapidary", "eval"), ("transformers", "eval"), ("lapidary", "generate"), ("transformers", "generate")]
@@ -97,11 +107,13 @@ def infer_table(rows):
             "lapidary (flex; by default a GGUF's own blocks, multiplied as stored with f32 activations): eval "
             "of 8 rows of ~92 tokens (packed into one forward pass), greedy generation of 64 new tokens with the "
             "KV cache. llama.cpp: `llama-bench` pp256 and tg64 on the same file (8-bit activations). "
-            "transformers: torch f32, the same GGUF dequantized, each row alone.", "",
+            "transformers: torch f32, the same GGUF dequantized, each row alone. Generation is compared "
+            "with llama.cpp at the decode rate (the tokens after the first, one forward pass each, as "
+            "`tg` times them) and with transformers over the whole call, prompt included, as it is timed.", "",
             "| what | lapidary | llama.cpp | lapidary / llama.cpp | transformers | lapidary / transformers |",
             "|---|---|---|---|---|---|",
             f"| eval tokens/s | {num(le)} | {num(ce)} | {ratio(le, ce)} | {num(te)} | {ratio(le, te)} |",
-            f"| generation tokens/s | {num(lg)} | {num(cg)} | {ratio(lg, cg)} | {num(tg)} | {ratio(lg, tg)} |",
+            *generation_rows(lg, cg, tg, ratio, num),
             f"| eval loss (sanity) | {le['loss']:.5f} | | | {te['loss']:.5f} | |", ""]
 
 

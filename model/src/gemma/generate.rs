@@ -76,17 +76,29 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> u32 {
     idx[idx.len() - 1] as u32
 }
 
+/// Where a generation's time went: the prompt's forward pass and the first new token (`prompt_s`), then one
+/// forward pass of one token per further token (`decode_s`; what llama.cpp's `llama-bench` times as `tg`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerationTiming {
+    pub prompt_s: f64,
+    pub decode_s: f64,
+}
+
 impl<B: GemmaBackend> Gemma<B> {
     /// Generates after `prompt` (which should start with BOS). Returns only the new ids.
     pub fn generate(&self, prompt: &[u32], cfg: &SamplingConfig) -> Vec<u32> {
+        self.generate_timed(prompt, cfg).0
+    }
+
+    /// [`Self::generate`], and how long the prompt (up to the first new token) and the tokens after it took.
+    pub fn generate_timed(&self, prompt: &[u32], cfg: &SamplingConfig) -> (Vec<u32>, GenerationTiming) {
         // On a thread of rayon's pool: each token's products then split their work with the other threads
         // from here, instead of handing it to the pool and sleeping until it is done (a wake-up per
         // product, ~12% of a token on two cores).
-        rayon::scope(|_| self.generate_here(prompt, cfg))
-    }
-
-    fn generate_here(&self, prompt: &[u32], cfg: &SamplingConfig) -> Vec<u32> {
-        self.generate_rows(&[prompt.to_vec()], cfg).pop().unwrap_or_default()
+        rayon::scope(|_| {
+            let (mut rows, timing) = self.generate_rows(&[prompt.to_vec()], cfg);
+            (rows.pop().unwrap_or_default(), timing)
+        })
     }
 
     /// [`Self::generate`] for several prompts of the same length at once: one KV cache for the batch, so each
@@ -95,14 +107,16 @@ impl<B: GemmaBackend> Gemma<B> {
     /// every row has stopped), so each row's tokens are the ones [`Self::generate`] gives it up to summation
     /// order in the batched products. Panics if the prompts' lengths differ (callers group them).
     pub fn generate_batch(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Vec<u32>> {
-        rayon::scope(|_| self.generate_rows(prompts, cfg))
+        rayon::scope(|_| self.generate_rows(prompts, cfg).0)
     }
 
-    fn generate_rows(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Vec<u32>> {
+    fn generate_rows(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> (Vec<Vec<u32>>, GenerationTiming) {
+        let start = std::time::Instant::now();
+        let mut timing = GenerationTiming::default();
         let rt = LoraRuntime::default();
         let n = prompts.len();
         if n == 0 {
-            return Vec::new();
+            return (Vec::new(), timing);
         }
         let mut rngs: Vec<_> = (0..n).map(|_| rand::rngs::StdRng::seed_from_u64(cfg.seed)).collect();
         let mut cache = KvCache::new(self.layers.len());
@@ -110,7 +124,10 @@ impl<B: GemmaBackend> Gemma<B> {
         let mut done = vec![false; n];
         let mut tokens = TokenBatch::from_rows(prompts);
         let vocab = self.config.vocab_size;
-        for _ in 0..cfg.max_new_tokens {
+        for step in 0..cfg.max_new_tokens {
+            if step == 1 {
+                timing.prompt_s = start.elapsed().as_secs_f64();
+            }
             let hidden = self.forward_hidden(&tokens, Some(&mut cache), &rt);
             let last = hidden.narrow(1, tokens.seq - 1, 1);
             let logits: Vec<f32> = self.lm_head(last).into_data().convert::<f32>().to_vec().unwrap_or_default();
@@ -134,7 +151,12 @@ impl<B: GemmaBackend> Gemma<B> {
             let pos = cache.next_position();
             tokens = TokenBatch { ids: next, batch: n, seq: 1, positions: vec![pos; n], segments: None };
         }
-        out
+        let total = start.elapsed().as_secs_f64();
+        if timing.prompt_s == 0.0 {
+            timing.prompt_s = total;
+        }
+        timing.decode_s = total - timing.prompt_s;
+        (out, timing)
     }
 
     /// Greedy generation without a cache: the whole sequence is recomputed for every token. Slow; it exists

@@ -52,7 +52,7 @@ fn run_on<B: GemmaBackend>(a: GenerateArgs) -> Result<()> {
         stop_ids: stop_ids(&loaded.files),
     };
     let start = std::time::Instant::now();
-    let new = loaded.model.generate(&prompt, &cfg);
+    let (new, timing) = loaded.model.generate_timed(&prompt, &cfg);
     let seconds = start.elapsed().as_secs_f64();
     let text = loaded.files.tokenizer.decode(&new, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
     if a.json {
@@ -60,6 +60,9 @@ fn run_on<B: GemmaBackend>(a: GenerateArgs) -> Result<()> {
         crate::common::print_json(&json!({
             "text": text, "ids": ids, "new_tokens": new.len(), "seconds": seconds,
             "tokens_per_s": new.len() as f64 / seconds,
+            // The tokens after the first, one forward pass each: the rate llama-bench's `tg` reports.
+            "prompt_tokens": prompt.len(), "prompt_seconds": timing.prompt_s,
+            "decode_tokens_per_s": if new.len() > 1 { Some((new.len() - 1) as f64 / timing.decode_s) } else { None },
         }));
     } else {
         println!("{text}");
