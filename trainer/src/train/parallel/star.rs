@@ -112,7 +112,7 @@ impl Star {
                     Ok((mut s, peer)) => {
                         s.set_nonblocking(false)?;
                         s.set_read_timeout(Some(DEAD_AFTER))?;
-                        let theirs: Hello = match read_frame(&mut s) {
+                        let theirs: Hello = match read_frame(&mut s, SMALL) {
                             Ok((HELLO, p)) => serde_json::from_slice(&p).context("a joining node's hello")?,
                             // Not one of ours (a port scan, a stray client): ignore it.
                             _ => continue,
@@ -174,7 +174,7 @@ impl Star {
             };
             s.set_read_timeout(Some(DEAD_AFTER))?;
             write_frame(&mut s, HELLO, &serde_json::to_vec(&hello)?)?;
-            match read_frame(&mut s) {
+            match read_frame(&mut s, SMALL) {
                 Ok((WELCOME, p)) if p.is_empty() => {}
                 Ok((WELCOME, p)) => bail!("node 0 refused this node: it {}", String::from_utf8_lossy(&p)),
                 Ok(_) | Err(_) => bail!("{} did not answer as a lapidary node 0", spec.coordinator),
@@ -278,7 +278,7 @@ fn heartbeat(writer: Arc<Mutex<TcpStream>>, done: Arc<AtomicBool>, name: String)
 
 fn read_loop(mut stream: TcpStream, tx: Sender<Vec<f32>>, done: Arc<AtomicBool>, name: String) {
     loop {
-        match read_frame(&mut stream) {
+        match read_frame(&mut stream, LARGE) {
             Ok((BEAT, _)) => {}
             Ok((DATA, p)) => {
                 let _ = tx.send(from_bytes(&p));
@@ -328,12 +328,17 @@ fn write_frame(w: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<(
     w.flush()
 }
 
-fn read_frame(r: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+/// The longest frame while joining (a hello or its answer): a stray client's bytes read as a length must not
+/// make node 0 allocate gigabytes.
+const SMALL: u64 = 1 << 16;
+/// The longest frame after: a gradient is a few hundred MB at most.
+const LARGE: u64 = 1 << 36;
+
+fn read_frame(r: &mut TcpStream, max: u64) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 9];
     r.read_exact(&mut head)?;
     let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-    // A gradient is a few hundred MB at most; anything near this is not one of our frames.
-    if len > 1 << 36 {
+    if len > max {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
     }
     let mut payload = vec![0u8; len as usize];
@@ -347,4 +352,65 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 
 fn from_bytes(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: usize, node_rank: usize, port: u16) -> NodeSpec {
+        NodeSpec {
+            nodes,
+            node_rank,
+            devices: 1,
+            coordinator: format!("127.0.0.1:{port}"),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Three nodes, 50 back-to-back sums: each the same bits on every node, added in node order. The values
+    /// tell the orders apart in f32: (1e8 + 1) − 1e8 = 0, (1e8 − 1e8) + 1 = 1.
+    #[test]
+    fn three_nodes_sum_in_node_order_the_same_bits_on_each() {
+        let port = free_port();
+        let value = |node: usize, step: usize| -> Vec<f32> {
+            let big = [1e8f32, 1.0, -1e8][node];
+            vec![big, step as f32 * (node as f32 + 1.0), -(node as f32) / 3.0]
+        };
+        let nodes: Vec<_> = (0..3)
+            .map(|r| {
+                std::thread::spawn(move || {
+                    let star = Star::connect(spec(3, r, port)).unwrap();
+                    let sums: Vec<Vec<f32>> = (0..50).map(|s| star.all_reduce_sum(value(r, s)).unwrap()).collect();
+                    star.finish();
+                    sums
+                })
+            })
+            .collect();
+        let sums: Vec<Vec<Vec<f32>>> = nodes.into_iter().map(|h| h.join().unwrap()).collect();
+        for s in 0..50 {
+            let want: Vec<f32> = (0..3).map(|i| (value(0, s)[i] + value(1, s)[i]) + value(2, s)[i]).collect();
+            assert_eq!(want[0], 0.0, "the values do not tell the orders apart");
+            for (node, got) in sums.iter().enumerate() {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got[s]), bits(&want), "node {node}, step {s}");
+            }
+        }
+    }
+
+    /// A node started with another `--nodes` is refused, and both sides say why.
+    #[test]
+    fn a_node_with_another_node_count_is_refused() {
+        let port = free_port();
+        let zero = std::thread::spawn(move || Star::connect(spec(2, 0, port)).err().map(|e| format!("{e:#}")));
+        let one = Star::connect(spec(3, 1, port)).err().map(|e| format!("{e:#}"));
+        let zero = zero.join().unwrap();
+        let (zero, one) = (zero.expect("node 0 accepted"), one.expect("node 1 was accepted"));
+        assert!(zero.contains("was started with --nodes 3") && zero.contains("node 0 with --nodes 2"), "{zero}");
+        assert!(one.contains("node 0 refused this node") && one.contains("--nodes 3"), "{one}");
+    }
 }
