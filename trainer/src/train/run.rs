@@ -133,6 +133,9 @@ fn replica<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: &World, mut 
 /// first. The first replica to fail fails the process (the others are waiting for it in an all-reduce), and
 /// the other nodes are told why.
 fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) -> Result<()> {
+    for &d in &world.devices {
+        device_at::<B>(d)?;
+    }
     // Nothing is loaded or written before every node has joined.
     let star = match &world.coordinator {
         Some(coordinator) if world.nodes > 1 => Some(Arc::new(Star::connect(NodeSpec {
@@ -145,9 +148,6 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
         _ => None,
     };
     let n = world.devices.len();
-    for &d in &world.devices {
-        device_at::<B>(d)?;
-    }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / n).max(1);
     let (tx, rx) = std::sync::mpsc::channel();
