@@ -90,7 +90,7 @@ fn go_parallel<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
     for &d in &devices {
         device_at::<B>(d)?;
     }
-    let threads = (std::thread::available_parallelism().map_or(1, |c| c.get()) / n).max(1);
+    let threads = (rayon::current_num_threads() / n).max(1);
     let (tx, rx) = std::sync::mpsc::channel();
     for (local, &index) in devices.iter().enumerate() {
         let (a, tx) = (a.clone(), tx.clone());

@@ -148,7 +148,8 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
         _ => None,
     };
     let n = world.devices.len();
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    // The global pool's size: the cores, or RAYON_NUM_THREADS where several processes share a machine.
+    let cores = rayon::current_num_threads();
     let threads = (cores / n).max(1);
     let (tx, rx) = std::sync::mpsc::channel();
     for local in 0..n {
