@@ -372,3 +372,16 @@ fn bench_times_data_parallel_steps() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--devices must be at least 1"));
 }
+
+/// `train.devices` as a list (GPU indices on CUDA) counts replicas on a CPU backend, which has one device.
+#[test]
+fn a_device_list_counts_replicas_on_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let err = train_ok(&out, 2, &["--set", "train.devices=[0, 1]"]);
+    assert!(err.contains("on 2 replicas"), "{err}");
+    assert!(train_rows(&out).iter().all(|r| r.4 == Some(2)));
+    // The resolved recipe keeps the list.
+    let resolved: toml::Value = toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(resolved["train"]["devices"], toml::Value::Array(vec![0.into(), 1.into()]));
+}
