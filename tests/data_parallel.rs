@@ -385,3 +385,38 @@ fn a_device_list_counts_replicas_on_cpu() {
     let resolved: toml::Value = toml::from_str(&std::fs::read_to_string(out.join("config.toml")).unwrap()).unwrap();
     assert_eq!(resolved["train"]["devices"], toml::Value::Array(vec![0.into(), 1.into()]));
 }
+
+/// A node that stops answering without closing its socket (here: SIGSTOP) is given up after 20 s of silence,
+/// by name; a node that fails sends its error to the others, which exit naming it and quoting it.
+#[cfg(unix)]
+#[test]
+fn a_silent_node_and_a_failing_node_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out0, out1) = (tmp.path().join("node0"), tmp.path().join("node1"));
+    let (a, mut b) = two_nodes(&out0, &out1, 100_000, &["--set", "train.save_every=0"]);
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out0.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 4 {
+        assert!(t0.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-STOP", &b.id().to_string()]).status().unwrap().success());
+    let t = Instant::now();
+    let o = wait(a, Duration::from_secs(60), "node 0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let _ = b.kill();
+    let _ = b.wait();
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("rank 1 (") && err.contains("nothing heard for 20 s"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+
+    // Node 1 resumes with no checkpoint in its output.dir: it fails, and node 0 (which has one) says why.
+    let (run0, run1) = (tmp.path().join("run0"), tmp.path().join("run1"));
+    train_ok(&run0, 6, &["--devices", "2", "--set", "train.save_every=0", "--stop-after", "2"]);
+    let (a, b) = two_nodes(&run0, &run1, 6, &["--set", "train.save_every=0", "--resume"]);
+    let (a, b) = (wait(a, Duration::from_secs(60), "node 0"), wait(b, Duration::from_secs(60), "node 1"));
+    let (ea, eb) = (String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(!a.status.success() && !b.status.success(), "{ea}\n{eb}");
+    assert!(eb.contains("no complete checkpoint"), "{eb}");
+    assert!(ea.contains("rank 1 (") && ea.contains("failed") && ea.contains("no complete checkpoint"), "{ea}");
+    assert_eq!(train_rows(&run0).len(), 2, "node 0 took a step");
+}
