@@ -5,9 +5,10 @@
 //! who answered first) and sends the sum back to all, byte for byte the same. Frames are
 //! `[kind: u8][length: u64 LE][payload]`.
 //!
-//! Why not burn-collective's global mode (the issue prefers an existing engine), as read in its 0.21.0 source
-//! (not run): its `SyncService` clears a copy of the list of nodes that synced instead of the list, so the
-//! second all-reduce between nodes would wait forever; the transfer ids of its strategies are fixed, so back-to-back all-reduces can take
+//! Why not burn-collective's global mode (the issue prefers an existing engine): two nodes on one machine
+//! never finish their second back-to-back all-reduce, with any of its three strategies
+//! (`scripts/burn_collective_global/run.sh`); in its 0.21.0 source, its `SyncService` clears a copy of the list
+//! of nodes that synced instead of the list, so every sync after the first waits forever; the transfer ids of its strategies are fixed, so back-to-back all-reduces can take
 //! each other's tensors (tracel-ai/burn #4549); a lost peer ends in an `expect` inside a tokio task (a panic
 //! nobody waits for: the others hang), connecting retries forever, printing on stdout; and it was removed
 //! upstream after 0.21. Inside one process burn-collective does the work ([`super::collective`]).
