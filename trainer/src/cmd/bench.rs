@@ -15,7 +15,7 @@ use clap::Args;
 use lapidary_model::io::shapes;
 use lapidary_model::nn::lora::TARGETS;
 use lapidary_model::peft::adapter::{init_lora, AdapterConfig};
-use lapidary_model::GemmaBackend;
+use lapidary_model::{Gemma, GemmaBackend};
 use lapidary_model::{GemmaConfig, ModelFiles, WeightSource};
 
 use crate::common::{print_json, BackendKind, Dtype, Quant};
@@ -23,8 +23,8 @@ use crate::train::batch::random_batch;
 use crate::train::memory::{peak_rss_mib, status_mib};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::parallel::collective::Group;
-use crate::train::parallel::device_at;
 use crate::train::parallel::replica::Replica;
+use crate::train::parallel::{device_at, spawn_replicas};
 use crate::train::params::Params;
 use crate::train::step::train_step;
 
@@ -91,22 +91,11 @@ fn go_parallel<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
         device_at::<B>(d)?;
     }
     let threads = (rayon::current_num_threads() / n).max(1);
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (local, &index) in devices.iter().enumerate() {
-        let (a, tx) = (a.clone(), tx.clone());
-        std::thread::spawn(move || {
-            let r = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|pool| pool.install(|| bench_replica::<B>(&a, local, index)));
-            let _ = tx.send(r);
-        });
-    }
-    drop(tx);
+    let args = a.clone();
+    let rx = spawn_replicas(n, threads, move |local| bench_replica::<B>(&args, local, devices[local]))?;
     let mut timed = None;
     for _ in 0..n {
-        match rx.recv().context("a replica thread ended without a result")? {
+        match rx.recv().context("a replica thread ended without a result")?.1 {
             Err(e) => return Err(e),
             Ok(Some(t)) => timed = Some(t),
             Ok(None) => {}
@@ -153,23 +142,13 @@ struct Timed {
 fn bench_replica<B: GemmaBackend>(a: &BenchArgs, local: usize, index: usize) -> Result<Option<Timed>> {
     let t0 = Instant::now();
     let n = a.devices;
-    let (config, weights) = source(&a.model)?;
     let device = device_at::<B>(index)?;
-    let mut model =
-        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
-            .with_context(|| format!("loading {}", a.model))?
-            .with_compute_dtype(a.dtype.into());
-    drop(weights);
-    let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
-    init_lora(&mut model, &AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None), 0)?;
-    let mut params = Params::read(&mut model);
-    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = AdamW::new(adamw, params.len(), &device);
+    let Trainee { vocab, mut model, mut params, mut opt } = trainee::<B>(a, &device)?;
     let group = Group::<B>::join(local, n, device.clone(), None)?;
     let mut rep = Replica { rank: local, world: n, group: Box::new(group), device: device.clone() };
     let load_s = t0.elapsed().as_secs_f64();
     // The whole step's window, the same on every replica; replica r trains micro-batch r.
-    let window: Vec<_> = (0..n).map(|r| random_batch(config.vocab_size, a.batch, a.seq, r as u64)).collect();
+    let window: Vec<_> = (0..n).map(|r| random_batch(vocab, a.batch, a.seq, r as u64)).collect();
     let mut step = |i: usize| -> Result<f64> {
         let s = rep.step(&mut model, &mut params, &mut opt, &window, 2e-4, 0.0, a.gc, |m| (i * n + m) as u64, false)?;
         s.stats.map(|s| s.loss).map_err(|e| anyhow::anyhow!("step {i}: {e}"))
@@ -189,6 +168,31 @@ fn bench_replica<B: GemmaBackend>(a: &BenchArgs, local: usize, index: usize) -> 
     let dt = t.elapsed().as_secs_f64();
     rep.group.finish()?;
     Ok((local == 0).then_some(Timed { loss, step_s, dt, load_s }))
+}
+
+/// What every bench run trains ([`go`], and each replica of [`go_parallel`]).
+struct Trainee<B: GemmaBackend> {
+    vocab: usize,
+    model: Gemma<Autodiff<B>>,
+    params: Params<B>,
+    opt: AdamW<B>,
+}
+
+/// The model `--model` names, loaded onto `device` as `--quant` and `--dtype` say, with a fresh LoRA adapter
+/// (r = `--rank`, alpha 2r, no dropout, all seven projections), its parameters and AdamW (2e-4 by the steps).
+fn trainee<B: GemmaBackend>(a: &BenchArgs, device: &B::Device) -> Result<Trainee<B>> {
+    let (config, weights) = source(&a.model)?;
+    let mut model =
+        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), device)
+            .with_context(|| format!("loading {}", a.model))?
+            .with_compute_dtype(a.dtype.into());
+    drop(weights);
+    let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
+    init_lora(&mut model, &AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None), 0)?;
+    let params = Params::read(&mut model);
+    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let opt = AdamW::new(adamw, params.len(), device);
+    Ok(Trainee { vocab: config.vocab_size, model, params, opt })
 }
 
 /// The config and weights `--model` names.
@@ -325,21 +329,10 @@ fn device_name(kind: BackendKind) -> String {
 fn go<B: GemmaBackend>(a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let memory = Memory::new(a.backend);
-    let (config, weights) = source(&a.model)?;
     let device = B::Device::default();
-    let mut model =
-        lapidary_model::gemma::load::load_gemma::<Autodiff<B>>(&config, weights.as_ref(), a.quant.into(), &device)
-            .with_context(|| format!("loading {}", a.model))?
-            .with_compute_dtype(a.dtype.into());
-    drop(weights);
-    let targets: Vec<String> = TARGETS.iter().map(|s| s.to_string()).collect();
-    let lora = AdapterConfig::new(a.rank, 2.0 * a.rank as f64, 0.0, &targets, false, None);
-    init_lora(&mut model, &lora, 0)?;
-    let mut params = Params::read(&mut model);
-    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = AdamW::new(adamw, params.len(), &device);
+    let Trainee { vocab, mut model, mut params, mut opt } = trainee::<B>(a, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let batch = random_batch(config.vocab_size, a.batch, a.seq, 0);
+    let batch = random_batch(vocab, a.batch, a.seq, 0);
     let window = std::slice::from_ref(&batch);
     let mut step = |i: usize| -> Result<f64> {
         let r = train_step(&mut model, &mut params, &mut opt, window, 2e-4, 0.0, a.gc, |_| i as u64);

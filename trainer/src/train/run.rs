@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapidary_data::{Batch, Batches, ChatTemplate};
@@ -34,7 +34,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::parallel::collective::Group;
 use super::parallel::replica::{checksum, Replica};
 use super::parallel::star::{NodeSpec, Star};
-use super::parallel::{device_at, World};
+use super::parallel::{device_at, spawn_replicas, World};
 use super::params::{write_adapter, Param, Params};
 use super::schedule::Schedule;
 use super::step::{check_finite, train_step, StepStats};
@@ -129,8 +129,7 @@ fn replica<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: &World, mut 
 }
 
 /// A data-parallel run: this process's replicas, each on a thread of its own with its share of the cores
-/// (rayon pools: every CPU kernel here sizes its work by the pool it runs in), joined to the other nodes
-/// first. The first replica to fail fails the process (the others are waiting for it in an all-reduce), and
+/// ([`spawn_replicas`]), joined to the other nodes first. The first replica to fail fails the process (the others are waiting for it in an all-reduce), and
 /// the other nodes are told why.
 fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) -> Result<()> {
     for &d in &world.devices {
@@ -151,31 +150,13 @@ fn run_parallel<B: GemmaBackend>(recipe: &Recipe, opts: &Options, world: World) 
     // The global pool's size: the cores, or RAYON_NUM_THREADS where several processes share a machine.
     let cores = rayon::current_num_threads();
     let threads = (cores / n).max(1);
-    let (tx, rx) = std::sync::mpsc::channel();
-    for local in 0..n {
-        let (recipe, opts, world, star, tx) = (recipe.clone(), opts.clone(), world.clone(), star.clone(), tx.clone());
-        let body = move || -> Result<()> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(move |i| format!("replica-{local}-{i}"))
-                .build()?;
-            pool.install(|| {
-                let device = device_at::<B>(world.devices[local])?;
-                let group = Group::<B>::join(local, n, device.clone(), star)?;
-                let rep = Replica { rank: world.rank(local), world: world.size(), group: Box::new(group), device };
-                replica::<B>(&recipe, &opts, &world, Some(rep))
-            })
-        };
-        std::thread::Builder::new().name(format!("replica-{local}")).spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|p| {
-                let msg =
-                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                Err(anyhow!("panicked: {}", msg.unwrap_or_default()))
-            });
-            let _ = tx.send((local, r));
-        })?;
-    }
-    drop(tx);
+    let (recipe, opts, w, links) = (recipe.clone(), opts.clone(), world.clone(), star.clone());
+    let rx = spawn_replicas(n, threads, move |local| {
+        let device = device_at::<B>(w.devices[local])?;
+        let group = Group::<B>::join(local, n, device.clone(), links.clone())?;
+        let rep = Replica { rank: w.rank(local), world: w.size(), group: Box::new(group), device };
+        replica::<B>(&recipe, &opts, &w, Some(rep))
+    })?;
     let mut result = Ok(());
     for _ in 0..n {
         let (local, r) = rx.recv().context("a replica thread ended without a result")?;

@@ -21,9 +21,10 @@ pub mod collective;
 pub mod replica;
 pub mod star;
 
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use burn::tensor::backend::{Backend, Device, DeviceId};
 
 /// The replicas of a run, and which of them this process holds.
@@ -68,4 +69,35 @@ pub fn device_at<B: Backend>(index: usize) -> Result<B::Device> {
         bail!("train.devices: there is no device {index} (this backend sees {count}: 0..{})", count.max(1) - 1);
     }
     Ok(B::Device::from_id(DeviceId { type_id: id.type_id, index_id: index as u16 }))
+}
+
+/// Runs `body(local)` for each of `n` replicas on a thread of its own (named `replica-{local}`), inside a
+/// rayon pool of `threads` threads (every CPU kernel here sizes its work by the pool it runs in). Each sends
+/// `(local, result)` when done; a panic arrives as an error, so that whoever waits is not left waiting for a
+/// replica that will never answer.
+pub fn spawn_replicas<T: Send + 'static>(
+    n: usize,
+    threads: usize,
+    body: impl Fn(usize) -> Result<T> + Send + Clone + 'static,
+) -> Result<Receiver<(usize, Result<T>)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for local in 0..n {
+        let (body, tx) = (body.clone(), tx.clone());
+        let run = move || -> Result<T> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("replica-{local}-{i}"))
+                .build()?;
+            pool.install(move || body(local))
+        };
+        std::thread::Builder::new().name(format!("replica-{local}")).spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| {
+                let msg =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(anyhow!("panicked: {}", msg.unwrap_or_default()))
+            });
+            let _ = tx.send((local, r));
+        })?;
+    }
+    Ok(rx)
 }
