@@ -112,11 +112,12 @@ impl<B: GemmaBackend> Gemma<B> {
 
     fn generate_rows(&self, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> (Vec<Vec<u32>>, GenerationTiming) {
         let start = std::time::Instant::now();
-        let mut timing = GenerationTiming::default();
+        // Seconds to the first new token (when there is a second).
+        let mut first: Option<f64> = None;
         let rt = LoraRuntime::default();
         let n = prompts.len();
         if n == 0 {
-            return (Vec::new(), timing);
+            return (Vec::new(), GenerationTiming::default());
         }
         let mut rngs: Vec<_> = (0..n).map(|_| rand::rngs::StdRng::seed_from_u64(cfg.seed)).collect();
         let mut cache = KvCache::new(self.layers.len());
@@ -126,7 +127,7 @@ impl<B: GemmaBackend> Gemma<B> {
         let vocab = self.config.vocab_size;
         for step in 0..cfg.max_new_tokens {
             if step == 1 {
-                timing.prompt_s = start.elapsed().as_secs_f64();
+                first = Some(start.elapsed().as_secs_f64());
             }
             let hidden = self.forward_hidden(&tokens, Some(&mut cache), &rt);
             let last = hidden.narrow(1, tokens.seq - 1, 1);
@@ -152,11 +153,8 @@ impl<B: GemmaBackend> Gemma<B> {
             tokens = TokenBatch { ids: next, batch: n, seq: 1, positions: vec![pos; n], segments: None };
         }
         let total = start.elapsed().as_secs_f64();
-        if timing.prompt_s == 0.0 {
-            timing.prompt_s = total;
-        }
-        timing.decode_s = total - timing.prompt_s;
-        (out, timing)
+        let prompt_s = first.unwrap_or(total);
+        (out, GenerationTiming { prompt_s, decode_s: total - prompt_s })
     }
 
     /// Greedy generation without a cache: the whole sequence is recomputed for every token. Slow; it exists

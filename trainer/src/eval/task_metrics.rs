@@ -88,13 +88,10 @@ pub fn exact_stop_ids(tok: &tokenizers::Tokenizer, eos: &[u32], newline: bool) -
     ids
 }
 
-/// Greedy generation for every row, compared with its answers. Chat prompts are rendered with `chat_template`
-/// (the checkpoint's; `None`: the built-in Gemma template). `eos` are the model config's EOS ids; `data` names the
-/// file in messages.
-/// Prompts generated together per step: up to four rows multiply the packed weights directly (the CPU's
+/// Prompts generated together per step: as many rows as multiply the packed weights directly (the CPU's
 /// matrix-vector kernels read each weight once for all of them); more rows go through decoded weight tiles,
 /// slower per step than the tokens they add.
-const GENERATION_BATCH: usize = 4;
+const GENERATION_BATCH: usize = lapidary_model::cpu::qmatmul::SMALL_N;
 
 /// Greedy (or sampled) continuations of `prompts`, in their order: prompts of equal length are generated
 /// [`GENERATION_BATCH`] at a time with one KV cache (`Gemma::generate_batch`), each row as `generate` would.
@@ -115,6 +112,9 @@ fn generate_grouped<B: GemmaBackend>(model: &Gemma<B>, prompts: &[Vec<u32>], cfg
     out
 }
 
+/// Greedy generation for every row, compared with its answers. Chat prompts are rendered with `chat_template`
+/// (the checkpoint's; `None`: the built-in Gemma template). `eos` are the model config's EOS ids; `data` names the
+/// file in messages.
 pub fn exact_match<B: GemmaBackend>(
     model: &Gemma<B>,
     tok: &tokenizers::Tokenizer,
